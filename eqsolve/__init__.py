@@ -1,0 +1,3 @@
+"""eqsolve: fixed points of neural maps, and training through them."""
+
+__version__ = "0.1.0"
