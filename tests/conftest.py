@@ -1,0 +1,23 @@
+"""Shared pytest setup: small, deterministic, single-threaded (CI has 2 cores)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("EQSOLVE_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture
+def shared_sudoku_dir() -> Path:
+    """Folder of the real hard Sudoku lists; skips the test when they are not on this machine."""
+    path = SHARED_DATA / "sudoku"
+    if not path.is_dir():
+        pytest.skip(f"real Sudoku lists not present at {path} (optional external data)")
+    return path
