@@ -1,0 +1,54 @@
+"""The distribution installs `solvers/` as `eqsolve.solvers`, also from a built wheel."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    cmd = [sys.executable, "-m", "pip", "wheel", str(REPO_ROOT), "--no-deps",
+           "--no-build-isolation", "-q", "-w", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.fail(f"building the wheel failed:\n{proc.stdout}\n{proc.stderr}")
+    (path,) = out.glob("eqsolve-*.whl")
+    return path
+
+
+def test_wheel_maps_solvers_folder_to_subpackage(wheel: Path) -> None:
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "eqsolve/solvers/__init__.py" in names
+    # every module of the top-level solvers/ folder is shipped inside eqsolve/solvers/
+    for src in (REPO_ROOT / "solvers").glob("*.py"):
+        assert f"eqsolve/solvers/{src.name}" in names, src.name
+    assert not any(n.startswith("solvers/") for n in names), "solvers/ leaked as a top-level package"
+
+
+def test_wheel_ships_package_data(wheel: Path) -> None:
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for folder in ("conf", "assets"):
+        for src in (REPO_ROOT / "eqsolve" / folder).rglob("*"):
+            if src.is_file() and "__pycache__" not in src.parts:
+                rel = src.relative_to(REPO_ROOT).as_posix()
+                assert rel in names, f"{rel} missing from the wheel"
+
+
+def test_installed_wheel_imports_solvers(wheel: Path, tmp_path: Path) -> None:
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q",
+                    "--target", str(target), str(wheel)], check=True)
+    code = ("import eqsolve.solvers as s, pathlib; "
+            "print(pathlib.Path(s.__file__).resolve())")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=tmp_path, env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    assert Path(proc.stdout.strip()).is_relative_to(target.resolve())
