@@ -1,0 +1,289 @@
+"""Checkpoints of :class:`~eqsolve.models.eqr.EqR`: official release import and native format.
+
+Official release (``locuslab/EqR-model``, ``sudoku-extreme/eqr.pth``): a torch dict with
+``model`` (state dict), optional ``ema`` (``{"mu", "shadow": {name: tensor}}`` or a flat
+``{name: tensor}``; preferred when present) and ``config`` (whose ``arch`` holds hidden_size,
+H_cycles, L_cycles, L_layers, expansion, num_heads, mlp_t, lambda_, noise_scale, ...). Keys may
+carry ``_orig_mod.`` segments (torch.compile) and a leading ``model.`` (the loss-head wrapper);
+after that they read ``inner.<name>`` where ``<name>`` is this package's parameter name.
+
+Loading is strict: any missing, unexpected or wrongly shaped tensor is a ValueError that lists
+them (e.g. a model trained with 16 puzzle-embedding positions), never a partial load.
+
+Native format (``save_checkpoint`` / ``load_checkpoint``): ``{"format": "eqsolve.eqr/1",
+"config": EqRConfig dict, "model": state dict, "ema": optional state dict, "extra": {...}}``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from eqsolve.models.eqr import EqR, EqRConfig
+
+__all__ = [
+    "NATIVE_FORMAT",
+    "config_from_arch",
+    "load_checkpoint",
+    "load_hub",
+    "load_official",
+    "normalize_official_keys",
+    "save_checkpoint",
+]
+
+NATIVE_FORMAT = "eqsolve.eqr/1"
+
+# official `arch` keys that map 1:1 onto EqRConfig fields
+_ARCH_FIELDS = (
+    "hidden_size", "H_cycles", "L_cycles", "L_layers", "expansion", "num_heads", "lambda_",
+    "noise_scale", "H_init_std", "L_init_std", "rope_theta", "board_height", "board_width",
+    "halt_max_steps", "pos_encodings", "vocab_size", "seq_len",
+)
+# official `arch` keys that do not change the inference architecture
+_ARCH_IGNORED = (
+    "name", "short_name", "loss", "batch_size", "halt_exploration_prob", "forward_dtype",
+    "H_layers", "puzzle_emb_ndim", "puzzle_emb_len", "num_puzzle_identifiers",
+)
+
+
+def config_from_arch(arch: Mapping[str, Any], **overrides: Any) -> EqRConfig:
+    """Translate the release's ``config["arch"]`` into an :class:`EqRConfig`.
+
+    Args:
+        arch: The ``arch`` mapping of an official checkpoint's config.
+        **overrides: EqRConfig fields to set explicitly (e.g. ``seq_len``, ``vocab_size``).
+
+    Returns:
+        The config. ``mlp_t: true`` selects the ``"mlp_t"`` mixer, otherwise ``"attention"``.
+
+    Raises:
+        ValueError: On an unknown arch key, or puzzle embeddings (not supported by EqR here).
+    """
+    unknown = sorted(set(arch) - set(_ARCH_FIELDS) - set(_ARCH_IGNORED) - {"mlp_t", "rms_norm_eps"})
+    if unknown:
+        raise ValueError(f"unknown keys in official arch config: {unknown}")
+    if int(arch.get("puzzle_emb_ndim", 0) or 0) > 0 or int(arch.get("puzzle_emb_len", 0) or 0) > 0:
+        raise ValueError(
+            "official arch uses puzzle embeddings "
+            f"(puzzle_emb_ndim={arch.get('puzzle_emb_ndim')}, puzzle_emb_len={arch.get('puzzle_emb_len')}); "
+            "EqR has no puzzle-embedding positions"
+        )
+    values: dict[str, Any] = {k: arch[k] for k in _ARCH_FIELDS if k in arch and arch[k] is not None}
+    if "pos_encodings" in arch:
+        values["pos_encodings"] = arch["pos_encodings"] or "none"
+    values["mixer"] = "mlp_t" if bool(arch.get("mlp_t", False)) else "attention"
+    if "rms_norm_eps" in arch:
+        values["rms_eps"] = float(arch["rms_norm_eps"])
+    for key in ("H_cycles", "L_cycles", "L_layers", "hidden_size", "num_heads", "halt_max_steps"):
+        if key in values:
+            values[key] = int(values[key])
+    values.update(overrides)
+    return EqRConfig.from_dict(values)
+
+
+def normalize_official_keys(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Strip ``_orig_mod`` segments, a leading ``model.`` and the ``inner.`` prefix from keys.
+
+    Raises:
+        ValueError: When two keys collapse to the same name.
+    """
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        parts = [p for p in key.split(".") if p != "_orig_mod"]
+        if parts and parts[0] == "model":
+            parts = parts[1:]
+        if parts and parts[0] == "inner":
+            parts = parts[1:]
+        name = ".".join(parts)
+        if name in out:
+            raise ValueError(f"checkpoint keys collide after normalisation: {key!r} -> {name!r}")
+        out[name] = value
+    return out
+
+
+def _read(source: Any) -> Any:
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        return torch.load(path, map_location="cpu", weights_only=False)
+    return source
+
+
+def _pick_state(ckpt: Mapping[str, Any], prefer_ema: bool) -> dict[str, Tensor]:
+    ema = ckpt.get("ema")
+    if prefer_ema and isinstance(ema, Mapping) and ema:
+        shadow = ema.get("shadow", ema)
+        tensors = {k: v for k, v in shadow.items() if isinstance(v, Tensor)}
+        if tensors:
+            return tensors
+    model = ckpt.get("model")
+    if not isinstance(model, Mapping):
+        raise ValueError("checkpoint has no 'model' state dict")
+    return dict(model)
+
+
+def _load_strict(model: EqR, state: Mapping[str, Tensor], origin: str) -> EqR:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or shapes:
+        lines = [f"checkpoint {origin} does not match EqR({model.config})"]
+        if shapes:
+            lines.append("shape mismatches: " + "; ".join(shapes))
+            if any("mlp_t" in s for s in shapes):
+                lines.append("(a token-mixer width other than seq_len usually means extra "
+                             "puzzle-embedding positions, which EqR does not have)")
+        if missing:
+            lines.append(f"missing: {missing}")
+        if unexpected:
+            lines.append(f"unexpected: {unexpected}")
+        raise ValueError("\n".join(lines))
+    ref = next(iter(expected.values()))
+    model.load_state_dict({k: v.to(ref.dtype) for k, v in state.items()}, strict=True)
+    return model
+
+
+def load_official(
+    source: Any, *, prefer_ema: bool = True, seq_len: int | None = None, vocab_size: int | None = None
+) -> EqR:
+    """Build an :class:`EqR` from an official release checkpoint.
+
+    Args:
+        source: Path to ``eqr.pth``, the loaded dict (``model``/``ema``/``config``), or a bare
+            state dict with official key names (then ``config`` defaults to the release's).
+        prefer_ema: Use the EMA weights when the checkpoint has them.
+        seq_len: Sequence length (the checkpoint does not record it; default 81).
+        vocab_size: Vocabulary (default: the embedding table's row count).
+
+    Returns:
+        The model in eval mode, float32, on CPU.
+
+    Raises:
+        ValueError: Missing/unexpected/mis-shaped tensors, or an unsupported arch.
+
+    Examples:
+        >>> import torch
+        >>> m = EqR(EqRConfig(hidden_size=32, L_layers=1))
+        >>> ckpt = {"model": {"_orig_mod.model.inner." + k: v for k, v in m.state_dict().items()},
+        ...         "config": {"arch": {"hidden_size": 32, "L_layers": 1, "mlp_t": True}}}
+        >>> load_official(ckpt).config.hidden_size
+        32
+    """
+    ckpt = _read(source)
+    if not isinstance(ckpt, Mapping):
+        raise TypeError(f"official checkpoint must be a dict, got {type(ckpt).__name__}")
+    origin = str(source) if isinstance(source, (str, os.PathLike)) else "<dict>"
+    if "model" in ckpt or "ema" in ckpt:
+        state = normalize_official_keys(_pick_state(ckpt, prefer_ema))
+        config = ckpt.get("config") or {}
+        arch = dict(config.get("arch", {})) if isinstance(config, Mapping) else {}
+    else:  # a bare state dict
+        state, arch = normalize_official_keys(ckpt), {"mlp_t": True}
+    overrides: dict[str, Any] = {}
+    if seq_len is not None:
+        overrides["seq_len"] = seq_len
+    emb = state.get("embed_tokens.embedding_weight")
+    if vocab_size is not None:
+        overrides["vocab_size"] = vocab_size
+    elif emb is not None and "vocab_size" not in arch:
+        overrides["vocab_size"] = int(emb.shape[0])
+    model = EqR(config_from_arch(arch, **overrides))
+    return _load_strict(model, state, origin).eval()
+
+
+def load_hub(
+    repo_id: str = "locuslab/EqR-model",
+    filename: str = "sudoku-extreme/eqr.pth",
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    **kwargs: Any,
+) -> EqR:
+    """Download an official checkpoint from the HuggingFace hub and load it.
+
+    Needs the optional ``huggingface_hub`` package (``pip install eqsolve[hub]``).
+
+    Args:
+        repo_id: Hub repository.
+        filename: File inside it.
+        revision: Git revision (pin it for reproducibility).
+        cache_dir: Hub cache folder.
+        **kwargs: Passed to :func:`load_official`.
+
+    Returns:
+        The loaded model.
+    """
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError as exc:  # optional dependency
+        raise ImportError(
+            "loading from the hub needs huggingface_hub: pip install 'eqsolve[hub]'"
+        ) from exc
+    path = hf_hub_download(repo_id=repo_id, filename=filename, revision=revision, cache_dir=cache_dir)
+    return load_official(path, **kwargs)
+
+
+def save_checkpoint(
+    model: EqR, path: str | os.PathLike, *, ema: Mapping[str, Tensor] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> None:
+    """Write a native checkpoint atomically (temp file in the same folder, then ``os.replace``).
+
+    Args:
+        model: The model.
+        path: Destination file.
+        ema: Optional EMA weights (same names as ``model.state_dict()``).
+        extra: Optional JSON-like metadata (step, seed, ...).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": NATIVE_FORMAT,
+        "config": model.config.to_dict(),
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "ema": None if ema is None else {k: v.detach().cpu() for k, v in ema.items()},
+        "extra": dict(extra or {}),
+    }
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(payload, handle)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: Any, *, prefer_ema: bool = True) -> EqR:
+    """Load a native checkpoint; an official one (no ``format`` key) goes to :func:`load_official`.
+
+    Args:
+        path: File path or an already loaded dict.
+        prefer_ema: Use the EMA weights when present.
+
+    Returns:
+        The model in eval mode.
+    """
+    ckpt = _read(path)
+    if not isinstance(ckpt, Mapping):
+        raise TypeError(f"checkpoint must be a dict, got {type(ckpt).__name__}")
+    if ckpt.get("format") != NATIVE_FORMAT:
+        if "format" in ckpt:
+            raise ValueError(f"unsupported checkpoint format {ckpt['format']!r}; expected {NATIVE_FORMAT!r}")
+        return load_official(ckpt, prefer_ema=prefer_ema)
+    model = EqR(EqRConfig.from_dict(ckpt["config"]))
+    state = ckpt["ema"] if prefer_ema and ckpt.get("ema") else ckpt["model"]
+    origin = str(path) if isinstance(path, (str, os.PathLike)) else "<dict>"
+    return _load_strict(model, state, origin).eval()

@@ -1,0 +1,414 @@
+"""The Equilibrium Reasoner (EqR): a TRM-style latent reasoner written as a fixed-point map.
+
+State ``s = (z_H, z_L)`` is one tensor of shape ``(B, 2, L, d)`` (``s[:, 0]`` is ``z_H``).
+One call of :meth:`EqR.map` is one outer iteration, i.e. one NFE::
+
+    repeat H_cycles times:
+        repeat L_cycles times:  z_L <- U(z_L, z_H + x)
+        z_H <- U(z_H, z_L)
+    U(z, inj) = (1 - lambda) z + lambda Blocks(z + inj) + beta eps,   eps ~ N(0, I)
+
+with ``x = sqrt(d) E[tokens]`` and one weight-tied stack of ``L_layers`` post-norm blocks
+``h = rms(h + mix(h)); h = rms(h + SwiGLU(h))`` (weightless RMSNorm in float32). The token
+mixer is one of
+
+* ``"mlp_t"``: a SwiGLU across the sequence axis (MLP-mixer, the release's Sudoku model). As in
+  the release, the norm after this mixer is taken over the *sequence* axis (the block works on
+  the transposed ``(B, d, L)`` tensor for that half).
+* ``"attention"``: non-causal multi-head self-attention with RoPE (1-D, or 2-D with ``rope2d``).
+* ``"sudoku_attention"``: the same attention, masked so each cell only sees its row, column
+  and box peers and itself (an eqsolve addition, cheaper to train on CPU).
+
+Heads: ``lm_head`` on ``z_H`` gives per-cell logits; ``q_head`` on ``z_H[:, 0]`` gives two
+logits, the first being the halting logit (init weight 0, bias -5).
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from eqsolve.models.layers import (
+    Linear,
+    RotaryEmbedding,
+    SelfAttention,
+    SwiGLU,
+    TokenEmbedding,
+    rms_norm,
+    sudoku_peer_mask,
+    trunc_normal_,
+)
+
+__all__ = ["MIXERS", "EqR", "EqRConfig"]
+
+MIXERS = ("mlp_t", "attention", "sudoku_attention")
+POS_ENCODINGS = ("rope", "rope2d", "none")
+
+
+@dataclass
+class EqRConfig:
+    """Architecture of an :class:`EqR` (defaults: the release's Sudoku-Extreme model).
+
+    Attributes:
+        vocab_size: Token vocabulary (Sudoku: 0 pad, 1 blank, 2..10 digits 1..9).
+        seq_len: Sequence length L (81 cells).
+        hidden_size: Width d.
+        H_cycles: H-updates per outer iteration.
+        L_cycles: L-updates before each H-update.
+        L_layers: Blocks in the weight-tied stack.
+        expansion: SwiGLU expansion factor.
+        num_heads: Attention heads (attention mixers only).
+        mixer: ``"mlp_t"``, ``"attention"`` or ``"sudoku_attention"``.
+        lambda_: Damping ``lambda`` of the update U.
+        noise_scale: Default path-noise scale ``beta`` (overridable per call of ``map``).
+        H_init_std: Std of the random initial ``z_H``.
+        L_init_std: Std of the random initial ``z_L``.
+        rms_eps: RMSNorm epsilon.
+        pos_encodings: ``"rope"``, ``"rope2d"`` (board rows/columns) or ``"none"``; attention only.
+        rope_theta: RoPE base.
+        board_height: Board rows for ``rope2d`` (default ``sqrt(seq_len)``).
+        board_width: Board columns for ``rope2d`` (default ``sqrt(seq_len)``).
+        halt_max_steps: Depth the release trains and evaluates with (informational default).
+    """
+
+    vocab_size: int = 11
+    seq_len: int = 81
+    hidden_size: int = 512
+    H_cycles: int = 3
+    L_cycles: int = 6
+    L_layers: int = 2
+    expansion: float = 4.0
+    num_heads: int = 8
+    mixer: str = "mlp_t"
+    lambda_: float = 0.95
+    noise_scale: float = 0.01
+    H_init_std: float = 1.0
+    L_init_std: float = 1.0
+    rms_eps: float = 1e-5
+    pos_encodings: str = "rope"
+    rope_theta: float = 10000.0
+    board_height: int | None = None
+    board_width: int | None = None
+    halt_max_steps: int = 16
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "seq_len", "hidden_size", "H_cycles", "L_cycles", "L_layers",
+                     "num_heads", "halt_max_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"EqRConfig.{name} must be a positive int, got {value!r}")
+        if self.mixer not in MIXERS:
+            raise ValueError(f"EqRConfig.mixer={self.mixer!r}; valid: {', '.join(MIXERS)}")
+        if self.pos_encodings not in POS_ENCODINGS:
+            raise ValueError(
+                f"EqRConfig.pos_encodings={self.pos_encodings!r}; valid: {', '.join(POS_ENCODINGS)}"
+            )
+        if not 0.0 < self.lambda_ <= 1.0:
+            raise ValueError(f"EqRConfig.lambda_ must be in (0, 1], got {self.lambda_}")
+        for name in ("noise_scale", "H_init_std", "L_init_std", "expansion", "rms_eps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"EqRConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.mixer != "mlp_t" and self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}"
+            )
+        if self.mixer == "sudoku_attention" and math.isqrt(self.seq_len) ** 2 != self.seq_len:
+            raise ValueError(f"sudoku_attention needs a square board, got seq_len={self.seq_len}")
+
+    def board(self) -> tuple[int, int]:
+        """``(height, width)`` of the board (explicit, or ``sqrt(seq_len)`` each)."""
+        if self.board_height is not None and self.board_width is not None:
+            return self.board_height, self.board_width
+        side = math.isqrt(self.seq_len)
+        if side * side != self.seq_len:
+            raise ValueError(f"seq_len={self.seq_len} is not square; set board_height/board_width")
+        return side, side
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (for checkpoints and run records)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> EqRConfig:
+        """Build from a dict; an unknown key is a ValueError naming the valid ones."""
+        valid = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - valid)
+        if unknown:
+            raise ValueError(f"unknown EqRConfig keys {unknown}; valid: {sorted(valid)}")
+        return cls(**values)
+
+
+class ReasoningBlock(nn.Module):
+    """Post-norm block ``h = rms(h + mix(h)); h = rms(h + SwiGLU(h))``."""
+
+    def __init__(self, config: EqRConfig) -> None:
+        super().__init__()
+        self.eps = config.rms_eps
+        self.token_mlp = config.mixer == "mlp_t"
+        if self.token_mlp:
+            self.mlp_t = SwiGLU(config.seq_len, config.expansion)
+        else:
+            self.self_attn = SelfAttention(config.hidden_size, config.num_heads)
+        self.mlp = SwiGLU(config.hidden_size, config.expansion)
+
+    def forward(
+        self, h: Tensor, rotary: RotaryEmbedding | None = None, mask: Tensor | None = None
+    ) -> Tensor:
+        if self.token_mlp:
+            # mix (and normalise, as the release does) along the sequence axis
+            ht = h.transpose(1, 2)
+            h = rms_norm(ht + self.mlp_t(ht), self.eps).transpose(1, 2)
+        else:
+            h = rms_norm(h + self.self_attn(h, rotary, mask), self.eps)
+        return rms_norm(h + self.mlp(h), self.eps)
+
+
+class BlockStack(nn.Module):
+    """The weight-tied stack of ``L_layers`` blocks (``L_level`` in the release)."""
+
+    def __init__(self, config: EqRConfig) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(ReasoningBlock(config) for _ in range(config.L_layers))
+
+    def forward(self, h: Tensor, rotary: RotaryEmbedding | None, mask: Tensor | None) -> Tensor:
+        for layer in self.layers:
+            h = layer(h, rotary, mask)
+        return h
+
+
+class EqR(nn.Module):
+    """Equilibrium Reasoner: ``map(s, x)`` is one outer iteration (one NFE) on ``s (B, 2, L, d)``.
+
+    Args:
+        config: Architecture; defaults to the release's Sudoku-Extreme model.
+
+    Examples:
+        >>> model = EqR(EqRConfig(hidden_size=32, H_cycles=1, L_cycles=1, L_layers=1))
+        >>> tokens = torch.ones(2, 81, dtype=torch.long)
+        >>> x = model.embed(tokens)
+        >>> s = model.init_state(2, std=0.0)
+        >>> with torch.no_grad():
+        ...     s = model.map(s, x, noise=0.0)
+        >>> tuple(model.decode(s).shape), tuple(model.predict_digits(s).shape)
+        ((2, 81, 11), (2, 81))
+    """
+
+    def __init__(self, config: EqRConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or EqRConfig()
+        d = config.hidden_size
+        self.embed_scale = math.sqrt(d)
+        self.embed_tokens = TokenEmbedding(config.vocab_size, d, init_std=1.0 / self.embed_scale)
+        self.lm_head = Linear(d, config.vocab_size)
+        self.q_head = Linear(d, 2, bias=True)
+        with torch.no_grad():
+            self.q_head.weight.zero_()
+            self.q_head.bias.fill_(-5.0)
+        self.L_level = BlockStack(config)
+        self.rotary: RotaryEmbedding | None = None
+        if config.mixer != "mlp_t" and config.pos_encodings != "none":
+            board = config.board() if config.pos_encodings == "rope2d" else None
+            self.rotary = RotaryEmbedding(d // config.num_heads, config.seq_len,
+                                          config.rope_theta, board)
+        mask = sudoku_peer_mask(math.isqrt(config.seq_len)) if config.mixer == "sudoku_attention" else None
+        self.register_buffer("attn_mask", mask, persistent=False)
+
+    # ----------------------------------------------------------------------------- inputs, state
+    def embed(self, tokens: Tensor) -> Tensor:
+        """Input injection ``x = sqrt(d) · E[tokens]``, shape ``(B, L, d)``.
+
+        Args:
+            tokens: ``(B, seq_len)`` integer tokens in ``[0, vocab_size)``.
+
+        Returns:
+            Float tensor ``(B, L, d)`` in the parameters' dtype.
+        """
+        cfg = self.config
+        if tokens.dim() != 2 or tokens.shape[1] != cfg.seq_len:
+            raise ValueError(f"tokens must have shape (B, {cfg.seq_len}), got {tuple(tokens.shape)}")
+        if tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
+            raise TypeError(f"tokens must be an integer tensor, got {tokens.dtype}")
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= cfg.vocab_size):
+            raise ValueError(
+                f"tokens out of range [0, {cfg.vocab_size}): min {int(tokens.min())}, max {int(tokens.max())}"
+            )
+        return self.embed_scale * self.embed_tokens(tokens.long())
+
+    def init_state(
+        self,
+        batch: int,
+        generator: torch.Generator | None = None,
+        std: float | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> Tensor:
+        """Random initial state (RI): ``z_H, z_L`` truncated normal (±2σ, compensated std).
+
+        Args:
+            batch: Number of rows.
+            generator: Random generator (sampling happens on its device, then moves).
+            std: Overrides both ``H_init_std`` and ``L_init_std``; 0 gives zeros.
+            device: Target device (default: the parameters').
+            dtype: Target dtype (default: the parameters').
+
+        Returns:
+            ``(batch, 2, seq_len, hidden_size)`` tensor.
+        """
+        ref = self.lm_head.weight
+        device = ref.device if device is None else torch.device(device)
+        dtype = ref.dtype if dtype is None else dtype
+        cfg = self.config
+        stds = (cfg.H_init_std, cfg.L_init_std) if std is None else (std, std)
+        sample_device = generator.device if generator is not None else device
+        s = torch.empty(batch, 2, cfg.seq_len, cfg.hidden_size, device=sample_device, dtype=dtype)
+        for level, level_std in enumerate(stds):
+            trunc_normal_(s[:, level], std=float(level_std), generator=generator)
+        return s.to(device)
+
+    # ----------------------------------------------------------------------------- the map
+    def _update(self, z: Tensor, injection: Tensor, beta: float, generator: torch.Generator | None) -> Tensor:
+        h = self.L_level(z + injection, self.rotary, self.attn_mask)
+        out = (1.0 - self.config.lambda_) * z + self.config.lambda_ * h
+        if beta:
+            eps = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+            out = out + beta * eps
+        return out
+
+    def map(
+        self,
+        s: Tensor,
+        x: Tensor,
+        noise: float | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        grad_last_h_cycle: bool = False,
+    ) -> Tensor:
+        """One outer iteration ``F(s; x)`` (one NFE).
+
+        Works with or without grad. For truncated training (the release's recipe, H5's "sot"
+        mode) pass ``grad_last_h_cycle=True``: the first ``H_cycles - 1`` H-cycles run under
+        ``torch.no_grad()`` and only the last one records a graph (detach ``s`` yourself between
+        calls, as the release does).
+
+        Args:
+            s: State ``(B, 2, L, d)``.
+            x: Input injection ``(B, L, d)`` from :meth:`embed`.
+            noise: Path-noise scale ``beta``; ``None`` uses ``config.noise_scale``, 0 disables.
+            generator: Random generator for the noise (on ``s``'s device).
+            grad_last_h_cycle: Record the autograd graph for the last H-cycle only.
+
+        Returns:
+            The next state, same shape as ``s``.
+        """
+        if s.dim() != 4 or s.shape[1] != 2 or s.shape[0] != x.shape[0]:
+            raise ValueError(f"state must be (B, 2, L, d) matching x {tuple(x.shape)}, got {tuple(s.shape)}")
+        beta = self.config.noise_scale if noise is None else float(noise)
+        z_H, z_L = s[:, 0], s[:, 1]
+        cycles = self.config.H_cycles
+        for cycle in range(cycles):
+            frozen = grad_last_h_cycle and cycle < cycles - 1
+            with torch.no_grad() if frozen else nullcontext():
+                for _ in range(self.config.L_cycles):
+                    z_L = self._update(z_L, z_H + x, beta, generator)
+                z_H = self._update(z_H, z_L, beta, generator)
+        return torch.stack((z_H, z_L), dim=1)
+
+    def forward(self, s: Tensor, x: Tensor, noise: float | None = None) -> Tensor:
+        """Same as :meth:`map` (so hooks and DDP wrappers see the map)."""
+        return self.map(s, x, noise)
+
+    # ----------------------------------------------------------------------------- readouts
+    def decode(self, s: Tensor) -> Tensor:
+        """Per-cell logits ``lm_head(z_H)``, shape ``(B, L, vocab_size)``."""
+        return self.lm_head(s[:, 0])
+
+    def q_logits(self, s: Tensor) -> Tensor:
+        """Both ``q_head`` outputs on ``z_H[:, 0]``, float32 ``(B, 2)`` (halt, continue)."""
+        return self.q_head(s[:, 0, 0]).float()
+
+    def halt_logit(self, s: Tensor) -> Tensor:
+        """Learned halting logit ``(B,)``; the release halts a row when it is > 0."""
+        return self.q_logits(s)[:, 0]
+
+    def predict_digits(self, s: Tensor) -> Tensor:
+        """Sudoku digits ``(B, L)`` in 1..9: argmax over the digit tokens 2..10 of the logits."""
+        if self.config.vocab_size != 11:
+            raise ValueError(f"predict_digits needs the Sudoku vocabulary (11), got {self.config.vocab_size}")
+        return self.decode(s)[..., 2:].argmax(-1) + 1
+
+    def predict(self, s: Tensor) -> Tensor:
+        """Predicted answer per row, used by :func:`eqsolve.scaling.solve_many` (digits 1..9)."""
+        return self.predict_digits(s)
+
+    # ----------------------------------------------------------------------------- loading
+    @classmethod
+    def from_official(cls, source: Any, *, prefer_ema: bool = True, seq_len: int | None = None) -> EqR:
+        """Build from an official release checkpoint (path, loaded dict or bare state dict).
+
+        See :func:`eqsolve.models.checkpoint.load_official`.
+        """
+        from eqsolve.models.checkpoint import load_official
+
+        return load_official(source, prefer_ema=prefer_ema, seq_len=seq_len)
+
+    @classmethod
+    def load_hub(cls, repo_id: str = "locuslab/EqR-model", filename: str = "sudoku-extreme/eqr.pth",
+                 **kwargs: Any) -> EqR:
+        """Download an official checkpoint with ``huggingface_hub`` and load it.
+
+        See :func:`eqsolve.models.checkpoint.load_hub`.
+        """
+        from eqsolve.models.checkpoint import load_hub
+
+        return load_hub(repo_id, filename, **kwargs)
+
+    @classmethod
+    def from_checkpoint(cls, path: Any, *, prefer_ema: bool = True) -> EqR:
+        """Load a native eqsolve checkpoint (or an official one, detected by its layout)."""
+        from eqsolve.models.checkpoint import load_checkpoint
+
+        return load_checkpoint(path, prefer_ema=prefer_ema)
+
+    def save_checkpoint(self, path: Any, *, ema: dict[str, Tensor] | None = None,
+                        extra: dict[str, Any] | None = None) -> None:
+        """Write a native checkpoint atomically (see :func:`eqsolve.models.checkpoint.save_checkpoint`)."""
+        from eqsolve.models.checkpoint import save_checkpoint
+
+        save_checkpoint(self, path, ema=ema, extra=extra)
+
+    # ----------------------------------------------------------------------------- test-time scaling
+    def reason(
+        self,
+        tokens: Tensor,
+        depth: int = 16,
+        solver: Any = "fixed_point",
+        breadth: int = 1,
+        noise: float | None = None,
+        init: str | Tensor = "random",
+        aggregate: str = "min_residual",
+        **options: Any,
+    ) -> Any:
+        """Solve puzzles with depth × breadth test-time scaling (``eqsolve.scaling.solve_many``).
+
+        Args:
+            tokens: ``(N, seq_len)`` model tokens.
+            depth: NFE budget per start.
+            solver: Solver name or object (``eqsolve.solvers``).
+            breadth: Starts per puzzle.
+            noise: Path noise (``None``: ``config.noise_scale``; 0 disables).
+            init: ``"random"``, ``"zeros"`` or an explicit state tensor.
+            aggregate: ``min_residual``, ``logit_change``, ``vote``, ``weighted_vote`` or ``any_correct``.
+            **options: Further keyword options of ``solve_many`` (``halt``, ``answers``, ``seed``...).
+
+        Returns:
+            A ``ScalingResult``; ``.predictions`` are digits 1..9, shape ``(N, seq_len)``.
+        """
+        from eqsolve.scaling import solve_many
+
+        return solve_many(self, tokens, depth=depth, solver=solver, breadth=breadth, noise=noise,
+                          init=init, aggregate=aggregate, **options)
