@@ -267,7 +267,11 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: Any, *, prefer_ema: bool = True) -> EqR:
-    """Load a native checkpoint; an official one (no ``format`` key) goes to :func:`load_official`.
+    """Load an eqsolve checkpoint; an official one (config with ``arch``) goes to :func:`load_official`.
+
+    eqsolve checkpoints are dicts with ``model`` (state dict), optional ``ema`` (preferred) and
+    ``config`` (an :class:`EqRConfig` as a dict), optionally ``format: "eqsolve.eqr/1"``; other
+    keys (optimizer, step, ...) are ignored.
 
     Args:
         path: File path or an already loaded dict.
@@ -279,11 +283,16 @@ def load_checkpoint(path: Any, *, prefer_ema: bool = True) -> EqR:
     ckpt = _read(path)
     if not isinstance(ckpt, Mapping):
         raise TypeError(f"checkpoint must be a dict, got {type(ckpt).__name__}")
-    if ckpt.get("format") != NATIVE_FORMAT:
-        if "format" in ckpt:
-            raise ValueError(f"unsupported checkpoint format {ckpt['format']!r}; expected {NATIVE_FORMAT!r}")
+    if "format" in ckpt and ckpt["format"] != NATIVE_FORMAT:
+        raise ValueError(f"unsupported checkpoint format {ckpt['format']!r}; expected {NATIVE_FORMAT!r}")
+    config = ckpt.get("config")
+    # a config that is an EqRConfig dict (no official `arch`) marks an eqsolve checkpoint
+    native = ckpt.get("format") == NATIVE_FORMAT or (
+        isinstance(config, Mapping) and "arch" not in config and "mixer" in config
+    )
+    if not native:
         return load_official(ckpt, prefer_ema=prefer_ema)
-    model = EqR(EqRConfig.from_dict(ckpt["config"]))
-    state = ckpt["ema"] if prefer_ema and ckpt.get("ema") else ckpt["model"]
+    model = EqR(EqRConfig.from_dict(dict(config)))
+    state = _pick_state(ckpt, prefer_ema)
     origin = str(path) if isinstance(path, (str, os.PathLike)) else "<dict>"
     return _load_strict(model, state, origin).eval()

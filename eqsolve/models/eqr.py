@@ -18,6 +18,8 @@ mixer is one of
 * ``"attention"``: non-causal multi-head self-attention with RoPE (1-D, or 2-D with ``rope2d``).
 * ``"sudoku_attention"``: the same attention, masked so each cell only sees its row, column
   and box peers and itself (an eqsolve addition, cheaper to train on CPU).
+* ``"sudoku_pool"``: means over the cell's row, column and box, concatenated, then a linear map
+  ``pool_proj (3d -> d)`` (an eqsolve addition; O(L d^2), no attention).
 
 Heads: ``lm_head`` on ``z_H`` gives per-cell logits; ``q_head`` on ``z_H[:, 0]`` gives two
 logits, the first being the halting logit (init weight 0, bias -5).
@@ -37,6 +39,7 @@ from eqsolve.models.layers import (
     Linear,
     RotaryEmbedding,
     SelfAttention,
+    SudokuPool,
     SwiGLU,
     TokenEmbedding,
     rms_norm,
@@ -46,7 +49,7 @@ from eqsolve.models.layers import (
 
 __all__ = ["MIXERS", "EqR", "EqRConfig"]
 
-MIXERS = ("mlp_t", "attention", "sudoku_attention")
+MIXERS = ("mlp_t", "attention", "sudoku_attention", "sudoku_pool")
 POS_ENCODINGS = ("rope", "rope2d", "none")
 
 
@@ -63,7 +66,7 @@ class EqRConfig:
         L_layers: Blocks in the weight-tied stack.
         expansion: SwiGLU expansion factor.
         num_heads: Attention heads (attention mixers only).
-        mixer: ``"mlp_t"``, ``"attention"`` or ``"sudoku_attention"``.
+        mixer: ``"mlp_t"``, ``"attention"``, ``"sudoku_attention"`` or ``"sudoku_pool"``.
         lambda_: Damping ``lambda`` of the update U.
         noise_scale: Default path-noise scale ``beta`` (overridable per call of ``map``).
         H_init_std: Std of the random initial ``z_H``.
@@ -113,12 +116,13 @@ class EqRConfig:
         for name in ("noise_scale", "H_init_std", "L_init_std", "expansion", "rms_eps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"EqRConfig.{name} must be >= 0, got {getattr(self, name)}")
-        if self.mixer != "mlp_t" and self.hidden_size % self.num_heads:
+        if self.mixer in ("attention", "sudoku_attention") and self.hidden_size % self.num_heads:
             raise ValueError(
                 f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}"
             )
-        if self.mixer == "sudoku_attention" and math.isqrt(self.seq_len) ** 2 != self.seq_len:
-            raise ValueError(f"sudoku_attention needs a square board, got seq_len={self.seq_len}")
+        side = math.isqrt(self.seq_len)
+        if self.mixer.startswith("sudoku_") and (side**2 != self.seq_len or math.isqrt(side) ** 2 != side):
+            raise ValueError(f"{self.mixer} needs a side² board with square boxes, got seq_len={self.seq_len}")
 
     def board(self) -> tuple[int, int]:
         """``(height, width)`` of the board (explicit, or ``sqrt(seq_len)`` each)."""
@@ -149,9 +153,11 @@ class ReasoningBlock(nn.Module):
     def __init__(self, config: EqRConfig) -> None:
         super().__init__()
         self.eps = config.rms_eps
-        self.token_mlp = config.mixer == "mlp_t"
-        if self.token_mlp:
+        self.mixer = config.mixer
+        if self.mixer == "mlp_t":
             self.mlp_t = SwiGLU(config.seq_len, config.expansion)
+        elif self.mixer == "sudoku_pool":
+            self.pool = SudokuPool(config.hidden_size, math.isqrt(config.seq_len))
         else:
             self.self_attn = SelfAttention(config.hidden_size, config.num_heads)
         self.mlp = SwiGLU(config.hidden_size, config.expansion)
@@ -159,10 +165,12 @@ class ReasoningBlock(nn.Module):
     def forward(
         self, h: Tensor, rotary: RotaryEmbedding | None = None, mask: Tensor | None = None
     ) -> Tensor:
-        if self.token_mlp:
+        if self.mixer == "mlp_t":
             # mix (and normalise, as the release does) along the sequence axis
             ht = h.transpose(1, 2)
             h = rms_norm(ht + self.mlp_t(ht), self.eps).transpose(1, 2)
+        elif self.mixer == "sudoku_pool":
+            h = rms_norm(h + self.pool(h), self.eps)
         else:
             h = rms_norm(h + self.self_attn(h, rotary, mask), self.eps)
         return rms_norm(h + self.mlp(h), self.eps)
@@ -211,7 +219,7 @@ class EqR(nn.Module):
             self.q_head.bias.fill_(-5.0)
         self.L_level = BlockStack(config)
         self.rotary: RotaryEmbedding | None = None
-        if config.mixer != "mlp_t" and config.pos_encodings != "none":
+        if config.mixer in ("attention", "sudoku_attention") and config.pos_encodings != "none":
             board = config.board() if config.pos_encodings == "rope2d" else None
             self.rotary = RotaryEmbedding(d // config.num_heads, config.seq_len,
                                           config.rope_theta, board)

@@ -16,6 +16,7 @@ __all__ = [
     "Linear",
     "RotaryEmbedding",
     "SelfAttention",
+    "SudokuPool",
     "SwiGLU",
     "TokenEmbedding",
     "rms_norm",
@@ -230,6 +231,35 @@ class SelfAttention(nn.Module):
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask
         )
         return self.o_proj(y.transpose(1, 2).reshape(b, n, d))
+
+
+class SudokuPool(nn.Module):
+    """Constraint-aware token mixer: means over the cell's row, column and box, then a linear map.
+
+    ``h (B, L, d) -> pool_proj(concat(row_mean, col_mean, box_mean)) (B, L, d)`` with
+    ``L = side²``; O(L·d²), cheaper than attention. Each mean includes the cell itself.
+
+    Args:
+        hidden_size: Model width ``d``.
+        side: Board side (a perfect square, 9 for Sudoku).
+    """
+
+    def __init__(self, hidden_size: int, side: int = 9) -> None:
+        super().__init__()
+        self.side, self.box = side, math.isqrt(side)
+        if self.box * self.box != side:
+            raise ValueError(f"sudoku side {side} is not a perfect square")
+        self.pool_proj = Linear(3 * hidden_size, hidden_size)
+
+    def forward(self, h: Tensor) -> Tensor:
+        b, n, d = h.shape
+        side, box = self.side, self.box
+        grid = h.view(b, side, side, d)
+        rows = grid.mean(2, keepdim=True).expand_as(grid)
+        cols = grid.mean(1, keepdim=True).expand_as(grid)
+        boxes = grid.view(b, box, box, box, box, d).mean((2, 4), keepdim=True)
+        boxes = boxes.expand(b, box, box, box, box, d).reshape(b, side, side, d)
+        return self.pool_proj(torch.cat((rows, cols, boxes), -1).view(b, n, 3 * d))
 
 
 def sudoku_peer_mask(side: int = 9) -> Tensor:
