@@ -1,0 +1,374 @@
+"""Configuration: hydra composition of ``eqsolve/conf`` plus validation against dataclass schemas.
+
+Every command has a primary config ``eqsolve/conf/config_<command>.yaml`` that pulls its groups
+(``task/``, ``solver/``, ``bench/``, ``diagnose/``, ``model/``, ``train/``) through a defaults
+list. :func:`compose` composes it with hydra's compose API and trailing overrides
+(``bench.depth=[4,8]``, ``solver=broyden``, ``model.hidden_size=128``) and then validates the
+result: an unknown key anywhere, in a YAML file or in an override, is a ``ValueError`` that
+names the offending key and lists the valid ones; a value of the wrong type is a ``ValueError``
+naming the key. Nothing is silently ignored.
+
+Sections whose schema belongs to another module (``model`` → ``EqRConfig`` of
+:mod:`eqsolve.models.eqr`, ``train`` → ``TrainConfig`` of :mod:`eqsolve.train`) are checked
+against that dataclass, imported lazily.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+
+#: Sections validated against a dataclass owned by another module ("module:attribute").
+EXTERNAL_SCHEMAS: dict[str, str] = {
+    "model": "eqsolve.models.eqr:EqRConfig",
+    "train": "eqsolve.train:TrainConfig",
+}
+
+
+@dataclass
+class TaskConfig:
+    """Which puzzles to use.
+
+    Attributes:
+        name: Task name (``sudoku-extreme``).
+        data: CSV (``source,question,answer,rating``) or one-puzzle-per-line file; ``None`` uses
+            the shipped evaluation set (or, for training, the project's generator).
+        limit: Use only the first ``limit`` puzzles (``None`` = all).
+        min_rating: Keep only puzzles with at least this rating.
+    """
+
+    name: str = "sudoku-extreme"
+    data: str | None = None
+    limit: int | None = None
+    min_rating: int | None = None
+
+
+@dataclass
+class SolverConfig:
+    """A registered fixed-point solver and its options.
+
+    Attributes:
+        name: Registered solver name (``eqsolve solvers`` lists them).
+        tol: Stopping tolerance on the residual kind ``stop``; ``0`` runs the full NFE budget.
+        stop: ``"rel"`` or ``"abs"`` residual.
+        options: Solver options passed to ``get_solver(name, **options)`` (validated there).
+    """
+
+    name: str = "anderson"
+    tol: float = 0.0
+    stop: str = "rel"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BenchConfig:
+    """The depth × breadth grid of ``eqsolve bench``.
+
+    Attributes:
+        depth: NFE budgets per start (one NFE = one outer EqR iteration).
+        breadth: Numbers of random starts per puzzle (run as one batch).
+        aggregate: How to pick one answer from the starts (``min_residual``, ``vote``, ...).
+        halt: Per-row halting: ``none``, ``residual`` (relative residual below ``halt_tol``)
+            or ``learned`` (halting logit > 0).
+        halt_tol: Threshold of ``halt: residual``.
+        baseline: Solver run at equal NFE for comparison (``null`` to skip).
+        noise: Path-noise scale at inference (``null`` = the model's own).
+        init: Initial states: ``random`` or ``zeros``.
+        batch_size: Puzzles per chunk (each chunk has its own seed, so results do not depend on
+            how chunks are spread over processes).
+        threads: torch intra-op threads (pinned and recorded).
+        limit: Puzzles evaluated by default (``--limit`` / ``task.limit`` override it).
+    """
+
+    depth: list[int] = field(default_factory=lambda: [4, 8, 16])
+    breadth: list[int] = field(default_factory=lambda: [1, 4])
+    aggregate: str = "min_residual"
+    halt: str = "none"
+    halt_tol: float = 1e-3
+    baseline: str | None = "fixed_point"
+    noise: float | None = 0.0
+    init: str = "random"
+    batch_size: int = 32
+    threads: int = 2
+    limit: int | None = 64
+
+
+@dataclass
+class DiagnoseConfig:
+    """Options of ``eqsolve diagnose`` (consumed by :mod:`eqsolve.diagnostics`).
+
+    Attributes:
+        depth: NFE budget per start.
+        breadth: Random starts per puzzle (attractor census).
+        spectral_iters: Power-iteration steps for the spectral radius.
+        limit: Puzzles analysed.
+        threads: torch intra-op threads.
+    """
+
+    depth: int = 32
+    breadth: int = 8
+    spectral_iters: int = 20
+    limit: int = 50
+    threads: int = 2
+
+
+@dataclass
+class BenchRoot:
+    """Top level of ``config_bench.yaml``.
+
+    Attributes:
+        seed: Base seed (chunk ``c`` uses ``seed + c``).
+        device: torch device.
+        out: Run folder (``None`` = ``runs/bench-<timestamp>``).
+        checkpoint: eqsolve checkpoint or official ``eqr.pth``; ``None`` = shipped reasoner;
+            ``"random"`` = a randomly initialised EqR built from ``model``.
+        model: ``EqRConfig`` fields for ``checkpoint: random``.
+    """
+
+    seed: int = 0
+    device: str = "cpu"
+    out: str | None = None
+    checkpoint: str | None = None
+    model: dict[str, Any] = field(default_factory=dict)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+
+
+@dataclass
+class DiagnoseRoot:
+    """Top level of ``config_diagnose.yaml`` (same model/data rules as bench)."""
+
+    seed: int = 0
+    device: str = "cpu"
+    out: str | None = None
+    checkpoint: str | None = None
+    model: dict[str, Any] = field(default_factory=dict)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    diagnose: DiagnoseConfig = field(default_factory=DiagnoseConfig)
+
+
+@dataclass
+class TrainRoot:
+    """Top level of ``config_train.yaml`` and ``config_compare_grads.yaml``.
+
+    ``model`` and ``train`` are validated against ``EqRConfig`` / ``TrainConfig`` (external).
+    """
+
+    seed: int = 0
+    device: str = "cpu"
+    out: str | None = None
+    resume: str | None = None
+    model: Any = None
+    train: Any = None
+    task: TaskConfig = field(default_factory=TaskConfig)
+
+
+#: Primary config name → root schema.
+SCHEMAS: dict[str, type] = {
+    "config_bench": BenchRoot,
+    "config_diagnose": DiagnoseRoot,
+    "config_train": TrainRoot,
+    "config_compare_grads": TrainRoot,
+}
+
+
+def _valid_keys_error(key_path: str, key: str, valid: Sequence[str], where: str) -> ValueError:
+    """Build the error for an unknown key, with a 'did you mean' hint."""
+    hint = difflib.get_close_matches(key, list(valid), n=1)
+    did_you_mean = f" (did you mean '{hint[0]}'?)" if hint else ""
+    return ValueError(
+        f"unknown config key '{key_path}'{did_you_mean}; valid keys of {where}: {', '.join(sorted(valid))}"
+    )
+
+
+def _load_external_schema(section: str) -> type | None:
+    """Import the dataclass that validates ``section``; ``None`` if its module is not there yet."""
+    spec = EXTERNAL_SCHEMAS.get(section)
+    if spec is None:
+        return None
+    module_name, attribute = spec.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return None
+    schema = getattr(module, attribute, None)
+    return schema if dataclasses.is_dataclass(schema) else None
+
+
+def _schema_at(schema: type, parts: Sequence[str]) -> tuple[type | None, str]:
+    """Walk ``parts`` down ``schema``; return the dataclass owning the last key and its path."""
+    current: type | None = schema
+    for depth, part in enumerate(parts[:-1]):
+        if current is None:
+            return None, ""
+        fields = {f.name: f for f in dataclasses.fields(current)}
+        if part not in fields:
+            path = ".".join(parts[: depth + 1])
+            where = ".".join(parts[:depth]) or "the config"
+            raise _valid_keys_error(path, part, list(fields), f"'{where}'" if depth else where)
+        nested = _field_dataclass(current, part)
+        current = nested if nested is not None else _load_external_schema(part) if depth == 0 else None
+    return current, ".".join(parts[:-1])
+
+
+def _field_dataclass(schema: type, name: str) -> type | None:
+    """The dataclass type of field ``name`` of ``schema``, if it is one."""
+    for f in dataclasses.fields(schema):
+        if f.name == name and f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+            return type(value) if dataclasses.is_dataclass(value) else None
+    return None
+
+
+def check_override_keys(overrides: Sequence[str], schema: type) -> None:
+    """Check the keys of ``key=value`` overrides against ``schema`` before composing.
+
+    Group selections (``solver=broyden``) and deletions (``~key``) are left to hydra.
+
+    Args:
+        overrides: Hydra override strings.
+        schema: Root dataclass of the config.
+
+    Raises:
+        ValueError: Naming the unknown key and the valid keys at that level.
+
+    Examples:
+        >>> check_override_keys(["bench.depth=[4]"], BenchRoot)
+        >>> check_override_keys(["bench.dept=[4]"], BenchRoot)
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown config key 'bench.dept' (did you mean 'depth'?); valid keys of 'bench': aggregate, baseline, batch_size, breadth, depth, halt, halt_tol, init, limit, noise, threads
+    """
+    for override in overrides:
+        if "=" not in override or override.startswith("~"):
+            continue
+        key = override.split("=", 1)[0].lstrip("+")
+        parts = key.split(".")
+        owner, prefix = _schema_at(schema, parts)
+        if owner is None:
+            continue  # free-form dict (solver.options, model without schema): validated later
+        names = [f.name for f in dataclasses.fields(owner)]
+        if parts[-1] not in names:
+            where = f"'{prefix}'" if prefix else "the config"
+            raise _valid_keys_error(key, parts[-1], names, where)
+
+
+def check_keys(node: Any, schema: type, prefix: str = "") -> None:
+    """Recursively check that every key of ``node`` is a field of ``schema``.
+
+    Args:
+        node: Mapping (DictConfig or dict) to check.
+        schema: Dataclass describing it.
+        prefix: Dotted path of ``node`` (for messages).
+
+    Raises:
+        ValueError: On the first unknown key, naming it and the valid keys.
+    """
+    if not isinstance(node, Mapping | DictConfig):
+        return
+    names = [f.name for f in dataclasses.fields(schema)]
+    for key in node:
+        key_path = f"{prefix}{key}"
+        if key not in names:
+            where = f"'{prefix[:-1]}'" if prefix else "the config"
+            raise _valid_keys_error(key_path, str(key), names, where)
+        nested = _field_dataclass(schema, str(key))
+        if nested is None and not prefix:
+            nested = _load_external_schema(str(key))
+        if nested is not None:
+            check_keys(node[key], nested, f"{key_path}.")
+
+
+def validate(cfg: DictConfig, schema: type) -> DictConfig:
+    """Validate a composed config against ``schema``; fill defaults and coerce types.
+
+    Args:
+        cfg: Composed config.
+        schema: Root dataclass (one of :data:`SCHEMAS`).
+
+    Returns:
+        A typed, read-only copy of ``cfg`` (assigning a wrong type later raises too).
+
+    Raises:
+        ValueError: On an unknown key or a value of the wrong type, naming the key.
+    """
+    check_keys(cfg, schema)
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
+    except Exception as exc:  # omegaconf's ValidationError and friends: re-raise as ValueError
+        raise ValueError(f"invalid config value: {exc}") from exc
+    OmegaConf.set_readonly(merged, True)
+    return merged
+
+
+def _normalise_overrides(overrides: Sequence[str], base: DictConfig) -> list[str]:
+    """Let ``model.x=v`` add keys to a free-form ``model`` section (hydra would refuse them)."""
+    result = []
+    for override in overrides:
+        key = override.split("=", 1)[0]
+        if "=" in override and not key.startswith(("+", "~")) and "." in key:
+            section = key.split(".")[0]
+            if section in ("model",) and OmegaConf.select(base, key, default=None) is None:
+                override = "++" + override
+        result.append(override)
+    return result
+
+
+def compose(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose ``eqsolve/conf/<config_name>.yaml`` with hydra and validate it.
+
+    Args:
+        config_name: Primary config, e.g. ``"config_bench"``.
+        overrides: Hydra overrides (``key=value``, ``group=option``, ``+key=value``).
+
+    Returns:
+        The validated config (read-only).
+
+    Raises:
+        ValueError: Unknown key (naming the valid keys), unknown group option, or bad value.
+
+    Examples:
+        >>> cfg = compose("config_bench", ["bench.depth=[2,4]", "solver=broyden"])
+        >>> list(cfg.bench.depth), cfg.solver.name
+        ([2, 4], 'broyden')
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    schema = SCHEMAS.get(config_name)
+    if schema is None:
+        raise ValueError(f"unknown config {config_name!r}; valid: {', '.join(sorted(SCHEMAS))}")
+    check_override_keys(overrides, schema)
+    # initialize_config_dir (not _module) so that the yaml files are found in editable and wheel
+    # installs alike; the folder is eqsolve/conf either way.
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="eqsolve"):
+        try:
+            base = hydra_compose(config_name=config_name)
+            cfg = hydra_compose(config_name=config_name, overrides=_normalise_overrides(overrides, base))
+        except (HydraException, OmegaConfBaseException) as exc:
+            raise ValueError(f"cannot compose {config_name} with overrides {list(overrides)}: {exc}") from exc
+    return validate(cfg, schema)
+
+
+def group_options(group: str) -> list[str]:
+    """Names of the YAML options of a config group (``solver`` → ``["anderson", ...]``)."""
+    folder = CONF_DIR / group
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    """Render a config as YAML (what a run folder stores as ``config.yaml``)."""
+    return OmegaConf.to_yaml(cfg, resolve=True)

@@ -1,0 +1,166 @@
+"""Figures of ``eqsolve bench`` (matplotlib, Agg; no display needed).
+
+Each function takes the bench's result rows (dicts with ``solver``, ``depth``, ``breadth``,
+``nfe_mean``, ``accuracy``, ``residual_mean``; see :mod:`eqsolve.bench`) and writes one PNG.
+Figures are built with :class:`matplotlib.figure.Figure` directly, so no global pyplot state or
+interactive backend is touched.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+Row = Mapping[str, Any]
+
+
+def _save(fig: Figure, path: str | os.PathLike) -> Path:
+    """Render with the Agg canvas and write atomically (temp name + rename)."""
+    path = Path(path)
+    FigureCanvasAgg(fig)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    os.replace(tmp, path)
+    return path
+
+
+def _solvers(rows: Sequence[Row]) -> list[str]:
+    """Solver names in first-seen order."""
+    return list(dict.fromkeys(str(r["solver"]) for r in rows))
+
+
+def plot_accuracy_vs_nfe(rows: Sequence[Row], path: str | os.PathLike) -> Path:
+    """Exact accuracy against mean NFE per puzzle, one line per (solver, breadth).
+
+    Args:
+        rows: Bench rows.
+        path: Output PNG.
+
+    Returns:
+        The written path.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> rows = [{"solver": "anderson", "depth": d, "breadth": 1, "nfe_mean": d,
+        ...          "accuracy": d / 10, "residual_mean": 1 / d} for d in (2, 4)]
+        >>> plot_accuracy_vs_nfe(rows, pathlib.Path(tempfile.mkdtemp()) / "a.png").exists()
+        True
+    """
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    for solver in _solvers(rows):
+        breadths = sorted({int(r["breadth"]) for r in rows if r["solver"] == solver})
+        for breadth in breadths:
+            line = sorted(
+                (r for r in rows if r["solver"] == solver and int(r["breadth"]) == breadth),
+                key=lambda r: float(r["nfe_mean"]),
+            )
+            ax.plot(
+                [float(r["nfe_mean"]) for r in line], [100 * float(r["accuracy"]) for r in line],
+                marker="o", linestyle="-" if breadth == 1 else "--", label=f"{solver}, B={breadth}",
+            )
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("mean NFE per puzzle (all starts)")
+    ax.set_ylabel("exact accuracy (%)")
+    ax.set_title("Accuracy vs compute")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def plot_accuracy_vs_residual(rows: Sequence[Row], path: str | os.PathLike) -> Path:
+    """Exact accuracy against mean final residual of the chosen start, one marker per grid cell.
+
+    Args:
+        rows: Bench rows.
+        path: Output PNG.
+
+    Returns:
+        The written path.
+    """
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    for solver in _solvers(rows):
+        cells = [r for r in rows if r["solver"] == solver and _positive(r["residual_mean"])]
+        ax.scatter(
+            [float(r["residual_mean"]) for r in cells], [100 * float(r["accuracy"]) for r in cells],
+            label=solver, s=[12 + 6 * int(r["breadth"]) for r in cells], alpha=0.7,
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("mean final relative residual (chosen start)")
+    ax.set_ylabel("exact accuracy (%)")
+    ax.set_title("Accuracy vs residual (marker size ~ breadth)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def _positive(value: Any) -> bool:
+    """True for finite positive numbers (plottable on a log axis)."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return False
+    return math.isfinite(value) and value > 0
+
+
+def plot_depth_breadth_heatmap(rows: Sequence[Row], path: str | os.PathLike) -> Path:
+    """Exact accuracy on the depth × breadth grid, one panel per solver, values annotated.
+
+    Args:
+        rows: Bench rows.
+        path: Output PNG.
+
+    Returns:
+        The written path.
+    """
+    solvers = _solvers(rows)
+    depths = sorted({int(r["depth"]) for r in rows})
+    breadths = sorted({int(r["breadth"]) for r in rows})
+    fig = Figure(figsize=(3.2 * len(solvers) + 1, 0.5 * len(depths) + 2.2))
+    axes = fig.subplots(1, len(solvers), squeeze=False)[0]
+    image = None
+    for ax, solver in zip(axes, solvers):
+        grid = [[math.nan] * len(breadths) for _ in depths]
+        for r in rows:
+            if r["solver"] == solver:
+                grid[depths.index(int(r["depth"]))][breadths.index(int(r["breadth"]))] = 100 * float(r["accuracy"])
+        image = ax.imshow(grid, vmin=0, vmax=100, cmap="viridis", origin="lower", aspect="auto")
+        for i, row in enumerate(grid):
+            for j, value in enumerate(row):
+                if not math.isnan(value):
+                    ax.text(j, i, f"{value:.0f}", ha="center", va="center",
+                            color="white" if value < 60 else "black", fontsize=8)
+        ax.set_xticks(range(len(breadths)), [str(b) for b in breadths])
+        ax.set_yticks(range(len(depths)), [str(d) for d in depths])
+        ax.set_xlabel("breadth (starts)")
+        ax.set_ylabel("depth (NFE per start)")
+        ax.set_title(solver)
+    if image is not None:
+        fig.colorbar(image, ax=list(axes), label="exact accuracy (%)")
+    return _save(fig, path)
+
+
+def write_bench_plots(rows: Sequence[Row], out_dir: str | os.PathLike) -> dict[str, str]:
+    """Write the three bench figures into ``out_dir``.
+
+    Args:
+        rows: Bench rows.
+        out_dir: Folder (the run folder).
+
+    Returns:
+        Figure name → file name (relative to ``out_dir``).
+    """
+    out_dir = Path(out_dir)
+    files = {
+        "accuracy_vs_nfe": plot_accuracy_vs_nfe(rows, out_dir / "accuracy_vs_nfe.png"),
+        "accuracy_vs_residual": plot_accuracy_vs_residual(rows, out_dir / "accuracy_vs_residual.png"),
+        "depth_breadth_heatmap": plot_depth_breadth_heatmap(rows, out_dir / "depth_breadth_heatmap.png"),
+    }
+    return {name: p.name for name, p in files.items()}

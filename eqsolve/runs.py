@@ -1,0 +1,278 @@
+"""Run folders: one directory per command invocation, with everything needed to reproduce it.
+
+A run folder holds
+
+- ``config.yaml``: the fully composed configuration,
+- ``meta.json``: command line, start time, seeds, git commit, package versions, torch threads,
+- ``log.txt``: the ``eqsolve`` logger's output during the run,
+- ``results.json``: machine-readable results with a versioned schema (see :data:`RESULTS_SCHEMA`),
+- plots and whatever else the command writes.
+
+Every write that matters goes through :func:`atomic_write_text` (temp file in the same folder,
+then ``os.replace``), so a reader never sees half a file, even if the process is killed.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+#: Schema tag of ``results.json``. Bump the version on any incompatible change of its layout.
+RESULTS_SCHEMA = "eqsolve.results/1"
+
+_PACKAGES = ("eqsolve", "torch", "numpy", "hydra-core", "omegaconf", "matplotlib", "scipy")
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (temp file in the same folder + ``os.replace``).
+
+    Args:
+        path: Destination file. Its parent folder must exist.
+        text: Content to write (UTF-8).
+
+    Returns:
+        The destination path.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> atomic_write_text(d / "a.txt", "hi").read_text()
+        'hi'
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # Never leave a stray temp file behind when the write fails half-way.
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Serialise ``obj`` as indented JSON and write it atomically.
+
+    Non-finite floats are written as ``null`` (strict JSON has no NaN), so any JSON reader can
+    load the file.
+
+    Args:
+        path: Destination file.
+        obj: JSON-able object (dicts, lists, str, int, float, bool, None; numpy scalars allowed).
+
+    Returns:
+        The destination path.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = atomic_write_json(d / "r.json", {"acc": float("nan")})
+        >>> (d / "r.json").read_text().replace(" ", "").replace("\\n", "")
+        '{"acc":null}'
+    """
+    text = json.dumps(_jsonable(obj), indent=2, allow_nan=False)
+    return atomic_write_text(path, text + "\n")
+
+
+def _jsonable(obj: Any) -> Any:
+    """Convert numpy/torch scalars and arrays, paths and NaN to plain JSON values."""
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, bool) or obj is None or isinstance(obj, str | int):
+        return obj
+    if isinstance(obj, float):
+        return obj if obj == obj and abs(obj) != float("inf") else None
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "tolist"):  # numpy / torch scalars and arrays
+        return _jsonable(obj.tolist())
+    raise TypeError(f"cannot write {type(obj).__name__} value {obj!r} to JSON")
+
+
+def make_run_dir(kind: str, out: str | os.PathLike | None = None, root: str | os.PathLike = "runs") -> Path:
+    """Create the run folder of a command.
+
+    Args:
+        kind: Command name, used in the default folder name (``runs/<kind>-<timestamp>``).
+        out: Explicit folder (``--out``). Created if missing; an existing folder is reused only
+            if it holds no ``results.json`` (so one run never overwrites another's results).
+        root: Parent of default folders.
+
+    Returns:
+        The created folder.
+
+    Raises:
+        FileExistsError: If ``out`` already holds a ``results.json``.
+
+    Examples:
+        >>> import tempfile
+        >>> make_run_dir("bench", root=tempfile.mkdtemp()).name.startswith("bench-")
+        True
+    """
+    if out is not None:
+        path = Path(out)
+        if (path / "results.json").exists():
+            raise FileExistsError(f"--out {path} already holds results.json; choose another folder")
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(root) / f"{kind}-{stamp}"
+    for suffix in range(1000):
+        path = base if suffix == 0 else base.with_name(f"{base.name}-{suffix}")
+        try:
+            path.mkdir(parents=True, exist_ok=False)
+            return path
+        except FileExistsError:
+            continue  # two runs started in the same second: take the next free name
+    raise FileExistsError(f"could not find a free run folder name next to {base}")
+
+
+def git_commit(repo: str | os.PathLike | None = None) -> str | None:
+    """Return the current git commit of ``repo`` (default: this package's checkout), ``-dirty`` if modified.
+
+    Args:
+        repo: Folder inside a git work tree.
+
+    Returns:
+        The commit hash, or ``None`` when not in a git checkout or git is unavailable.
+    """
+    cwd = Path(repo) if repo is not None else Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd, capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("-dirty" if dirty else "")
+
+
+def package_versions(names: tuple[str, ...] = _PACKAGES) -> dict[str, str | None]:
+    """Installed versions of the packages that shape a run's numbers (``None`` if absent)."""
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def run_metadata(seeds: Mapping[str, int] | None = None, **extra: Any) -> dict[str, Any]:
+    """Everything a run records about where and how it ran.
+
+    Args:
+        seeds: Named seeds used by the run.
+        **extra: Further JSON-able entries (for example ``torch_threads``, ``world_size``).
+
+    Returns:
+        A JSON-able dict: argv, start time (UTC, ISO 8601), host, git commit, package versions,
+        seeds and ``extra``.
+    """
+    return {
+        "argv": list(sys.argv),
+        "started_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "git_commit": git_commit(),
+        "versions": package_versions(),
+        "seeds": dict(seeds or {}),
+        **extra,
+    }
+
+
+def start_run(run_dir: str | os.PathLike, config_yaml: str, meta: Mapping[str, Any]) -> logging.Handler:
+    """Write ``config.yaml`` and ``meta.json`` and route the ``eqsolve`` logger to ``log.txt``.
+
+    Args:
+        run_dir: The run folder (from :func:`make_run_dir`).
+        config_yaml: The composed configuration, as YAML text.
+        meta: Output of :func:`run_metadata`.
+
+    Returns:
+        The file handler attached to the ``eqsolve`` logger; pass it to :func:`finish_run`.
+    """
+    run_dir = Path(run_dir)
+    atomic_write_text(run_dir / "config.yaml", config_yaml)
+    atomic_write_json(run_dir / "meta.json", meta)
+    handler = logging.FileHandler(run_dir / "log.txt", encoding="utf-8")
+    handler.setFormatter(logging.Formatter(_LOG_FORMAT))
+    logger = logging.getLogger("eqsolve")
+    logger.addHandler(handler)
+    if logger.level == logging.NOTSET or logger.level > logging.INFO:
+        logger.setLevel(logging.INFO)
+    return handler
+
+
+def finish_run(handler: logging.Handler) -> None:
+    """Detach and close the log handler returned by :func:`start_run`."""
+    logging.getLogger("eqsolve").removeHandler(handler)
+    handler.close()
+
+
+def write_results(run_dir: str | os.PathLike, kind: str, payload: Mapping[str, Any]) -> Path:
+    """Write ``results.json`` (schema :data:`RESULTS_SCHEMA`) atomically.
+
+    Args:
+        run_dir: The run folder.
+        kind: Command that produced the results (``"bench"``, ``"train"``, ...).
+        payload: Command-specific JSON-able results, stored under ``"results"``.
+
+    Returns:
+        Path of ``results.json``.
+
+    Examples:
+        >>> import tempfile
+        >>> p = write_results(tempfile.mkdtemp(), "bench", {"rows": []})
+        >>> read_results(p)["kind"]
+        'bench'
+    """
+    document = {
+        "schema": RESULTS_SCHEMA,
+        "kind": kind,
+        "written_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "results": dict(payload),
+    }
+    return atomic_write_json(Path(run_dir) / "results.json", document)
+
+
+def read_results(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a ``results.json`` and check its schema tag.
+
+    Args:
+        path: The file, or the run folder holding it.
+
+    Returns:
+        The parsed document.
+
+    Raises:
+        ValueError: If the file is not an eqsolve results file of a supported schema version.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.json"
+    document = json.loads(path.read_text(encoding="utf-8"))
+    schema = document.get("schema") if isinstance(document, dict) else None
+    if schema != RESULTS_SCHEMA:
+        raise ValueError(f"{path}: schema {schema!r} is not supported (expected {RESULTS_SCHEMA!r})")
+    return document
