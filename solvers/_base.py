@@ -1,0 +1,142 @@
+"""The solver protocol shared by every algorithm, and the helpers that act on solver states.
+
+A solver is a small frozen dataclass whose fields are its options. It works on flattened
+iterates ``z`` of shape ``(B, n)`` and a map ``f(z, *args) -> (B, n)``:
+
+- ``state = solver.init(f, z0, args)`` evaluates ``f(z0)`` once and returns a state;
+- ``state = solver.step(f, state, args)`` takes one step (normally one evaluation of ``f``).
+
+A state is a dataclass whose tensor fields are all batch-first, so that the generic loop in
+:mod:`eqsolve.solvers._loop` can drop finished rows (``state[keep]``) and freeze rows
+(``where(done, old, new)``) without knowing the algorithm. Every state carries ``z`` (current
+iterate), ``fz = f(z)`` and ``nfe`` (``(B,)`` int64 evaluations of ``f`` spent per row). Steps
+are out-of-place, so gradient code may unroll them with autograd enabled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import torch
+from torch import Tensor
+
+__all__ = ["FlatMap", "Solver", "SolverState", "flat_map", "option", "select_rows", "take_rows"]
+
+StateT = TypeVar("StateT", bound="SolverState")
+FlatMap = Callable[..., Tensor]
+
+
+def option(default: Any, doc: str) -> Any:
+    """A solver option: a dataclass field with a default and a one-line doc (for the CLI)."""
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass
+class SolverState:
+    """Fields every solver state has. Subclasses add their own batch-first tensors.
+
+    Attributes:
+        z: ``(B, n)`` current iterate.
+        fz: ``(B, n)`` ``f(z)``.
+        nfe: ``(B,)`` int64, evaluations of ``f`` spent on each row so far.
+    """
+
+    z: Tensor
+    fz: Tensor
+    nfe: Tensor
+
+
+class Solver:
+    """Base class of the solvers (subclasses are frozen dataclasses; fields are options)."""
+
+    def init(self, f: FlatMap, z0: Tensor, args: Sequence[Any]) -> SolverState:
+        """Evaluate ``f(z0, *args)`` and build the initial state. ``z0`` is ``(B, n)``."""
+        raise NotImplementedError
+
+    def step(self, f: FlatMap, state: SolverState, args: Sequence[Any]) -> SolverState:
+        """Take one step from ``state``; return a new state (never modify ``state``)."""
+        raise NotImplementedError
+
+    @classmethod
+    def option_names(cls) -> list[str]:
+        """Names of the options this solver accepts."""
+        return [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+
+
+def _check(cond: bool, name: str, value: Any, requirement: str) -> None:
+    if not cond:
+        raise ValueError(f"option {name}={value!r} is invalid: {requirement}")
+
+
+def check_real(name: str, value: Any, low: float | None = None, high: float | None = None,
+               low_open: bool = False) -> None:
+    """Raise ValueError unless ``value`` is a real number in the given range."""
+    _check(isinstance(value, (int, float)) and not isinstance(value, bool), name, value, "must be a number")
+    _check(value == value, name, value, "must not be NaN")
+    if low is not None:
+        ok = value > low if low_open else value >= low
+        _check(ok, name, value, f"must be {'>' if low_open else '>='} {low}")
+    if high is not None:
+        _check(value <= high, name, value, f"must be <= {high}")
+
+
+def check_int(name: str, value: Any, low: int) -> None:
+    """Raise ValueError unless ``value`` is an int >= ``low``."""
+    _check(isinstance(value, int) and not isinstance(value, bool), name, value, "must be an int")
+    _check(value >= low, name, value, f"must be >= {low}")
+
+
+def _rows_view(mask: Tensor, like: Tensor) -> Tensor:
+    return mask.view(mask.shape[0], *([1] * (like.dim() - 1)))
+
+
+def take_rows(state: StateT, index: Tensor) -> StateT:
+    """Keep the rows ``index`` (an int64 index tensor) of every tensor field of ``state``."""
+    updates = {
+        f.name: getattr(state, f.name)[index]
+        for f in dataclasses.fields(state)
+        if isinstance(getattr(state, f.name), Tensor)
+    }
+    return dataclasses.replace(state, **updates)
+
+
+def select_rows(mask: Tensor, if_true: StateT, if_false: StateT) -> StateT:
+    """Row-wise ``where(mask, if_true, if_false)`` over every tensor field of two states."""
+    updates = {}
+    for f in dataclasses.fields(if_true):
+        a, b = getattr(if_true, f.name), getattr(if_false, f.name)
+        if isinstance(a, Tensor):
+            updates[f.name] = torch.where(_rows_view(mask, a), a, b)
+    return dataclasses.replace(if_false, **updates)
+
+
+def flat_map(f: Callable[..., Tensor], shape: torch.Size | Sequence[int]) -> FlatMap:
+    """Wrap ``f(z, *args)`` on ``(B, *shape)`` tensors as a map on flattened ``(B, n)`` rows.
+
+    Args:
+        f: the user's map; must return a tensor of the same shape as its input ``z``.
+        shape: the per-row shape of ``z`` (without the batch dimension).
+
+    Returns:
+        ``g(z_flat, *args) -> (B, n)``; raises ValueError if ``f`` returns the wrong shape.
+
+    Examples:
+        >>> import torch
+        >>> g = flat_map(lambda z: z.transpose(1, 2), (2, 2))
+        >>> g(torch.arange(8.0).view(2, 4))[0].tolist()
+        [0.0, 2.0, 1.0, 3.0]
+    """
+    shape = tuple(shape)
+
+    def g(z: Tensor, *args: Any) -> Tensor:
+        b = z.shape[0]
+        out = f(z.view(b, *shape), *args)
+        if not isinstance(out, Tensor) or tuple(out.shape) != (b, *shape):
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(f"f(z) must return a tensor of the same shape as z {(b, *shape)}, got {got}")
+        return out.reshape(b, -1)
+
+    return g

@@ -1,0 +1,218 @@
+"""The one generic solve loop: per-row stopping, compaction, best iterate, status, trace.
+
+Every solver only supplies ``init``/``step``; everything about *when* a row stops and *what*
+is returned lives here, once. Bookkeeping stays on the device; the host looks at it only every
+``check_every`` steps (one sync), which is when finished rows leave the active set.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._base import flat_map, select_rows, take_rows
+from ._registry import resolve_solver
+from ._solution import Solution, SolveError, Status
+
+__all__ = ["solve"]
+
+# A row makes progress when its best residual drops below this fraction of the reference value.
+_PROGRESS = 0.99
+
+
+def _residuals(z: Tensor, fz: Tensor) -> tuple[Tensor, Tensor]:
+    diff = torch.linalg.vector_norm(fz - z, dim=1)
+    return diff, diff / (torch.linalg.vector_norm(fz, dim=1) + 1e-8)
+
+
+def _check_inputs(z0: Any, args: tuple, stop: str, tol: Any, max_iter: Any, check_every: Any,
+                  diverge_factor: Any, stall_window: Any) -> None:
+    if not isinstance(z0, Tensor):
+        raise TypeError(f"z0 must be a tensor, got {type(z0).__name__}")
+    if z0.dim() < 1 or z0.shape[0] == 0 or z0.numel() == 0:
+        raise ValueError(f"z0 must have shape (B, ...) with B >= 1 and a non-empty row, got {tuple(z0.shape)}")
+    if not z0.is_floating_point():
+        raise TypeError(f"z0 must be a floating-point tensor, got dtype {z0.dtype}")
+    if stop not in ("rel", "abs"):
+        raise ValueError(f"stop={stop!r} is invalid; valid: 'rel', 'abs'")
+    if not (isinstance(tol, (int, float)) and tol >= 0 and math.isfinite(tol)):
+        raise ValueError(f"tol={tol!r} is invalid: must be a finite number >= 0")
+    for name, value, low in (("max_iter", max_iter, 0), ("check_every", check_every, 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name}={value!r} is invalid: must be an int >= {low}")
+    if diverge_factor is not None and not (isinstance(diverge_factor, (int, float)) and diverge_factor > 1):
+        raise ValueError(f"diverge_factor={diverge_factor!r} is invalid: must be a number > 1 or None")
+    if stall_window is not None and not (isinstance(stall_window, int) and stall_window >= 1):
+        raise ValueError(f"stall_window={stall_window!r} is invalid: must be an int >= 1 or None")
+    for i, a in enumerate(args):
+        if isinstance(a, Tensor) and (a.dim() == 0 or a.shape[0] != z0.shape[0]):
+            raise ValueError(
+                f"args[{i}] has shape {tuple(a.shape)} but every tensor in args must be batch-first "
+                f"with batch {z0.shape[0]} like z0 (put shared tensors in f's closure)"
+            )
+
+
+def _take_args(args: tuple, index: Tensor) -> tuple:
+    return tuple(a[index] if isinstance(a, Tensor) else a for a in args)
+
+
+def solve(
+    f: Callable[..., Tensor],
+    z0: Tensor,
+    *args: Any,
+    solver: Any = "anderson",
+    tol: float = 1e-4,
+    stop: str = "rel",
+    max_iter: int = 50,
+    compact: bool = True,
+    trace: bool = False,
+    check_every: int = 1,
+    throw: bool = False,
+    diverge_factor: float | None = 1e4,
+    stall_window: int | None = 30,
+    **solver_options: Any,
+) -> Solution:
+    """Find ``z`` with ``f(z, *args) = z`` for every row of a batch, each row stopping on its own.
+
+    Args:
+        f: the map, ``f(z, *args) -> `` a tensor of the shape of ``z``. Rows must be independent
+            unless ``compact=False``.
+        z0: ``(B, ...)`` starting point, float32 or float64, any device.
+        *args: extra inputs of ``f``; every tensor in them is batch-first and is sliced with ``z``.
+        solver: a registered name (see :func:`available_solvers`) or a solver object.
+        tol: stop a row when its residual of kind ``stop`` is ``<= tol``.
+        stop: ``"rel"`` (``||f(z)-z|| / (||f(z)|| + 1e-8)``) or ``"abs"`` (``||f(z)-z||``).
+        max_iter: maximum number of solver steps after the first evaluation ``f(z0)``.
+        compact: if True, rows that stopped leave the batch and ``f`` only sees running rows
+            (saves compute). If False, stopped rows stay in the batch, frozen (``f`` still sees
+            them): use it for maps that couple rows.
+        trace: record the residual of every step in ``Solution.trace``.
+        check_every: look at the stopping state on the host (one sync) only every this many
+            steps; stopped rows are frozen, not computed further, in between.
+        throw: raise :class:`SolveError` listing the failed rows if any row did not converge.
+        diverge_factor: a row is ``DIVERGED`` when its absolute residual exceeds this factor
+            times the smallest absolute residual it reached (None: never).
+        stall_window: a row is ``STAGNATED`` when its best residual has not dropped by 1% in this
+            many steps (None: never).
+        **solver_options: options of the named solver (an error if ``solver`` is an object).
+
+    Returns:
+        A :class:`Solution` with the best iterate of every row, its residuals, NFE, steps and
+        status.
+
+    Raises:
+        ValueError: invalid option or input (the message names it and lists valid values).
+        SolveError: with ``throw=True``, if some rows did not converge.
+
+    Examples:
+        >>> import torch
+        >>> W = 0.9 * torch.eye(8)
+        >>> x = torch.randn(16, 8)
+        >>> sol = solve(lambda z, x: torch.tanh(z @ W + x), torch.zeros(16, 8), x, tol=1e-6)
+        >>> bool(sol.converged.all()), bool((sol.rel_residual <= 1e-6).all())
+        (True, True)
+    """
+    algo = resolve_solver(solver, solver_options)
+    _check_inputs(z0, args, stop, tol, max_iter, check_every, diverge_factor, stall_window)
+    batch, shape = z0.shape[0], z0.shape[1:]
+    g = flat_map(f, shape)
+    device, idx_dtype = z0.device, torch.int64
+    # Rows may be frozen while still in the batch only when the host has not looked yet.
+    freeze = (not compact) or check_every > 1
+
+    state = algo.init(g, z0.reshape(batch, -1), args)
+    active_args = args
+    idx = torch.arange(batch, device=device)  # original row of each active row
+
+    # Full-batch outputs, written when rows leave (and at the end).
+    out_z = z0.reshape(batch, -1).clone()
+    out_abs = z0.new_full((batch,), math.inf)
+    out_rel = z0.new_full((batch,), math.inf)
+    out_nfe = torch.zeros(batch, dtype=idx_dtype, device=device)
+    out_nstep = torch.zeros(batch, dtype=idx_dtype, device=device)
+    out_status = torch.full((batch,), int(Status.MAX_ITER), dtype=idx_dtype, device=device)
+    trace_buf = z0.new_full((batch, max_iter + 1), math.nan) if trace else None
+
+    # Per active row bookkeeping (device tensors).
+    best_z = state.z
+    best_abs = z0.new_full((batch,), math.inf)
+    best_rel = z0.new_full((batch,), math.inf)
+    min_abs = z0.new_full((batch,), math.inf)  # divergence is judged on the absolute residual
+    ref_res = z0.new_full((batch,), math.inf)
+    ref_step = torch.zeros(batch, dtype=idx_dtype, device=device)
+    nstep = torch.zeros(batch, dtype=idx_dtype, device=device)
+    status = torch.full((batch,), int(Status.MAX_ITER), dtype=idx_dtype, device=device)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+
+    def flush() -> None:
+        out_z[idx] = best_z.detach().to(out_z.dtype)
+        out_abs[idx], out_rel[idx] = best_abs.detach(), best_rel.detach()
+        out_nfe[idx], out_nstep[idx], out_status[idx] = state.nfe, nstep, status
+
+    k = 0
+    while True:
+        # --- observe the current iterate of every active row (no host sync) ---
+        abs_r, rel_r = _residuals(state.z.detach(), state.fz.detach())
+        res = rel_r if stop == "rel" else abs_r
+        best_res = best_rel if stop == "rel" else best_abs
+        finite = torch.isfinite(res)
+        live = ~done
+        improved = live & finite & (res < best_res)
+        best_z = torch.where(improved[:, None], state.z, best_z)
+        best_abs = torch.where(improved, abs_r, best_abs)
+        best_rel = torch.where(improved, rel_r, best_rel)
+        best_res = best_rel if stop == "rel" else best_abs
+        min_abs = torch.where(live & finite, torch.minimum(min_abs, abs_r), min_abs)
+        progress = best_res < _PROGRESS * ref_res
+        ref_res = torch.where(progress, best_res, ref_res)
+        ref_step = torch.where(progress, torch.full_like(ref_step, k), ref_step)
+        new_status = torch.full_like(status, -1)
+        if stall_window is not None:
+            new_status = torch.where(k - ref_step >= stall_window, int(Status.STAGNATED), new_status)
+        if diverge_factor is not None:
+            new_status = torch.where(abs_r > diverge_factor * min_abs, int(Status.DIVERGED), new_status)
+        new_status = torch.where(finite & (res <= tol), int(Status.CONVERGED), new_status)
+        new_status = torch.where(finite, new_status, int(Status.NONFINITE))
+        stops = live & (new_status >= 0)
+        status = torch.where(stops, new_status, status)
+        if trace_buf is not None:
+            trace_buf[idx, k] = torch.where(live, res.detach(), math.nan)
+        done = done | stops
+
+        # --- host look: drop finished rows, or leave when none is left ---
+        if k % check_every == 0 or k == max_iter:
+            if compact:
+                keep = (~done).nonzero().flatten()  # the one host sync of this check
+                if keep.numel() < idx.numel():
+                    flush()
+                    if keep.numel() == 0:
+                        break
+                    idx, state, active_args = idx[keep], take_rows(state, keep), _take_args(active_args, keep)
+                    best_z, best_abs, best_rel = best_z[keep], best_abs[keep], best_rel[keep]
+                    min_abs = min_abs[keep]
+                    ref_res, ref_step, nstep = ref_res[keep], ref_step[keep], nstep[keep]
+                    status, done = status[keep], done[keep]
+            elif bool(done.all()):
+                break
+        if k == max_iter:
+            break
+
+        # --- one step of the solver on the active rows ---
+        new_state = algo.step(g, state, active_args)
+        state = select_rows(done, state, new_state) if freeze else new_state
+        nstep = nstep + (~done).to(idx_dtype)
+        k += 1
+
+    flush()
+    trace_out = trace_buf[:, : k + 1] if trace_buf is not None else None
+    sol = Solution(
+        z=out_z.view(batch, *shape), abs_residual=out_abs, rel_residual=out_rel, nfe=out_nfe,
+        nstep=out_nstep, status=out_status, trace=trace_out, stop=stop, tol=float(tol),
+    )
+    if throw and not bool(sol.converged.all()):
+        raise SolveError(sol.describe_failures())
+    return sol
