@@ -23,12 +23,16 @@ from ._registry import (
     register_solver,
 )
 from ._solution import Solution, SolveError, Status
+from .anderson import Anderson, AndersonState
 from .fixed_point import FixedPointIteration
 
 register_solver("fixed_point", FixedPointIteration)
 register_alias("naive", "fixed_point")
+register_solver("anderson", Anderson)
 
 __all__ = [
+    "Anderson",
+    "AndersonState",
     "FixedPointIteration",
     "SolveError",
     "Solution",
