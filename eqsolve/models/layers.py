@@ -66,9 +66,14 @@ def trunc_normal_(
         return tensor.clamp_(-bound * scale, bound * scale)
 
 
+def _upcast(t: Tensor) -> Tensor:
+    """At least float32 (half/bfloat16 are computed in float32; float64 stays float64)."""
+    return t.float() if t.element_size() < 4 else t
+
+
 def rms_norm(h: Tensor, eps: float = 1e-5) -> Tensor:
-    """Weightless RMSNorm over the last axis, computed in float32, returned in ``h.dtype``."""
-    h32 = h.float()
+    """Weightless RMSNorm over the last axis, computed in (at least) float32, returned in ``h.dtype``."""
+    h32 = _upcast(h)
     return (h32 * torch.rsqrt(h32.square().mean(-1, keepdim=True) + eps)).to(h.dtype)
 
 
@@ -159,6 +164,7 @@ class RotaryEmbedding(nn.Module):
         self, head_dim: int, seq_len: int, base: float = 10000.0, board: tuple[int, int] | None = None
     ) -> None:
         super().__init__()
+        self.two_d = board is not None
         if board is None:
             cos, sin = self._tables(head_dim, torch.arange(seq_len, dtype=torch.float32), base)
         else:
@@ -180,20 +186,20 @@ class RotaryEmbedding(nn.Module):
         return emb.cos(), emb.sin()
 
     def apply(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
-        """Rotate ``q, k`` of shape ``(B, L, heads, head_dim)`` (in float32)."""
+        """Rotate ``q, k`` of shape ``(B, L, heads, head_dim)`` (in at least float32)."""
         cos, sin = self.cos[:, None, :], self.sin[:, None, :]
 
         def rot(t: Tensor) -> Tensor:
-            t32 = t.float()
+            t32 = _upcast(t)
             return (t32 * cos + rotate_half(t32) * sin).to(t.dtype)
 
-        if self.cos.shape[-1] == q.shape[-1]:
+        if not self.two_d:
             return rot(q), rot(k)
         # 2-D mode: the two halves of the head use separate (row, column) tables
         half = q.shape[-1] // 2
 
         def rot2(t: Tensor) -> Tensor:
-            t32 = t.float()
+            t32 = _upcast(t)
             a, b = t32[..., :half], t32[..., half:]
             ca, cb = cos[..., :half], cos[..., half:]
             sa, sb = sin[..., :half], sin[..., half:]
