@@ -1,0 +1,410 @@
+"""``eqsolve bench``: a solver against plain iteration over a depth × breadth grid.
+
+For every grid cell (solver, depth, breadth) the bench solves every puzzle with
+:func:`eqsolve.scaling.solve_many` (``breadth`` random starts per puzzle as one batch, at most
+``depth`` NFE per start) and records, per puzzle, whether the aggregated answer is exactly right,
+the NFE spent (all starts together) and the final relative residual of the chosen start. The
+chosen solver and the baseline (plain iteration, ``fixed_point``) get the same NFE budgets and
+the same initial states, so the comparison is at equal NFE.
+
+Puzzles are processed in chunks of ``bench.batch_size``; chunk ``c`` is seeded with
+``seed + c`` whatever process runs it, so under ``torchrun`` (chunks dealt round-robin to
+ranks, gathered with ``torch.distributed`` over gloo) the per-puzzle results equal a
+one-process run.
+
+Outputs (in the run folder): the table on stdout and in ``log.txt``, ``results.json``
+(``rows``: one summary per cell; ``per_puzzle``: the raw arrays) and three plots.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger("eqsolve.bench")
+
+#: Shipped reasoner, used when no ``--checkpoint`` is given.
+SHIPPED_REASONER = Path(__file__).resolve().parent / "assets" / "reasoner.pt"
+BUCKETS = ("easy", "medium", "hard")
+HALT_MODES = ("none", "residual", "learned")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One grid cell: how every puzzle is solved.
+
+    Attributes:
+        solver: Registered solver name.
+        depth: NFE budget per start.
+        breadth: Starts per puzzle.
+        options: Solver options (``get_solver(solver, **options)``).
+        tol: Residual tolerance of the solver (0: spend the whole budget).
+    """
+
+    solver: str
+    depth: int
+    breadth: int
+    options: Mapping[str, Any] = field(default_factory=dict)
+    tol: float = 0.0
+
+    @property
+    def key(self) -> str:
+        """Stable name, e.g. ``anderson/d16/b4``."""
+        return f"{self.solver}/d{self.depth}/b{self.breadth}"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Settings shared by all cells (see ``BenchConfig``)."""
+
+    aggregate: str = "min_residual"
+    halt: str = "none"
+    halt_tol: float = 1e-3
+    noise: float | None = 0.0
+    init: str = "random"
+    stop: str = "rel"
+    batch_size: int = 32
+    seed: int = 0
+
+
+#: evaluate(model, questions (n,81) digits, answers (n,81), cell, options, seed) -> per-puzzle dict
+Evaluator = Callable[[torch.nn.Module, np.ndarray, np.ndarray, Cell, RunOptions, int], dict[str, np.ndarray]]
+
+
+# ----------------------------------------------------------------------------- model and data
+def load_model(cfg: Any) -> torch.nn.Module:
+    """Build the reasoner a bench/diagnose config asks for.
+
+    Args:
+        cfg: Config with ``checkpoint`` (``None``: the shipped reasoner; ``"random"``: an
+            untrained EqR from ``cfg.model`` seeded by ``cfg.seed``; else a path to an eqsolve
+            checkpoint or an official ``eqr.pth``), ``model``, ``seed`` and ``device``.
+
+    Returns:
+        The model in eval mode on ``cfg.device``.
+
+    Raises:
+        FileNotFoundError: The checkpoint (or the shipped reasoner) is missing.
+        ValueError: ``model.*`` overrides given together with a real checkpoint.
+    """
+    from eqsolve.models.eqr import EqR, EqRConfig
+
+    model_overrides = dict(cfg.model or {})
+    if cfg.checkpoint == "random":
+        torch.manual_seed(int(cfg.seed))
+        model = EqR(EqRConfig(**model_overrides))
+    else:
+        if model_overrides:
+            raise ValueError(
+                f"model.* overrides {sorted(model_overrides)} only apply with checkpoint=random; "
+                "a checkpoint brings its own architecture"
+            )
+        path = Path(cfg.checkpoint) if cfg.checkpoint else SHIPPED_REASONER
+        if not path.is_file():
+            what = "the shipped reasoner" if not cfg.checkpoint else "checkpoint"
+            raise FileNotFoundError(f"{what} not found at {path}; pass --checkpoint PATH (or 'random')")
+        model = _load_checkpoint(path)
+    return model.to(cfg.device).eval()
+
+
+def _load_checkpoint(path: Path) -> torch.nn.Module:
+    """Training checkpoints via eqsolve.train when present, native/official ones via eqsolve.models."""
+    try:
+        from eqsolve.train import load_model as load_training_checkpoint
+    except ImportError:
+        load_training_checkpoint = None
+    if load_training_checkpoint is not None:
+        return load_training_checkpoint(path)
+    from eqsolve.models.checkpoint import load_checkpoint
+
+    return load_checkpoint(path)
+
+
+def load_puzzles(cfg: Any, limit: int | None) -> Any:
+    """Load ``cfg.task.data`` (or the shipped evaluation set) and keep ``limit`` puzzles.
+
+    The subset is a seeded random sample (``cfg.seed``), in file order, so that it mixes the
+    difficulty buckets like the whole file does.
+
+    Args:
+        cfg: Config with ``task`` and ``seed``.
+        limit: Number of puzzles (``None``: all).
+
+    Returns:
+        A ``SudokuSet``.
+    """
+    from eqsolve.tasks import sudoku
+
+    if cfg.task.name != "sudoku-extreme":
+        raise ValueError(f"unknown task {cfg.task.name!r}; valid: sudoku-extreme")
+    options = {} if cfg.task.min_rating is None else {"min_rating": int(cfg.task.min_rating)}
+    data = sudoku.load_any(cfg.task.data, **options) if cfg.task.data else sudoku.default_eval_set(**options)
+    if limit is not None and limit < len(data):
+        rng = np.random.default_rng(int(cfg.seed))
+        data = data.subset(np.sort(rng.choice(len(data), size=limit, replace=False)))
+    if len(data) == 0:
+        raise ValueError(f"no puzzles to evaluate (data={cfg.task.data!r}, limit={limit})")
+    return data
+
+
+# ----------------------------------------------------------------------------- one chunk
+def evaluate_chunk(
+    model: torch.nn.Module, questions: np.ndarray, answers: np.ndarray, cell: Cell,
+    options: RunOptions, seed: int,
+) -> dict[str, np.ndarray]:
+    """Solve one chunk of puzzles for one grid cell with :func:`eqsolve.scaling.solve_many`.
+
+    Args:
+        model: The reasoner.
+        questions: ``(n, 81)`` digits, 0 = blank.
+        answers: ``(n, 81)`` solution digits (only used to score, never by the solver).
+        cell: Grid cell.
+        options: Shared settings.
+        seed: Seed of this chunk (initial states and path noise).
+
+    Returns:
+        ``correct`` (bool), ``nfe`` (float: all starts together) and ``residual`` (float: final
+        relative residual of the chosen start), each of shape ``(n,)``.
+    """
+    from eqsolve.scaling import solve_many
+    from eqsolve.solvers import get_solver
+    from eqsolve.tasks.sudoku import check_batch, encode_tokens
+
+    device = next(model.parameters()).device
+    tokens = encode_tokens(questions).to(device)
+    halt = None if options.halt == "none" else options.halt
+    with torch.no_grad():
+        result = solve_many(
+            model, tokens, depth=cell.depth, breadth=cell.breadth,
+            solver=get_solver(cell.solver, **dict(cell.options)), tol=cell.tol, stop=options.stop,
+            aggregate=options.aggregate, halt=halt, halt_tol=options.halt_tol,
+            noise=options.noise, init=options.init, seed=seed,
+            **({"answers": encode_tokens(answers).to(device)} if options.aggregate == "any_correct" else {}),
+        )
+    predictions = result.predictions.cpu().numpy()
+    return {
+        "correct": np.asarray(check_batch(predictions, questions), dtype=bool),
+        "nfe": result.nfe.detach().cpu().double().numpy().reshape(-1),
+        "residual": result.residual.detach().cpu().double().numpy().reshape(-1),
+    }
+
+
+# ----------------------------------------------------------------------------- grid, sharding
+def _distributed() -> tuple[int, int]:
+    """(rank, world size) of an initialised process group, else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def run_grid(
+    model: torch.nn.Module, puzzles: Any, cells: Sequence[Cell], options: RunOptions,
+    evaluate: Evaluator = evaluate_chunk, progress: bool = False,
+) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, float]]:
+    """Evaluate every cell on every puzzle (this rank's chunks), then gather across ranks.
+
+    Args:
+        model: The reasoner.
+        puzzles: ``SudokuSet``.
+        cells: Grid cells.
+        options: Shared settings.
+        evaluate: Chunk evaluator (default :func:`evaluate_chunk`; tests inject others).
+        progress: Show a tqdm bar.
+
+    Returns:
+        ``(per_puzzle, seconds)``: per cell key, arrays over all puzzles in input order; and
+        per cell key, the wall time of the slowest rank.
+    """
+    from tqdm import tqdm
+
+    rank, world = _distributed()
+    n = len(puzzles)
+    starts = list(range(0, n, options.batch_size))
+    mine = [c for c in range(len(starts)) if c % world == rank]
+    per_puzzle: dict[str, dict[str, np.ndarray]] = {}
+    seconds: dict[str, float] = {}
+    bar = tqdm(total=len(cells) * len(mine), disable=not progress, desc="bench", unit="chunk")
+    for cell in cells:
+        local: dict[int, dict[str, np.ndarray]] = {}
+        began = time.perf_counter()
+        for c in mine:
+            rows = slice(starts[c], min(starts[c] + options.batch_size, n))
+            local[c] = evaluate(model, puzzles.questions[rows], puzzles.answers[rows], cell, options,
+                                options.seed + c)
+            bar.update(1)
+        elapsed = time.perf_counter() - began
+        chunks, seconds[cell.key] = _gather(local, elapsed, world)
+        per_puzzle[cell.key] = {
+            name: np.concatenate([chunks[c][name] for c in range(len(starts))]) for name in chunks[0]
+        }
+    bar.close()
+    return per_puzzle, seconds
+
+
+def _gather(local: dict[int, dict[str, np.ndarray]], elapsed: float, world: int) -> tuple[dict, float]:
+    """Merge every rank's chunk results (all ranks receive all); time = slowest rank."""
+    if world == 1:
+        return local, elapsed
+    gathered: list[Any] = [None] * world
+    torch.distributed.all_gather_object(gathered, (local, elapsed))
+    merged: dict[int, dict[str, np.ndarray]] = {}
+    for part, _ in gathered:
+        merged.update(part)
+    return merged, max(t for _, t in gathered)
+
+
+# ----------------------------------------------------------------------------- summaries
+def summarise(cell: Cell, arrays: Mapping[str, np.ndarray], buckets: np.ndarray, seconds: float) -> dict[str, Any]:
+    """One table row from per-puzzle arrays.
+
+    Args:
+        cell: The grid cell.
+        arrays: ``correct``, ``nfe``, ``residual`` over all puzzles.
+        buckets: Difficulty bucket name per puzzle.
+        seconds: Wall time of the cell.
+
+    Returns:
+        JSON-able row: solver, depth, breadth, n, nfe_mean, accuracy, accuracy_by_bucket,
+        bucket_counts, residual_mean, seconds, puzzles_per_s.
+
+    Examples:
+        >>> row = summarise(Cell("anderson", 4, 1), {"correct": np.array([True, False]),
+        ...     "nfe": np.array([4.0, 2.0]), "residual": np.array([0.1, 0.3])},
+        ...     np.array(["easy", "hard"]), 2.0)
+        >>> row["accuracy"], row["nfe_mean"], row["accuracy_by_bucket"]["hard"], row["puzzles_per_s"]
+        (0.5, 3.0, 0.0, 1.0)
+    """
+    correct = np.asarray(arrays["correct"], dtype=bool)
+    residual = np.asarray(arrays["residual"], dtype=float)
+    finite = residual[np.isfinite(residual)]
+    by_bucket = {b: float(correct[buckets == b].mean()) if (buckets == b).any() else None for b in BUCKETS}
+    return {
+        "solver": cell.solver, "depth": cell.depth, "breadth": cell.breadth, "n": int(correct.size),
+        "nfe_mean": float(np.mean(arrays["nfe"])),
+        "accuracy": float(correct.mean()),
+        "accuracy_by_bucket": by_bucket,
+        "bucket_counts": {b: int((buckets == b).sum()) for b in BUCKETS},
+        "residual_mean": float(finite.mean()) if finite.size else None,
+        "nonfinite_residuals": int(residual.size - finite.size),
+        "seconds": float(seconds),
+        "puzzles_per_s": float(correct.size / seconds) if seconds > 0 else None,
+    }
+
+
+def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Render bench rows as a fixed-width text table.
+
+    Examples:
+        >>> print(format_table([{"solver": "anderson", "depth": 4, "breadth": 1, "nfe_mean": 4.0,
+        ...     "accuracy": 0.5, "accuracy_by_bucket": {"easy": 1.0, "medium": None, "hard": 0.0},
+        ...     "residual_mean": 0.01, "puzzles_per_s": 12.5}]).splitlines()[2])
+        anderson       4      1     4.0   50.0  100.0      -    0.0   1.00e-02     12.5
+    """
+    header = (f"{'solver':<12} {'depth':>5} {'breadth':>7} {'NFE':>7} {'acc%':>6} {'easy%':>6} "
+              f"{'med%':>6} {'hard%':>6} {'residual':>10} {'puz/s':>8}")
+    lines = [header, "-" * len(header)]
+
+    def pct(value: Any) -> str:
+        return "-" if value is None else f"{100 * value:.1f}"
+
+    for r in rows:
+        b = r["accuracy_by_bucket"]
+        residual = "-" if r["residual_mean"] is None else f"{r['residual_mean']:.2e}"
+        speed = "-" if r["puzzles_per_s"] is None else f"{r['puzzles_per_s']:.1f}"
+        lines.append(
+            f"{r['solver']:<12} {r['depth']:>5} {r['breadth']:>7} {r['nfe_mean']:>7.1f} {pct(r['accuracy']):>6} "
+            f"{pct(b['easy']):>6} {pct(b['medium']):>6} {pct(b['hard']):>6} {residual:>10} {speed:>8}"
+        )
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- entry point
+def make_cells(cfg: Any) -> list[Cell]:
+    """The grid of a bench config: (solver, then baseline) × depth × breadth."""
+    b = cfg.bench
+    if b.halt not in HALT_MODES:
+        raise ValueError(f"bench.halt={b.halt!r} is not one of {', '.join(HALT_MODES)}")
+    for name, values in (("depth", b.depth), ("breadth", b.breadth)):
+        if not values or any(int(v) < 1 for v in values):
+            raise ValueError(f"bench.{name} must be a non-empty list of positive ints, got {list(values)}")
+    solvers = [(cfg.solver.name, dict(cfg.solver.options))]
+    if b.baseline and b.baseline != cfg.solver.name:
+        solvers.append((b.baseline, {}))
+    return [Cell(name, int(d), int(w), opts, float(cfg.solver.tol))
+            for name, opts in solvers for d in b.depth for w in b.breadth]
+
+
+def _init_distributed() -> bool:
+    """Join the torchrun process group (gloo) when launched by torchrun; True if this call did."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("gloo")
+        return True
+    return False
+
+
+def run_bench(cfg: Any, run_dir: Path | None = None, evaluate: Evaluator = evaluate_chunk) -> dict[str, Any] | None:
+    """Run the bench described by a validated ``config_bench`` config.
+
+    Args:
+        cfg: Composed config (``eqsolve.config.compose("config_bench", ...)``).
+        run_dir: Run folder for plots (``None`` on ranks other than 0: nothing is written).
+        evaluate: Chunk evaluator (tests inject a cheap one).
+
+    Returns:
+        The ``results.json`` payload on rank 0 (``None`` on other ranks).
+    """
+    from eqsolve.solvers import get_solver
+
+    cells = make_cells(cfg)
+    for cell in {(c.solver, tuple(sorted(c.options.items()))) for c in cells}:
+        get_solver(cell[0], **dict(cell[1]))  # unknown solver/option: fail before any work
+    started_group = _init_distributed()
+    try:
+        rank, world = _distributed()
+        threads = max(1, int(cfg.bench.threads) // world)
+        torch.set_num_threads(threads)  # pinned: timings are only comparable at a fixed thread count
+        model = load_model(cfg)
+        limit = cfg.task.limit if cfg.task.limit is not None else cfg.bench.limit
+        puzzles = load_puzzles(cfg, limit)
+        options = RunOptions(aggregate=cfg.bench.aggregate, halt=cfg.bench.halt, halt_tol=float(cfg.bench.halt_tol),
+                             noise=cfg.bench.noise, init=cfg.bench.init, stop=cfg.solver.stop,
+                             batch_size=int(cfg.bench.batch_size), seed=int(cfg.seed))
+        log.info("bench: %d puzzles, %d cells, %d process(es) × %d thread(s)", len(puzzles), len(cells), world, threads)
+        per_puzzle, seconds = run_grid(model, puzzles, cells, options, evaluate,
+                                       progress=rank == 0 and sys.stderr.isatty())
+    finally:
+        if started_group:
+            torch.distributed.destroy_process_group()
+    if rank != 0:
+        return None
+    from eqsolve.tasks.sudoku import bucket
+
+    buckets = np.array([bucket(int(r)) for r in puzzles.ratings])
+    rows = [summarise(c, per_puzzle[c.key], buckets, seconds[c.key]) for c in cells]
+    table = format_table(rows)
+    print(table)
+    log.info("bench results\n%s", table)
+    payload: dict[str, Any] = {
+        "rows": rows,
+        "options": asdict(options),
+        "n_puzzles": len(puzzles),
+        "data": cfg.task.data or "shipped eval set",
+        "checkpoint": cfg.checkpoint or str(SHIPPED_REASONER),
+        "torch_threads": threads, "world_size": world,
+        "per_puzzle": {key: {k: v.tolist() for k, v in arrays.items()} for key, arrays in per_puzzle.items()},
+        "ratings": puzzles.ratings.tolist(),
+    }
+    if run_dir is not None:
+        from eqsolve.plots import write_bench_plots
+
+        payload["plots"] = write_bench_plots(rows, run_dir)
+    return payload

@@ -1,0 +1,353 @@
+"""The ``eqsolve`` command line: GNU flags for the common knobs plus trailing hydra overrides.
+
+Examples:
+    eqsolve bench --solver anderson --task sudoku-extreme
+    eqsolve bench --solver broyden --depth 4,8,16 --breadth 1,8 --limit 32 bench.noise=0.01
+    eqsolve train --data sudoku.csv --grad implicit train.steps=2000
+    eqsolve diagnose --checkpoint eqr.pth --limit 20
+    eqsolve data generate --n 100 --seed 0 --out puzzles.csv
+    eqsolve data fetch sudoku-extreme --out data/
+    eqsolve solvers
+    eqsolve import-checkpoint eqr.pth reasoner.pt
+
+Each flag becomes a hydra override (``--depth 4,8`` → ``bench.depth=[4,8]``) placed *before* the
+trailing overrides, so an explicit override wins. Subcommands import their module only when
+called, so a broken or missing optional module never breaks the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import json
+import logging
+import os
+import random
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from eqsolve import __version__
+
+log = logging.getLogger("eqsolve.cli")
+
+#: Run command → (primary config in eqsolve/conf, entry point "module:function", imported lazily).
+RUN_COMMANDS: dict[str, tuple[str, str]] = {
+    "bench": ("config_bench", "eqsolve.bench:run_bench"),
+    "diagnose": ("config_diagnose", "eqsolve.diagnostics:run_diagnose"),
+    "train": ("config_train", "eqsolve.train:main"),
+    "compare-grads": ("config_compare_grads", "eqsolve.compare_grads:run"),
+}
+
+
+# ----------------------------------------------------------------------------- flag → override
+def int_list(text: str) -> list[int]:
+    """Parse ``"4,8,16"`` (or ``"4"``) into a list of positive ints, for ``--depth``/``--breadth``.
+
+    Examples:
+        >>> int_list("4,8, 16")
+        [4, 8, 16]
+    """
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _quote(value: Any) -> str:
+    """Render a Python value as a hydra override value (strings quoted when needed)."""
+    if isinstance(value, list):
+        return "[" + ",".join(_quote(v) for v in value) + "]"
+    if value is None:
+        return "null"
+    text = str(value)
+    if isinstance(value, str) and any(c in text for c in " ,[]{}()='\"\\:") or text == "":
+        return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return text
+
+
+def _solver_override(name: str) -> str:
+    """``--solver X``: the YAML option ``solver=X`` when one exists, else ``solver.name=X``."""
+    from eqsolve.config import group_options
+
+    return f"solver={name}" if name in group_options("solver") else f"solver.name={_quote(name)}"
+
+
+def _task_override(name: str) -> str:
+    """``--task sudoku-extreme`` selects ``task/sudoku_extreme.yaml``."""
+    from eqsolve.config import group_options
+
+    option = name.replace("-", "_")
+    valid = group_options("task")
+    if option not in valid:
+        raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(v.replace('_', '-') for v in valid)}")
+    return f"task={option}"
+
+
+def _flag_overrides(command: str, args: argparse.Namespace) -> list[str]:
+    """Translate the parsed GNU flags of ``command`` into hydra overrides."""
+    section = {"bench": "bench", "diagnose": "diagnose"}.get(command)
+    out: list[str] = []
+    if getattr(args, "task", None):
+        out.append(_task_override(args.task))
+    if getattr(args, "solver", None):
+        out.append(_solver_override(args.solver))
+    for flag, key in (("seed", "seed"), ("device", "device"), ("out", "out"),
+                      ("checkpoint", "checkpoint"), ("data", "task.data"), ("resume", "resume")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            out.append(f"{key}={_quote(str(value))}" if flag not in ("seed",) else f"{key}={value}")
+    if getattr(args, "grad", None):
+        out.append(f"train.grad={_quote(args.grad)}")
+    if section is not None:
+        for flag in ("depth", "breadth"):
+            value = getattr(args, flag, None)
+            if value is not None:
+                out.append(f"{section}.{flag}={_quote(value if section == 'bench' else value[-1])}")
+        if getattr(args, "limit", None) is not None:
+            out.append(f"{section}.limit={args.limit}")
+        for flag in ("aggregate", "halt"):
+            value = getattr(args, flag, None)
+            if value is not None:
+                out.append(f"{section}.{flag}={_quote(value)}")
+    return out
+
+
+# ----------------------------------------------------------------------------- parser
+def _add_common(p: argparse.ArgumentParser, *, model_flags: bool) -> None:
+    """Flags shared by the run commands, and the trailing hydra overrides."""
+    p.add_argument("--task", help="task (default sudoku-extreme)")
+    p.add_argument("--data", help="puzzle file: Sudoku-Extreme CSV or one puzzle per line")
+    p.add_argument("--out", help="run folder (default runs/<command>-<timestamp>)")
+    p.add_argument("--device", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--seed", type=int, help="base random seed")
+    if model_flags:
+        p.add_argument("--solver", help="registered solver name (see `eqsolve solvers`)")
+        p.add_argument("--checkpoint",
+                       help="eqsolve checkpoint or official eqr.pth (default: shipped reasoner; 'random': untrained)")
+        p.add_argument("--limit", type=int, help="number of puzzles")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="hydra overrides, e.g. model.hidden_size=128")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``eqsolve`` argument parser (all subcommands).
+
+    Returns:
+        The parser; ``parse_args`` yields a namespace with ``command`` set.
+    """
+    parser = argparse.ArgumentParser(prog="eqsolve", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"eqsolve {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+
+    bench = sub.add_parser("bench", help="solver × depth × breadth grid on the shipped reasoner")
+    _add_common(bench, model_flags=True)
+    bench.add_argument("--depth", type=int_list, help="NFE budgets per start, e.g. 4,8,16")
+    bench.add_argument("--breadth", type=int_list, help="starts per puzzle, e.g. 1,4")
+    bench.add_argument("--aggregate", help="min_residual | vote | weighted_vote | any_correct ...")
+    bench.add_argument("--halt", help="none | residual | learned")
+
+    diagnose = sub.add_parser("diagnose", help="residual traces, spectral radius, attractor census")
+    _add_common(diagnose, model_flags=True)
+    diagnose.add_argument("--depth", type=int_list, help="NFE budget per start")
+    diagnose.add_argument("--breadth", type=int_list, help="starts per puzzle")
+
+    train = sub.add_parser("train", help="train an equilibrium reasoner")
+    _add_common(train, model_flags=False)
+    train.add_argument("--resume", help="checkpoint or run folder to continue")
+    train.add_argument("--grad", help="gradient mode: sot | implicit | phantom | onestep | unrolled")
+
+    compare = sub.add_parser("compare-grads", help="implicit vs unrolled training side by side")
+    _add_common(compare, model_flags=False)
+
+    data = sub.add_parser("data", help="fetch or generate puzzle data")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="action")
+    fetch = data_sub.add_parser("fetch", help="download a dataset (needs the 'hub' extra)")
+    fetch.add_argument("dataset", choices=["sudoku-extreme"])
+    fetch.add_argument("--out", default="data", help="destination folder (default: data)")
+    fetch.add_argument("--split", default="test", choices=["train", "test"])
+    generate = data_sub.add_parser("generate", help="generate rated Sudoku-Extreme-like puzzles → CSV")
+    generate.add_argument("--n", type=int, required=True, help="number of puzzles")
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--out", required=True, help="CSV file to write")
+
+    solvers = sub.add_parser("solvers", help="list registered solvers and their options")
+    solvers.add_argument("--json", action="store_true", help="machine-readable output")
+
+    imp = sub.add_parser("import-checkpoint", help="official eqr.pth → eqsolve checkpoint")
+    imp.add_argument("source", help="official checkpoint (eqr.pth)")
+    imp.add_argument("dest", help="eqsolve checkpoint to write")
+    imp.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA ones")
+    return parser
+
+
+# ----------------------------------------------------------------------------- dispatch
+def load_entry(spec: str) -> Callable[..., Any]:
+    """Import ``"module:function"`` lazily, with an error naming what is missing.
+
+    Args:
+        spec: ``"package.module:function"``.
+
+    Returns:
+        The function.
+
+    Raises:
+        RuntimeError: If the module cannot be imported or lacks the function.
+    """
+    module_name, function = spec.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise RuntimeError(f"{module_name} is not available ({exc}); this command needs it") from exc
+    entry = getattr(module, function, None)
+    if entry is None:
+        raise RuntimeError(f"{module_name} has no {function}(); this command needs it")
+    return entry
+
+
+def _rank() -> int:
+    """Process rank under torchrun (0 otherwise)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (a run records the seed in meta.json)."""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def run_command(command: str, overrides: Sequence[str]) -> tuple[Path | None, dict[str, Any] | None]:
+    """Compose the config of a run command, make its run folder and call its entry point.
+
+    Only rank 0 (under torchrun) creates the run folder and writes ``results.json``; other ranks
+    get ``run_dir=None`` and must not write.
+
+    Args:
+        command: One of :data:`RUN_COMMANDS`.
+        overrides: Hydra overrides (flags already translated).
+
+    Returns:
+        ``(run_dir, payload)``; ``run_dir`` is ``None`` on ranks other than 0.
+    """
+    import torch
+
+    from eqsolve import runs
+    from eqsolve.config import compose, to_yaml
+
+    config_name, spec = RUN_COMMANDS[command]
+    cfg = compose(config_name, overrides)
+    entry = load_entry(spec)
+    seed_everything(int(cfg.seed))
+    run_dir = None
+    handler = None
+    if _rank() == 0:
+        run_dir = runs.make_run_dir(command.replace("-", "_"), cfg.out)
+        meta = runs.run_metadata(
+            {"seed": int(cfg.seed)}, command=command, overrides=list(overrides),
+            torch_threads=torch.get_num_threads(), world_size=int(os.environ.get("WORLD_SIZE", "1")),
+        )
+        handler = runs.start_run(run_dir, to_yaml(cfg), meta)
+        log.info("eqsolve %s: run folder %s", command, run_dir)
+    try:
+        parameters = inspect.signature(entry).parameters
+        payload = entry(cfg, run_dir=run_dir) if "run_dir" in parameters else entry(cfg)
+        if run_dir is not None and payload is not None:
+            runs.write_results(run_dir, command, payload)
+    finally:
+        if handler is not None:
+            runs.finish_run(handler)
+    return run_dir, payload
+
+
+def _cmd_solvers(args: argparse.Namespace) -> int:
+    """Print the registered solvers and their options."""
+    from eqsolve.solvers import describe_solvers
+
+    entries = describe_solvers()
+    if args.json:
+        print(json.dumps(entries, indent=2, default=str))
+        return 0
+    for entry in entries:
+        aliases = f" (aliases: {', '.join(entry['aliases'])})" if entry["aliases"] else ""
+        print(f"{entry['name']}{aliases}: {entry['doc']}")
+        for opt in entry["options"]:
+            doc = f"  {opt['doc']}" if opt["doc"] else ""
+            print(f"    {opt['name']} = {opt['default']!r} ({opt['type']}){doc}")
+    return 0
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    """``eqsolve data fetch|generate``."""
+    if args.data_command == "fetch":
+        fetch = load_entry("eqsolve.tasks.sudoku:fetch_sudoku_extreme")
+        path = fetch(Path(args.out), split=args.split)
+        print(f"wrote {path}")
+        return 0
+    if args.n < 1:
+        raise ValueError(f"--n must be >= 1, got {args.n}")
+    generate = load_entry("eqsolve.tasks.sudoku:generate")
+    from eqsolve.tasks.sudoku import SudokuSet, save_csv
+
+    data = SudokuSet.from_items(generate(args.n, seed=args.seed), f"eqsolve-generate-seed{args.seed}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_csv(data, out)
+    print(f"wrote {len(data)} puzzles to {out} (mean rating {data.ratings.mean():.1f})")
+    return 0
+
+
+def _cmd_import_checkpoint(args: argparse.Namespace) -> int:
+    """``eqsolve import-checkpoint SRC DST``: official release checkpoint → native eqsolve one."""
+    from eqsolve.models.eqr import EqR
+
+    model = EqR.from_official(args.source, prefer_ema=not args.no_ema)
+    model.save_checkpoint(args.dest, extra={"imported_from": str(args.source), "ema": not args.no_ema})
+    params = sum(p.numel() for p in model.parameters())
+    print(f"wrote {args.dest} ({params:,} parameters, hidden_size={model.config.hidden_size})")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``eqsolve`` console script and ``python -m eqsolve``.
+
+    Args:
+        argv: Arguments without the program name (default: ``sys.argv[1:]``).
+
+    Returns:
+        Process exit status: 0 on success, 2 on a usage/config error, 1 on a runtime failure.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if args.verbose:
+        return _dispatch(parser, args)  # -v: let tracebacks through
+    try:
+        return _dispatch(parser, args)
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as exc:
+        print(f"eqsolve {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except (RuntimeError, ImportError) as exc:
+        print(f"eqsolve {args.command}: failed: {exc}", file=sys.stderr)
+        return 1
+
+
+def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Run the chosen subcommand; exceptions propagate to :func:`main`."""
+    if args.command in RUN_COMMANDS:
+        overrides = _flag_overrides(args.command, args) + list(args.overrides)
+        run_dir, _ = run_command(args.command, overrides)
+        if run_dir is not None:
+            print(f"run folder: {run_dir}")
+        return 0
+    handlers = {"solvers": _cmd_solvers, "data": _cmd_data, "import-checkpoint": _cmd_import_checkpoint}
+    return handlers[args.command](args)
