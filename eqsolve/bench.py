@@ -35,7 +35,7 @@ log = logging.getLogger("eqsolve.bench")
 #: Shipped reasoner, used when no ``--checkpoint`` is given.
 SHIPPED_REASONER = Path(__file__).resolve().parent / "assets" / "reasoner.pt"
 BUCKETS = ("easy", "medium", "hard")
-HALT_MODES = ("none", "residual", "learned")
+HALT_MODES = ("none", "residual", "logit")
 
 
 @dataclass(frozen=True)
@@ -47,14 +47,12 @@ class Cell:
         depth: NFE budget per start.
         breadth: Starts per puzzle.
         options: Solver options (``get_solver(solver, **options)``).
-        tol: Residual tolerance of the solver (0: spend the whole budget).
     """
 
     solver: str
     depth: int
     breadth: int
     options: Mapping[str, Any] = field(default_factory=dict)
-    tol: float = 0.0
 
     @property
     def key(self) -> str:
@@ -185,7 +183,7 @@ def evaluate_chunk(
     with torch.no_grad():
         result = solve_many(
             model, tokens, depth=cell.depth, breadth=cell.breadth,
-            solver=get_solver(cell.solver, **dict(cell.options)), tol=cell.tol, stop=options.stop,
+            solver=get_solver(cell.solver, **dict(cell.options)), residual=options.stop,
             aggregate=options.aggregate, halt=halt, halt_tol=options.halt_tol,
             noise=options.noise, init=options.init, seed=seed,
             **({"answers": encode_tokens(answers).to(device)} if options.aggregate == "any_correct" else {}),
@@ -331,6 +329,11 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
 def make_cells(cfg: Any) -> list[Cell]:
     """The grid of a bench config: (solver, then baseline) × depth × breadth."""
     b = cfg.bench
+    if cfg.solver.tol:
+        raise ValueError(
+            f"solver.tol={cfg.solver.tol} is not used by the bench (every row gets its NFE budget); "
+            "stop rows early with bench.halt=residual bench.halt_tol=..."
+        )
     if b.halt not in HALT_MODES:
         raise ValueError(f"bench.halt={b.halt!r} is not one of {', '.join(HALT_MODES)}")
     for name, values in (("depth", b.depth), ("breadth", b.breadth)):
@@ -339,7 +342,7 @@ def make_cells(cfg: Any) -> list[Cell]:
     solvers = [(cfg.solver.name, dict(cfg.solver.options))]
     if b.baseline and b.baseline != cfg.solver.name:
         solvers.append((b.baseline, {}))
-    return [Cell(name, int(d), int(w), opts, float(cfg.solver.tol))
+    return [Cell(name, int(d), int(w), opts)
             for name, opts in solvers for d in b.depth for w in b.breadth]
 
 

@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--depth", type=int_list, help="NFE budgets per start, e.g. 4,8,16")
     bench.add_argument("--breadth", type=int_list, help="starts per puzzle, e.g. 1,4")
     bench.add_argument("--aggregate", help="min_residual | vote | weighted_vote | any_correct ...")
-    bench.add_argument("--halt", help="none | residual | learned")
+    bench.add_argument("--halt", help="none | residual | logit")
 
     diagnose = sub.add_parser("diagnose", help="residual traces, spectral radius, attractor census")
     _add_common(diagnose, model_flags=True)

@@ -58,8 +58,9 @@ class SolverConfig:
 
     Attributes:
         name: Registered solver name (``eqsolve solvers`` lists them).
-        tol: Stopping tolerance on the residual kind ``stop``; ``0`` runs the full NFE budget.
-        stop: ``"rel"`` or ``"abs"`` residual.
+        tol: Stopping tolerance on the residual kind ``stop`` (diagnose); must stay ``0`` for the
+            bench, whose early stopping is ``bench.halt``.
+        stop: ``"rel"`` or ``"abs"`` residual (also the residual the bench reports and aggregates).
         options: Solver options passed to ``get_solver(name, **options)`` (validated there).
     """
 
@@ -77,8 +78,8 @@ class BenchConfig:
         depth: NFE budgets per start (one NFE = one outer EqR iteration).
         breadth: Numbers of random starts per puzzle (run as one batch).
         aggregate: How to pick one answer from the starts (``min_residual``, ``vote``, ...).
-        halt: Per-row halting: ``none``, ``residual`` (relative residual below ``halt_tol``)
-            or ``learned`` (halting logit > 0).
+        halt: Per-row halting: ``none``, ``residual`` (latent residual of kind ``solver.stop``
+            below ``halt_tol``) or ``logit`` (learned halting logit > 0).
         halt_tol: Threshold of ``halt: residual``.
         baseline: Solver run at equal NFE for comparison (``null`` to skip).
         noise: Path-noise scale at inference (``null`` = the model's own).
