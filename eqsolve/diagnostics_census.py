@@ -321,6 +321,8 @@ def run_census(
     if probe_steps < 4:
         raise ValueError(f"probe_steps must be >= 4 to see a 2-cycle twice, got {probe_steps}")
     depths = sorted({int(d) for d in (checkpoints or []) if 0 < int(d) < max_iter} | {max_iter})
+    if len(depths) > 1 and min(np.diff(depths)) < 1:
+        raise ValueError(f"checkpoints must be distinct depths, got {depths}")
     n_prob, S = x.shape[0], n_starts
     x_rows = x.repeat_interleave(S, dim=0)
     t_rows = None if target is None else target.repeat_interleave(S, dim=0)
@@ -347,8 +349,10 @@ def run_census(
     prev = 0
     for depth in depths:
         with torch.no_grad():  # the census never needs a graph; stability builds its own
+            # after a segment, z is already the next iterate: one step fewer keeps the depth
+            steps = depth - prev - (1 if prev else 0)
             sol = solve(tracked_map, z, x_rows, row_ids, solver=solver, tol=tol, stop=stop,
-                        max_iter=depth - prev, trace=True, **opts)
+                        max_iter=steps, trace=True, **opts)
             ck_ok.append(_answers(system, sol.z, t_rows)[1])
         conv_dev = sol.converged
         # converged rows keep their fixed point; the others continue where they were

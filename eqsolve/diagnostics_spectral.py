@@ -97,7 +97,7 @@ def spectral_radius(
     z: Tensor,
     *args: Tensor,
     n_iter: int = 30,
-    n_arnoldi: int = 4,
+    n_arnoldi: int = 8,
     method: str = "vjp",
     chunk_size: int | None = None,
     generator: torch.Generator | None = None,
