@@ -1,0 +1,403 @@
+"""Test-time scaling of latent reasoners: depth (NFE budget) × breadth (starts), halting, aggregation.
+
+Signature::
+
+    solve_many(reasoner, inputs, *, depth=16, breadth=1, solver="fixed_point",
+               solver_options=None, noise=None, init="random", aggregate="min_residual",
+               answers=None, halt=None, halt_tol=1e-3, residual="abs", window=3,
+               max_rows=None, refill_threshold=None, seed=0, generator=None) -> ScalingResult
+
+Every puzzle gets ``breadth`` starting points; the ``N × breadth`` rows are queued puzzle-major
+and run through any eqsolve solver's ``init``/``step`` protocol in one batch of at most
+``max_rows`` rows. A row stops when it has spent ``depth`` NFE (one NFE = one call of the map on
+one row), or earlier when the halting rule fires (``halt="residual"``: latent residual
+``<= halt_tol``; ``halt="logit"``: learned halting logit ``> 0``). Freed rows are refilled from
+the queue (continuous batching). A row's answer is decoded from its last map output ``F(z)``:
+with ``solver="fixed_point"`` and no halting this is exactly the paper's depth-D protocol.
+
+Per start, two convergence scores are kept: the mean latent residual ``||F(z) - z||`` over the
+row's last ``window`` (3) iterations (``residual="abs"``, or the relative one), and the release's
+*logit change*: the mean over cells and the last ``window`` iterations of ``||Δ logits||``.
+Aggregations over the ``breadth`` starts of a puzzle:
+
+* ``min_residual``: the start with the smallest mean latent residual (the paper's rule);
+* ``logit_change``: the start with the smallest logit change (the release's rule);
+* ``vote``: the most frequent answer (ties: the group holding the lowest residual);
+* ``weighted_vote``: answers weighted by ``r_min / r`` (the inverse residual relative to the
+  puzzle's best start), so a few well-converged starts outvote many unconverged ones;
+* ``any_correct``: oracle, the first start whose answer equals ``answers`` (else min_residual).
+
+In voting rules the chosen start is the lowest-residual member of the winning answer.
+
+The reasoner protocol (:class:`Reasoner`): ``init_state(batch, generator=None, std=None,
+device=None)``, ``map(s, x, noise)`` (may accept ``generator=``), ``decode(s)``; optional
+``embed(inputs)`` (default: ``x = inputs``), ``predict(s)`` (default ``decode(s).argmax(-1)``)
+and ``halt_logit(s)`` (needed by ``halt="logit"``). :class:`eqsolve.models.EqR` is one.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from eqsolve.solvers import flat_map, get_solver
+
+__all__ = ["AGGREGATIONS", "Reasoner", "ScalingResult", "aggregate_starts", "solve_many"]
+
+AGGREGATIONS = ("min_residual", "logit_change", "vote", "weighted_vote", "any_correct")
+HALTS = (None, "residual", "logit")
+
+
+@runtime_checkable
+class Reasoner(Protocol):
+    """What :func:`solve_many` needs from a model (see the module docstring for optional parts)."""
+
+    def init_state(self, batch: int, generator: Any = None, std: Any = None, device: Any = None) -> Tensor: ...
+
+    def map(self, s: Tensor, x: Tensor, noise: float | None = None) -> Tensor: ...
+
+    def decode(self, s: Tensor) -> Tensor: ...
+
+
+@dataclass
+class ScalingResult:
+    """Outcome of :func:`solve_many` for ``N`` puzzles × ``B`` starts.
+
+    Attributes:
+        predictions: ``(N, ...)`` answer of the chosen start per puzzle.
+        chosen: ``(N,)`` index of the chosen start.
+        nfe: ``(N,)`` NFE spent on the puzzle, all starts together.
+        residual: ``(N,)`` mean latent residual (last ``window`` iterations) of the chosen start.
+        row_predictions: ``(N, B, ...)`` answer of every start.
+        row_nfe: ``(N, B)`` NFE per start.
+        row_residual: ``(N, B)`` mean latent residual over the last ``window`` iterations.
+        row_logit_change: ``(N, B)`` mean logit change over the last ``window`` iterations (NaN
+            when a row ran a single iteration).
+        row_halted: ``(N, B)`` True where the halting rule stopped the row before its budget.
+        trace: ``(N, B, depth)`` latent residual per iteration (NaN after the row stopped).
+        correct: ``(N,)`` chosen answer equals ``answers`` (None without answers).
+        row_correct: ``(N, B)`` per start (None without answers).
+        aggregate: Aggregation rule used.
+        depth: NFE budget per start.
+        breadth: Starts per puzzle.
+    """
+
+    predictions: Tensor
+    chosen: Tensor
+    nfe: Tensor
+    residual: Tensor
+    row_predictions: Tensor
+    row_nfe: Tensor
+    row_residual: Tensor
+    row_logit_change: Tensor
+    row_halted: Tensor
+    trace: Tensor
+    correct: Tensor | None
+    row_correct: Tensor | None
+    aggregate: str
+    depth: int
+    breadth: int
+
+    def summary(self) -> dict[str, float]:
+        """Scalar summary: accuracy (and oracle any-correct) when answers were given, NFE, residual."""
+        out = {
+            "puzzles": float(self.chosen.shape[0]),
+            "mean_nfe_per_puzzle": float(self.nfe.double().mean()),
+            "mean_nfe_per_start": float(self.row_nfe.double().mean()),
+            "halted_fraction": float(self.row_halted.double().mean()),
+            "median_residual": float(self.residual.double().median()),
+        }
+        if self.correct is not None and self.row_correct is not None:
+            out["accuracy"] = float(self.correct.double().mean())
+            out["any_correct"] = float(self.row_correct.any(1).double().mean())
+        return out
+
+
+def _mean_last(trace: Tensor, count: Tensor, window: int) -> Tensor:
+    """Mean of the last ``min(window, count)`` entries of each row's trace prefix."""
+    pos = count[:, None] - 1 - torch.arange(window, device=trace.device)[None, :]
+    ok = pos >= 0
+    vals = trace.gather(1, pos.clamp(min=0))
+    vals = torch.where(ok & torch.isfinite(vals), vals, 0.0)
+    n = (ok & torch.isfinite(trace.gather(1, pos.clamp(min=0)))).sum(1)
+    return torch.where(n > 0, vals.sum(1) / n.clamp(min=1), torch.full_like(vals[:, 0], math.nan))
+
+
+def aggregate_starts(
+    rule: str,
+    predictions: Tensor,
+    residual: Tensor,
+    logit_change: Tensor | None = None,
+    answers: Tensor | None = None,
+) -> Tensor:
+    """Pick one start per puzzle.
+
+    Args:
+        rule: One of :data:`AGGREGATIONS`.
+        predictions: ``(N, B, ...)`` answers per start.
+        residual: ``(N, B)`` convergence score per start (lower is better; NaN counts as worst).
+        logit_change: ``(N, B)`` logit-change score (needed by ``logit_change``).
+        answers: ``(N, ...)`` true answers (needed by ``any_correct``).
+
+    Returns:
+        ``(N,)`` int64 chosen start per puzzle.
+    """
+    if rule not in AGGREGATIONS:
+        raise ValueError(f"aggregate={rule!r}; valid: {', '.join(AGGREGATIONS)}")
+    worst = torch.finfo(residual.dtype).max
+    res = torch.nan_to_num(residual, nan=worst, posinf=worst)
+    if rule == "min_residual":
+        return res.argmin(1)
+    if rule == "logit_change":
+        if logit_change is None:
+            raise ValueError("aggregate='logit_change' needs logit_change scores")
+        return torch.nan_to_num(logit_change, nan=worst, posinf=worst).argmin(1)
+    n, b = residual.shape
+    flat = predictions.reshape(n, b, -1)
+    same = (flat[:, :, None, :] == flat[:, None, :, :]).all(-1)  # (N, B, B) equal answers
+    if rule == "any_correct":
+        if answers is None:
+            raise ValueError("aggregate='any_correct' is an oracle and needs answers")
+        hit = (flat == answers.reshape(n, 1, -1).to(flat.dtype)).all(-1)
+        first = torch.where(hit, torch.arange(b, device=hit.device), b).min(1).values
+        return torch.where(first < b, first, res.argmin(1))
+    if rule == "vote":
+        weight = torch.ones_like(res)
+    else:  # inverse residual relative to the puzzle's best start: 10x the best residual counts 1/10
+        best = res.min(1, keepdim=True).values
+        weight = torch.where(res > 0, best / res, 1.0).nan_to_num(nan=0.0)
+    support = (same * weight[:, None, :]).sum(-1)  # (N, B): weight of each start's answer group
+    best_in_group = torch.where(same, res[:, None, :], worst).min(-1).values
+    # winner: the most supported answer; ties go to the group holding the lowest residual
+    top = support >= support.max(1, keepdim=True).values * (1 - 1e-6)
+    key = torch.where(top, best_in_group, math.inf)
+    member = key.argmin(1)
+    return torch.where(same[torch.arange(n), member], res, math.inf).argmin(1)
+
+
+def _accepts(fn: Any, name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def _cat_states(a: Any, b: Any) -> Any:
+    """Rows of ``b`` appended to ``a`` (non-tensor fields, e.g. ring positions, kept from ``a``)."""
+    if a is None:
+        return b
+    updates = {f.name: torch.cat((getattr(a, f.name), getattr(b, f.name)))
+               for f in fields(a) if isinstance(getattr(a, f.name), Tensor)}
+    return replace(a, **updates)
+
+
+def _take(state: Any, index: Tensor) -> Any:
+    updates = {f.name: getattr(state, f.name)[index]
+               for f in fields(state) if isinstance(getattr(state, f.name), Tensor)}
+    return replace(state, **updates)
+
+
+def _initial_states(reasoner: Any, init: Any, jobs: Tensor, generator: Any, device: torch.device) -> Tensor:
+    if isinstance(init, Tensor):  # already (N·breadth, ...)
+        return init[jobs.to(init.device)].to(device)
+    if init == "random":
+        return reasoner.init_state(int(jobs.numel()), generator=generator, device=device)
+    return reasoner.init_state(int(jobs.numel()), std=0.0, device=device)
+
+
+def solve_many(
+    reasoner: Any,
+    inputs: Tensor,
+    *,
+    depth: int = 16,
+    breadth: int = 1,
+    solver: Any = "fixed_point",
+    solver_options: dict[str, Any] | None = None,
+    noise: float | None = None,
+    init: str | Tensor = "random",
+    aggregate: str = "min_residual",
+    answers: Tensor | None = None,
+    halt: str | None = None,
+    halt_tol: float = 1e-3,
+    residual: str = "abs",
+    window: int = 3,
+    max_rows: int | None = None,
+    refill_threshold: int | None = None,
+    seed: int | None = 0,
+    generator: torch.Generator | None = None,
+) -> ScalingResult:
+    """Solve ``N`` problems with ``breadth`` starts each under an NFE budget, and aggregate.
+
+    Args:
+        reasoner: A :class:`Reasoner` (e.g. :class:`eqsolve.models.EqR`).
+        inputs: ``(N, ...)`` problems (EqR: tokens ``(N, 81)``); passed to ``reasoner.embed``.
+        depth: NFE budget per start (>= 1).
+        breadth: Starts per problem (>= 1).
+        solver: Solver name or object of :mod:`eqsolve.solvers` (driven via ``init``/``step``).
+        solver_options: Options for a solver given by name.
+        noise: Path noise passed to ``reasoner.map`` (``None``: the reasoner's default; 0: off).
+        init: ``"random"`` (``reasoner.init_state`` with the generator), ``"zeros"``, or a
+            state tensor ``(N·breadth, ...)`` / ``(N, breadth, ...)``.
+        aggregate: One of :data:`AGGREGATIONS`.
+        answers: ``(N, ...)`` true answers (enables ``correct``; required by ``any_correct``).
+        halt: ``None`` (full budget), ``"residual"`` (stop at residual ``<= halt_tol``) or
+            ``"logit"`` (stop when ``reasoner.halt_logit(F(z)) > 0``).
+        halt_tol: Threshold of ``halt="residual"`` (on the ``residual`` kind).
+        residual: ``"abs"`` (``||F(z) - z||``) or ``"rel"`` (divided by ``||F(z)|| + 1e-8``).
+        window: Iterations averaged by the convergence scores (3 in the paper).
+        max_rows: Rows in flight at once (default: all ``N·breadth``); freed rows are refilled.
+        refill_threshold: Refill only when at least this many rows are free (default
+            ``max(1, max_rows // 8)``), so refills come in batches.
+        seed: Seed of the random starts and noise when ``generator`` is None (None: global RNG).
+        generator: Random generator (on the inputs' device).
+
+    Returns:
+        A :class:`ScalingResult`.
+
+    Examples:
+        >>> from eqsolve.models import EqR, EqRConfig
+        >>> model = EqR(EqRConfig(hidden_size=16, num_heads=2, H_cycles=1, L_cycles=1, L_layers=1))
+        >>> res = solve_many(model, torch.ones(2, 81, dtype=torch.long), depth=3, breadth=2)
+        >>> res.predictions.shape, res.nfe.tolist()
+        (torch.Size([2, 81]), [6, 6])
+    """
+    if not isinstance(inputs, Tensor) or inputs.dim() < 1 or inputs.shape[0] == 0:
+        raise ValueError(f"inputs must be a non-empty batch-first tensor, got {getattr(inputs, 'shape', inputs)}")
+    for name, value in (("depth", depth), ("breadth", breadth), ("window", window)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    if aggregate not in AGGREGATIONS:
+        raise ValueError(f"aggregate={aggregate!r}; valid: {', '.join(AGGREGATIONS)}")
+    if aggregate == "any_correct" and answers is None:
+        raise ValueError("aggregate='any_correct' is an oracle and needs answers")
+    if halt not in HALTS:
+        raise ValueError(f"halt={halt!r}; valid: None, 'residual', 'logit'")
+    if halt == "logit" and not callable(getattr(reasoner, "halt_logit", None)):
+        raise ValueError("halt='logit' needs a reasoner with halt_logit(s)")
+    if residual not in ("abs", "rel"):
+        raise ValueError(f"residual={residual!r}; valid: 'abs', 'rel'")
+    if answers is not None and answers.shape[0] != inputs.shape[0]:
+        raise ValueError(f"answers has {answers.shape[0]} rows, inputs {inputs.shape[0]}")
+    algo = get_solver(solver, **(solver_options or {})) if isinstance(solver, str) else solver
+    if solver_options and not isinstance(solver, str):
+        raise ValueError("solver_options need a solver name, not a solver object")
+
+    device = inputs.device
+    n_prob = inputs.shape[0]
+    n_rows = n_prob * breadth
+    capacity = n_rows if max_rows is None else int(max_rows)
+    if capacity < 1:
+        raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+    threshold = max(1, capacity // 8) if refill_threshold is None else max(1, int(refill_threshold))
+    if generator is None and seed is not None:
+        generator = torch.Generator(device=device).manual_seed(int(seed))
+    embed = getattr(reasoner, "embed", None)
+    predict = getattr(reasoner, "predict", None) or (lambda s: reasoner.decode(s).argmax(-1))
+    map_kwargs = {"generator": generator} if _accepts(reasoner.map, "generator") else {}
+    track_logits = callable(getattr(reasoner, "decode", None))
+
+    with torch.no_grad():
+        state_shape = tuple(reasoner.init_state(1, std=0.0, device=device).shape[1:])
+        if isinstance(init, Tensor):
+            if tuple(init.shape) == (n_prob, breadth, *state_shape):
+                init = init.reshape(n_rows, *state_shape)
+            elif tuple(init.shape) != (n_rows, *state_shape):
+                raise ValueError(f"init tensor must be (N*breadth, *state) = {(n_rows, *state_shape)} "
+                                 f"or (N, breadth, *state), got {tuple(init.shape)}")
+        elif init not in ("random", "zeros"):
+            raise ValueError(f"init={init!r}; valid: 'random', 'zeros' or a state tensor")
+        g = flat_map(lambda s, x: reasoner.map(s, x, noise, **map_kwargs), state_shape)
+
+        trace = torch.full((n_rows, depth), math.nan, device=device)
+        ltrace = torch.full((n_rows, depth), math.nan, device=device)
+        row_nfe = torch.zeros(n_rows, dtype=torch.int64, device=device)
+        row_steps = torch.zeros(n_rows, dtype=torch.int64, device=device)
+        row_halted = torch.zeros(n_rows, dtype=torch.bool, device=device)
+        row_pred: Tensor | None = None
+
+        state, rows, x_act, prev_logits = None, torch.empty(0, dtype=torch.int64, device=device), None, None
+        next_job = 0
+        while True:
+            free = capacity - int(rows.numel())
+            if next_job < n_rows and (free >= min(threshold, n_rows - next_job) or rows.numel() == 0):
+                jobs = torch.arange(next_job, min(n_rows, next_job + free), device=device)
+                next_job += int(jobs.numel())
+                x_new = inputs[jobs // breadth]
+                x_new = embed(x_new) if callable(embed) else x_new
+                z0 = _initial_states(reasoner, init, jobs, generator, device)
+                fresh = algo.init(g, z0.reshape(len(jobs), -1), (x_new,))
+                state = _cat_states(state, fresh)
+                rows = torch.cat((rows, jobs))
+                x_act = x_new if x_act is None else torch.cat((x_act, x_new))
+                observed = torch.cat((torch.zeros(len(rows) - len(jobs), dtype=torch.bool, device=device),
+                                      torch.ones(len(jobs), dtype=torch.bool, device=device)))
+            else:
+                state = algo.step(g, state, (x_act,))
+                observed = torch.ones(len(rows), dtype=torch.bool, device=device)
+            # observe the newest pair (z, F(z)) of every row that just took a step or started
+            fz = state.fz.view(len(rows), *state_shape)
+            diff = torch.linalg.vector_norm((state.fz - state.z).float(), dim=1)
+            res = diff if residual == "abs" else diff / (torch.linalg.vector_norm(state.fz.float(), dim=1) + 1e-8)
+            obs_rows = rows[observed]
+            col = row_steps[obs_rows].clamp(max=depth - 1)
+            trace[obs_rows, col] = res[observed]
+            if track_logits:  # the release's score: change of the output logits between iterations
+                logits = reasoner.decode(fz).float()
+                if prev_logits is None:
+                    prev_logits = logits
+                elif prev_logits.shape[0] < len(rows):  # rows just admitted (their change is NaN)
+                    prev_logits = torch.cat((prev_logits, logits[prev_logits.shape[0]:]))
+                change = torch.linalg.vector_norm(logits - prev_logits, dim=-1).reshape(len(rows), -1).mean(1)
+                first = row_steps[rows] == 0
+                ltrace[obs_rows, col] = torch.where(first, math.nan, change)[observed]
+                prev_logits = torch.where(observed.view(-1, *[1] * (logits.dim() - 1)), logits, prev_logits)
+            row_steps[obs_rows] += 1
+            row_nfe[rows] = state.nfe
+            stop_halt = torch.zeros_like(observed)
+            if halt == "residual":
+                stop_halt = res <= halt_tol
+            elif halt == "logit":
+                stop_halt = reasoner.halt_logit(fz) > 0
+            budget = state.nfe >= depth
+            done = observed & (budget | stop_halt)
+            if bool(done.any()):
+                finished = rows[done]
+                row_halted[finished] = (stop_halt & ~budget)[done]
+                pred = predict(fz[done])
+                if row_pred is None:
+                    row_pred = torch.zeros((n_rows, *pred.shape[1:]), dtype=pred.dtype, device=device)
+                row_pred[finished] = pred
+                keep = (~done).nonzero().flatten()
+                rows, x_act, state = rows[keep], x_act[keep], _take(state, keep)
+                if track_logits:
+                    prev_logits = prev_logits[keep]
+            if rows.numel() == 0 and next_job >= n_rows:
+                break
+
+    assert row_pred is not None
+    window_res = _mean_last(trace, row_steps.clamp(max=depth), window)
+    window_logit = (_mean_last(ltrace, row_steps.clamp(max=depth), window) if track_logits
+                    else torch.full_like(window_res, math.nan))
+    shape_nb = (n_prob, breadth)
+    preds = row_pred.view(*shape_nb, *row_pred.shape[1:])
+    res_nb, logit_nb = window_res.view(shape_nb), window_logit.view(shape_nb)
+    ans = None if answers is None else answers.to(device)
+    chosen = aggregate_starts(aggregate, preds, res_nb, logit_nb, ans)
+    idx = torch.arange(n_prob, device=device)
+    row_correct = correct = None
+    if ans is not None:
+        row_correct = (preds.reshape(n_prob, breadth, -1) == ans.reshape(n_prob, 1, -1).to(preds.dtype)).all(-1)
+        correct = row_correct[idx, chosen]
+    return ScalingResult(
+        predictions=preds[idx, chosen], chosen=chosen, nfe=row_nfe.view(shape_nb).sum(1),
+        residual=res_nb[idx, chosen], row_predictions=preds, row_nfe=row_nfe.view(shape_nb),
+        row_residual=res_nb, row_logit_change=logit_nb, row_halted=row_halted.view(shape_nb),
+        trace=trace.view(*shape_nb, depth), correct=correct, row_correct=row_correct,
+        aggregate=aggregate, depth=depth, breadth=breadth,
+    )
