@@ -395,7 +395,7 @@ def run_bench(cfg: Any, run_dir: Path | None = None, evaluate: Evaluator = evalu
     rows = [summarise(c, per_puzzle[c.key], buckets, seconds[c.key]) for c in cells]
     table = format_table(rows)
     print(table)
-    log.info("bench results\n%s", table)
+    log.debug("bench results\n%s", table)  # printed on stdout already; DEBUG keeps it in log.txt only
     payload: dict[str, Any] = {
         "rows": rows,
         "options": asdict(options),

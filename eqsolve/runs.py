@@ -217,10 +217,10 @@ def start_run(run_dir: str | os.PathLike, config_yaml: str, meta: Mapping[str, A
     atomic_write_json(run_dir / "meta.json", meta)
     handler = logging.FileHandler(run_dir / "log.txt", encoding="utf-8")
     handler.setFormatter(logging.Formatter(_LOG_FORMAT))
+    handler.setLevel(logging.DEBUG)
     logger = logging.getLogger("eqsolve")
     logger.addHandler(handler)
-    if logger.level == logging.NOTSET or logger.level > logging.INFO:
-        logger.setLevel(logging.INFO)
+    logger.setLevel(logging.DEBUG)  # handlers filter; the console handler stays at INFO
     return handler
 
 

@@ -1,0 +1,126 @@
+"""eqsolve bench: grid, scoring, results.json + plots end to end, torchrun sharding."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from eqsolve import bench, cli
+from eqsolve.config import compose
+from eqsolve.runs import read_results
+
+TINY = ["model.hidden_size=16", "model.H_cycles=1", "model.L_cycles=1", "model.L_layers=1",
+        "model.expansion=2.0"]
+ROW_KEYS = {"solver", "depth", "breadth", "n", "nfe_mean", "accuracy", "accuracy_by_bucket", "bucket_counts",
+            "residual_mean", "nonfinite_residuals", "seconds", "puzzles_per_s"}
+
+
+@pytest.fixture(scope="module")
+def puzzle_csv(tmp_path_factory):
+    """Six generated puzzles with answers (the shipped eval set may not exist yet)."""
+    from eqsolve.tasks.sudoku import SudokuSet, generate_easy, save_csv
+
+    path = tmp_path_factory.mktemp("data") / "six.csv"
+    save_csv(SudokuSet.from_items(generate_easy(6, seed=5), "test"), path)
+    return path
+
+
+def tiny_cfg(puzzle_csv, *extra):
+    return compose("config_bench", ["checkpoint=random", f"task.data={puzzle_csv}", "bench.batch_size=2",
+                                    "bench.threads=1", *TINY, *extra])
+
+
+def test_cells_cover_solver_and_baseline_at_equal_budgets(puzzle_csv):
+    cells = bench.make_cells(tiny_cfg(puzzle_csv, "bench.depth=[2,4]", "bench.breadth=[1,3]"))
+    assert [c.key for c in cells] == [
+        "anderson/d2/b1", "anderson/d2/b3", "anderson/d4/b1", "anderson/d4/b3",
+        "fixed_point/d2/b1", "fixed_point/d2/b3", "fixed_point/d4/b1", "fixed_point/d4/b3"]
+    same = bench.make_cells(tiny_cfg(puzzle_csv, "solver=fixed_point", "bench.depth=[2]", "bench.breadth=[1]"))
+    assert [c.key for c in same] == ["fixed_point/d2/b1"]  # baseline == solver: not run twice
+
+
+@pytest.mark.parametrize(("override", "match"), [("solver.tol=1e-3", "bench.halt=residual"),
+                                                  ("bench.halt=learned", "none, residual, logit"),
+                                                  ("bench.depth=[0]", "positive")])
+def test_bad_bench_settings_are_errors(puzzle_csv, override, match):
+    with pytest.raises(ValueError, match=match):
+        bench.make_cells(tiny_cfg(puzzle_csv, override))
+
+
+def test_unknown_solver_option_fails_before_any_work(puzzle_csv, tmp_path):
+    cfg = tiny_cfg(puzzle_csv, "+solver.options.window=3")
+    with pytest.raises(ValueError, match="window"):
+        bench.run_bench(cfg, tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
+def test_model_overrides_with_a_real_checkpoint_are_an_error(puzzle_csv, tmp_path):
+    cfg = compose("config_bench", [f"checkpoint={tmp_path / 'x.pt'}", "model.hidden_size=16"])
+    with pytest.raises(ValueError, match="only apply with checkpoint=random"):
+        bench.load_model(cfg)
+    with pytest.raises(FileNotFoundError, match="x.pt"):
+        bench.load_model(compose("config_bench", [f"checkpoint={tmp_path / 'x.pt'}"]))
+
+
+def test_scoring_uses_the_checker_not_the_solver(monkeypatch, puzzle_csv):
+    """evaluate_chunk marks exactly the rows whose prediction solves the puzzle."""
+    from eqsolve.tasks.sudoku import load_any
+
+    data = load_any(puzzle_csv)
+    wrong = data.answers.copy()
+    wrong[1, 0] = wrong[1, 0] % 9 + 1  # one cell off
+
+    class Fake:
+        predictions = torch.as_tensor(np.stack([data.answers[0], wrong[1], data.answers[2]]))
+        nfe = torch.tensor([3, 3, 3])
+        residual = torch.tensor([0.1, 0.2, float("nan")])
+
+    monkeypatch.setattr("eqsolve.scaling.solve_many", lambda *a, **k: Fake())
+    model = torch.nn.Linear(1, 1)
+    out = bench.evaluate_chunk(model, data.questions[:3], data.answers[:3], bench.Cell("anderson", 3, 1),
+                               bench.RunOptions(), seed=0)
+    assert out["correct"].tolist() == [True, False, True]
+    assert out["nfe"].tolist() == [3.0, 3.0, 3.0] and np.isnan(out["residual"][2])
+    row = bench.summarise(bench.Cell("anderson", 3, 1), out, np.array(["easy", "easy", "hard"]), 1.5)
+    assert row["accuracy"] == pytest.approx(2 / 3) and row["accuracy_by_bucket"]["hard"] == 1.0
+    assert row["accuracy_by_bucket"]["medium"] is None and row["nonfinite_residuals"] == 1
+    assert row["residual_mean"] == pytest.approx(0.15) and row["puzzles_per_s"] == pytest.approx(2.0)
+
+
+def test_bench_end_to_end_writes_results_and_plots(puzzle_csv, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["bench", "--checkpoint", "random", "--data", str(puzzle_csv), "--depth", "1,3", "--breadth", "1,2",
+            "--limit", "4", "--out", str(out), "bench.batch_size=3", "bench.threads=1", *TINY]
+    assert cli.main(argv) == 0
+    stdout = capsys.readouterr().out
+    assert "fixed_point" in stdout and "anderson" in stdout and "puz/s" in stdout
+    document = read_results(out)
+    results = document["results"]
+    rows = results["rows"]
+    assert len(rows) == 2 * 2 * 2 and all(set(r) == ROW_KEYS for r in rows)
+    assert results["n_puzzles"] == 4 and results["torch_threads"] == 1 and results["world_size"] == 1
+    for r in rows:
+        assert r["n"] == 4 and 0.0 <= r["accuracy"] <= 1.0
+        assert sum(r["bucket_counts"].values()) == 4
+        budget = r["depth"] * r["breadth"]
+        assert 0 < r["nfe_mean"] <= budget
+        if r["solver"] == "fixed_point":
+            assert r["nfe_mean"] == budget  # no halting: plain iteration spends the whole budget
+    assert set(results["per_puzzle"]) == {f"{r['solver']}/d{r['depth']}/b{r['breadth']}" for r in rows}
+    for name in results["plots"].values():
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {"config.yaml", "meta.json", "log.txt", "results.json"} <= {p.name for p in out.iterdir()}
+    assert "fixed_point" in (out / "log.txt").read_text()  # the table also lands in the log
+    assert OmegaConf.load(out / "config.yaml").bench.depth == [1, 3]
+    assert json.loads((out / "meta.json").read_text())["seeds"] == {"seed": 0}
+
+
+def test_halting_on_residual_saves_nfe(puzzle_csv):
+    cfg = tiny_cfg(puzzle_csv, "solver=fixed_point", "bench.depth=[6]", "bench.breadth=[1]", "bench.limit=2",
+                   "bench.halt=residual", "bench.halt_tol=1e9")
+    payload = bench.run_bench(cfg, None)
+    assert payload["rows"][0]["nfe_mean"] < 6  # everything is "converged" at a huge tolerance

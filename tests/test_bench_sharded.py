@@ -1,0 +1,58 @@
+"""eqsolve bench under torchrun: puzzles sharded over 2 gloo processes give the one-process results."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from eqsolve import bench
+from eqsolve.config import compose
+
+TINY = ["model.hidden_size=16", "model.H_cycles=1", "model.L_cycles=1", "model.L_layers=1",
+        "model.expansion=2.0"]
+
+
+@pytest.fixture(scope="module")
+def puzzle_csv(tmp_path_factory):
+    from eqsolve.tasks.sudoku import SudokuSet, generate_easy, save_csv
+
+    path = tmp_path_factory.mktemp("data") / "five.csv"
+    save_csv(SudokuSet.from_items(generate_easy(5, seed=5), "test"), path)
+    return path
+
+
+def tiny_cfg(puzzle_csv, *extra):
+    return compose("config_bench", ["checkpoint=random", f"task.data={puzzle_csv}", *TINY, *extra])
+
+
+def _grid(cfg):
+    model = bench.load_model(cfg)
+    puzzles = bench.load_puzzles(cfg, 5)
+    options = bench.RunOptions(batch_size=2, seed=11, noise=0.01)
+    return bench.run_grid(model, puzzles, bench.make_cells(cfg), options)[0]
+
+
+def _sharded_worker(rank, world, init_file, csv, out_file):
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        per_puzzle = _grid(tiny_cfg(csv, "bench.depth=[2]", "bench.breadth=[1,2]"))
+        if rank == 0:
+            np.savez(out_file, **{f"{k}|{n}": v for k, arrays in per_puzzle.items() for n, v in arrays.items()})
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_sharded_over_two_processes_equals_single_process(puzzle_csv, tmp_path):
+    import torch.multiprocessing as mp
+
+    out_file = tmp_path / "sharded.npz"
+    mp.spawn(_sharded_worker, args=(2, str(tmp_path / "init"), str(puzzle_csv), str(out_file)), nprocs=2)
+    single = _grid(tiny_cfg(puzzle_csv, "bench.depth=[2]", "bench.breadth=[1,2]"))
+    sharded = np.load(out_file)
+    assert len(sharded.files) == 3 * len(single)
+    for key, arrays in single.items():
+        for name, value in arrays.items():
+            np.testing.assert_allclose(sharded[f"{key}|{name}"], value, rtol=1e-5, err_msg=f"{key} {name}")
