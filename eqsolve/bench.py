@@ -186,7 +186,8 @@ def evaluate_chunk(
             solver=get_solver(cell.solver, **dict(cell.options)), residual=options.stop,
             aggregate=options.aggregate, halt=halt, halt_tol=options.halt_tol,
             noise=options.noise, init=options.init, seed=seed,
-            **({"answers": encode_tokens(answers).to(device)} if options.aggregate == "any_correct" else {}),
+            # the oracle compares with predictions, which are digits 1..9 (not tokens)
+            answers=torch.as_tensor(answers, device=device) if options.aggregate == "any_correct" else None,
         )
     predictions = result.predictions.cpu().numpy()
     return {
@@ -334,6 +335,8 @@ def make_cells(cfg: Any) -> list[Cell]:
             f"solver.tol={cfg.solver.tol} is not used by the bench (every row gets its NFE budget); "
             "stop rows early with bench.halt=residual bench.halt_tol=..."
         )
+    if cfg.solver.max_iter is not None:
+        raise ValueError(f"solver.max_iter={cfg.solver.max_iter} is not used by the bench; set bench.depth")
     if b.halt not in HALT_MODES:
         raise ValueError(f"bench.halt={b.halt!r} is not one of {', '.join(HALT_MODES)}")
     for name, values in (("depth", b.depth), ("breadth", b.breadth)):

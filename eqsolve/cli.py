@@ -105,10 +105,10 @@ def _flag_overrides(command: str, args: argparse.Namespace) -> list[str]:
     if getattr(args, "grad", None):
         out.append(f"train.grad={_quote(args.grad)}")
     if section is not None:
-        for flag in ("depth", "breadth"):
+        for flag in ("depth", "breadth", "starts"):
             value = getattr(args, flag, None)
             if value is not None:
-                out.append(f"{section}.{flag}={_quote(value if section == 'bench' else value[-1])}")
+                out.append(f"{section}.{flag}={_quote(value)}")
         if getattr(args, "limit", None) is not None:
             out.append(f"{section}.limit={args.limit}")
         for flag in ("aggregate", "halt"):
@@ -154,8 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     diagnose = sub.add_parser("diagnose", help="residual traces, spectral radius, attractor census")
     _add_common(diagnose, model_flags=True)
-    diagnose.add_argument("--depth", type=int_list, help="NFE budget per start")
-    diagnose.add_argument("--breadth", type=int_list, help="starts per puzzle")
+    diagnose.add_argument("--depth", type=int, help="NFE budget per start")
+    diagnose.add_argument("--starts", type=int, help="starting points per puzzle")
 
     train = sub.add_parser("train", help="train an equilibrium reasoner")
     _add_common(train, model_flags=False)

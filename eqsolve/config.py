@@ -61,12 +61,15 @@ class SolverConfig:
         tol: Stopping tolerance on the residual kind ``stop`` (diagnose); must stay ``0`` for the
             bench, whose early stopping is ``bench.halt``.
         stop: ``"rel"`` or ``"abs"`` residual (also the residual the bench reports and aggregates).
+        max_iter: Iteration cap for diagnose (``None``: its ``depth``); the bench uses
+            ``bench.depth`` and refuses this key.
         options: Solver options passed to ``get_solver(name, **options)`` (validated there).
     """
 
     name: str = "anderson"
     tol: float = 0.0
     stop: str = "rel"
+    max_iter: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -105,21 +108,33 @@ class BenchConfig:
 
 @dataclass
 class DiagnoseConfig:
-    """Options of ``eqsolve diagnose`` (consumed by :mod:`eqsolve.diagnostics`).
+    """Options of ``eqsolve diagnose`` (read by :func:`eqsolve.diagnostics.run_diagnose`).
 
     Attributes:
-        depth: NFE budget per start.
-        breadth: Random starts per puzzle (attractor census).
-        spectral_iters: Power-iteration steps for the spectral radius.
-        limit: Puzzles analysed.
-        threads: torch intra-op threads.
+        starts: Starting points per puzzle (attractor census).
+        depth: NFE budget per start (``None``: ``solver.max_iter``).
+        limit: Puzzles analysed (``task.limit`` wins when set).
+        checkpoints: Depths at which accuracy and residual are recorded.
+        probe_steps: Plain-iteration steps used to detect cycles on unconverged starts.
+        spectral_iters: Power/Arnoldi JVP products per attractor.
+        latent_rtol: Latent clustering distance, relative to the median end-state norm.
+        target_accuracy: Accuracy target for the implied halting threshold.
+        min_spurious_basin: Mode rule: smallest basin share of a spurious attractor.
+        spurious_residual_factor: Mode rule: residual factor marking a spurious attractor.
+        broad_basin: Mode rule: basin share counted as broad.
     """
 
-    depth: int = 32
-    breadth: int = 8
+    starts: int = 16
+    depth: int | None = 16
+    limit: int = 8
+    checkpoints: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
+    probe_steps: int = 16
     spectral_iters: int = 20
-    limit: int = 50
-    threads: int = 2
+    latent_rtol: float = 0.05
+    target_accuracy: float = 0.95
+    min_spurious_basin: float = 0.05
+    spurious_residual_factor: float = 10.0
+    broad_basin: float = 0.5
 
 
 @dataclass

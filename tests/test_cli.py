@@ -132,3 +132,10 @@ def test_python_dash_m_entry_point():
     result = subprocess.run([sys.executable, "-m", "eqsolve", "--version"], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0 and result.stdout.startswith("eqsolve ")
+
+
+def test_diagnose_flags_map_to_diagnose_section():
+    cfg = compose("config_diagnose", overrides_for(["diagnose", "--depth", "8", "--starts", "4", "--limit", "3",
+                                                    "--solver", "fixed_point", "diagnose.checkpoints=[1,8]"]))
+    assert (cfg.diagnose.depth, cfg.diagnose.starts, cfg.diagnose.limit) == (8, 4, 3)
+    assert list(cfg.diagnose.checkpoints) == [1, 8] and cfg.solver.name == "fixed_point"
