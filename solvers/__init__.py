@@ -24,15 +24,19 @@ from ._registry import (
 )
 from ._solution import Solution, SolveError, Status
 from .anderson import Anderson, AndersonState
+from .broyden import Broyden, BroydenState
 from .fixed_point import FixedPointIteration
 
 register_solver("fixed_point", FixedPointIteration)
 register_alias("naive", "fixed_point")
 register_solver("anderson", Anderson)
+register_solver("broyden", Broyden)
 
 __all__ = [
     "Anderson",
     "AndersonState",
+    "Broyden",
+    "BroydenState",
     "FixedPointIteration",
     "SolveError",
     "Solution",

@@ -9,8 +9,11 @@ iterates ``z`` of shape ``(B, n)`` and a map ``f(z, *args) -> (B, n)``:
 A state is a dataclass whose tensor fields are all batch-first, so that the generic loop in
 :mod:`eqsolve.solvers._loop` can drop finished rows (``state[keep]``) and freeze rows
 (``where(done, old, new)``) without knowing the algorithm. Every state carries ``z`` (current
-iterate), ``fz = f(z)`` and ``nfe`` (``(B,)`` int64 evaluations of ``f`` spent per row). Steps
-are out-of-place, so gradient code may unroll them with autograd enabled.
+iterate), ``fz = f(z)`` and ``nfe`` (``(B,)`` int64 evaluations of ``f`` spent per row).
+
+Steps are out-of-place whenever autograd records (gradient code may unroll them); under
+``torch.no_grad()`` a step may update the history buffers of the state it was given in place
+(no copy of ``m`` iterates per step), so a state must not be reused once it has been stepped.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor
 
-__all__ = ["FlatMap", "Solver", "SolverState", "flat_map", "option", "select_rows", "take_rows"]
+__all__ = ["FlatMap", "Solver", "SolverState", "flat_map", "option", "select_rows", "take_rows", "write_slot"]
 
 StateT = TypeVar("StateT", bound="SolverState")
 FlatMap = Callable[..., Tensor]
@@ -140,3 +143,16 @@ def flat_map(f: Callable[..., Tensor], shape: torch.Size | Sequence[int]) -> Fla
         return out.reshape(b, -1)
 
     return g
+
+
+def write_slot(buf: Tensor, slot: int, rows: Tensor) -> Tensor:
+    """``buf[:, slot] = rows`` for a ring buffer ``buf`` of shape ``(B, m, ...)``.
+
+    Writes in place when autograd is not recording through the tensors (the normal case of a
+    solve under ``torch.no_grad()``: no copy of the whole buffer per step); otherwise returns an
+    out-of-place copy so that unrolled steps stay differentiable.
+    """
+    if torch.is_grad_enabled() and (buf.requires_grad or rows.requires_grad):
+        return buf.index_copy(1, torch.tensor([slot], device=buf.device), rows.unsqueeze(1))
+    buf[:, slot] = rows
+    return buf

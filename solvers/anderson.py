@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._base import FlatMap, Solver, SolverState, check_int, check_real, option
+from ._base import FlatMap, Solver, SolverState, check_int, check_real, option, write_slot
 
 __all__ = ["Anderson", "AndersonState"]
 
@@ -138,10 +138,10 @@ class Anderson(Solver):
         z = state.z + self.beta * g - torch.einsum("bm,bmn->bn", gamma, state.dX)
         fz = f(z, *args)
         dg, dz = (fz - z) - g, z - state.z
-        # Write the new pair into the ring buffer out of place (autograd-friendly).
+        # Push the new pair into the ring buffer and its Gram row/column.
         hot = torch.arange(self.m, device=z.device) == state.slot
-        dG = torch.where(hot[None, :, None], dg[:, None, :], state.dG)
-        dX = torch.where(hot[None, :, None], (dz + self.beta * dg)[:, None, :], state.dX)
+        dG = write_slot(state.dG, state.slot, dg)
+        dX = write_slot(state.dX, state.slot, dz + self.beta * dg)
         col = torch.einsum("bmn,bn->bm", dG, dg)
         gram = torch.where(hot[None, :, None], col[:, None, :], state.gram)
         gram = torch.where(hot[None, None, :], col[:, :, None], gram)

@@ -1,0 +1,187 @@
+"""Limited-memory "good" Broyden method on ``g(z) = f(z) - z``, with per-row safeguards.
+
+The good Broyden update of the inverse Jacobian ``H`` of ``g``,
+
+    H+ = H + (s - H y) (s^T H) / (s^T H y),     s = dz, y = dg,
+
+applied to ``H_0 = -I`` over the pairs ``(s_i, y_i)`` in time order has the compact form
+(Byrd, Nocedal & Schnabel 1994, via Woodbury on the direct update)
+
+    H = -I + (S + Y) M^{-1} S^T,   M = S^T Y + strictly_lower(S^T S),
+
+where ``strictly_lower`` keeps the entries ``s_i^T s_j`` with ``s_i`` newer than ``s_j``. We
+store the last ``memory`` pairs and keep ``S^T Y`` and ``S^T S`` up to date incrementally.
+Dropping the oldest pair therefore yields exactly the Broyden matrix of the remaining pairs
+(a consistent limited-memory method, like L-BFGS), and memory never grows with ``max_iter``.
+
+Safeguards, per row: a pair whose Broyden denominator ``s^T H y`` is tiny or non-finite is
+not stored; a singular or non-finite ``M`` and a step that grows the residual by more than
+``reset_factor`` both clear the row's memory (the next step is a plain fixed-point step).
+The optional backtracking line search halves the step for the rows whose residual did not
+decrease enough; it evaluates ``f`` only on those rows (rows must be independent) and costs
+one host sync per backtracking round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._base import FlatMap, Solver, SolverState, check_int, check_real, option, write_slot
+
+__all__ = ["Broyden", "BroydenState"]
+
+
+@dataclass
+class BroydenState(SolverState):
+    """State of :class:`Broyden`; all tensors batch-first.
+
+    Attributes:
+        S: ``(B, memory, n)`` steps ``s_i = z_{i+1} - z_i`` (ring buffer).
+        W: ``(B, memory, n)`` ``s_i + y_i`` with ``y_i = g_{i+1} - g_i``.
+        SY: ``(B, memory, memory)`` ``s_i . y_j``.
+        SS: ``(B, memory, memory)`` ``s_i . s_j``.
+        stamp: ``(B, memory)`` int64 time a slot was written, -1 for an empty slot.
+        count: number of steps taken (the time stamp of the next pair).
+    """
+
+    S: Tensor
+    W: Tensor
+    SY: Tensor
+    SS: Tensor
+    stamp: Tensor
+    count: int = 0
+
+
+def _write_sym(gram: Tensor, hot: Tensor, row: Tensor, col: Tensor) -> Tensor:
+    gram = torch.where(hot[None, :, None], row[:, None, :], gram)
+    return torch.where(hot[None, None, :], col[:, :, None], gram)
+
+
+@dataclass(frozen=True)
+class Broyden(Solver):
+    """Limited-memory good Broyden (compact form) with per-row safeguards.
+
+    Args:
+        memory: number of (step, residual change) pairs kept per row.
+        line_search: backtrack the step per row until the residual decreases enough.
+        max_backtracks: halvings of the step tried by the line search before accepting.
+        reset_factor: clear a row's memory when one step grows its residual by this factor.
+
+    Examples:
+        >>> import torch
+        >>> from eqsolve.solvers import solve
+        >>> A = torch.diag(torch.linspace(-1.5, 0.9, 20, dtype=torch.float64))
+        >>> sol = solve(lambda z: z @ A + 1.0, torch.zeros(4, 20, dtype=torch.float64),
+        ...             solver=Broyden(memory=40), tol=1e-8, max_iter=60)
+        >>> bool(sol.converged.all())
+        True
+    """
+
+    memory: int = option(30, "pairs (step, residual change) kept per row; the memory cap")
+    line_search: bool = option(False, "per-row backtracking line search on the residual norm")
+    max_backtracks: int = option(3, "halvings of the step tried by the line search")
+    reset_factor: float = option(1e3, "clear a row's memory when one step grows its residual by this factor")
+
+    def __post_init__(self) -> None:
+        check_int("memory", self.memory, 1)
+        if not isinstance(self.line_search, bool):
+            raise ValueError(f"option line_search={self.line_search!r} is invalid: must be a bool")
+        check_int("max_backtracks", self.max_backtracks, 0)
+        check_real("reset_factor", self.reset_factor, 1.0, low_open=True)
+
+    def init(self, f: FlatMap, z0: Tensor, args: Sequence[Any]) -> BroydenState:
+        """Evaluate ``f(z0)``; start from ``H = -I`` (empty memory)."""
+        b, n, m = z0.shape[0], z0.shape[1], self.memory
+        return BroydenState(
+            z=z0, fz=f(z0, *args), nfe=torch.ones(b, dtype=torch.int64, device=z0.device),
+            S=z0.new_zeros(b, m, n), W=z0.new_zeros(b, m, n), SY=z0.new_zeros(b, m, m),
+            SS=z0.new_zeros(b, m, m), stamp=torch.full((b, m), -1, dtype=torch.int64, device=z0.device),
+        )
+
+    def factor(self, state: BroydenState) -> tuple[Tensor, Tensor, Tensor]:
+        """LU-factor the small matrix ``M`` of every row (float64).
+
+        Returns:
+            ``(lu, pivots, ok)``: the factorisation and a ``(B,)`` mask of rows whose ``M`` is
+            non-singular and finite (the other rows use ``H = -I``).
+        """
+        valid = state.stamp >= 0
+        vv = valid[:, :, None] & valid[:, None, :]
+        newer = state.stamp[:, :, None] > state.stamp[:, None, :]
+        mat = state.SY.double() + torch.where(newer, state.SS.double(), 0.0)
+        eye = torch.eye(self.memory, dtype=mat.dtype, device=mat.device)
+        mat = torch.where(vv, mat, 0.0) + eye * (~valid)[:, None, :]
+        lu, piv, info = torch.linalg.lu_factor_ex(mat)
+        ok = (info == 0) & torch.isfinite(lu).flatten(1).all(dim=1)
+        lu = torch.where(ok[:, None, None], lu, eye)
+        piv = torch.where(ok[:, None], piv, torch.arange(1, self.memory + 1, device=piv.device, dtype=piv.dtype))
+        return lu, piv, ok
+
+    def apply_h(self, state: BroydenState, v: Tensor, factors: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
+        """``H v`` for a ``(B, n)`` batch of vectors (pass ``factor(state)`` to reuse it)."""
+        return self._apply_h(state, v, torch.einsum("bmn,bn->bm", state.S, v), factors)
+
+    def _apply_h(self, state: BroydenState, v: Tensor, stv: Tensor,
+                 factors: tuple[Tensor, Tensor, Tensor] | None) -> Tensor:
+        lu, piv, ok = factors if factors is not None else self.factor(state)
+        coef = torch.linalg.lu_solve(lu, piv, stv.double()[:, :, None])[:, :, 0]
+        coef = torch.where(ok[:, None] & (state.stamp >= 0), coef, 0.0).to(v.dtype)
+        return -v + torch.einsum("bm,bmn->bn", coef, state.W)
+
+    def _line_search(self, f: FlatMap, z: Tensor, p: Tensor, g_norm: Tensor, z_new: Tensor,
+                     fz_new: Tensor, nfe: Tensor, args: Sequence[Any]) -> tuple[Tensor, Tensor, Tensor]:
+        alpha = torch.ones_like(g_norm)
+        for _ in range(self.max_backtracks):
+            new_norm = torch.linalg.vector_norm(fz_new - z_new, dim=1)
+            bad = ~(new_norm <= (1.0 - 1e-4 * alpha) * g_norm)  # sufficient decrease, finite
+            rows = bad.nonzero().flatten()  # host sync: only failing rows are evaluated again
+            if rows.numel() == 0:
+                break
+            alpha = torch.where(bad, 0.5 * alpha, alpha)
+            z_try = z[rows] + alpha[rows, None] * p[rows]
+            fz_try = f(z_try, *(a[rows] if isinstance(a, Tensor) else a for a in args))
+            z_new, fz_new = z_new.index_copy(0, rows, z_try), fz_new.index_copy(0, rows, fz_try)
+            nfe = nfe.index_add(0, rows, torch.ones_like(rows))
+        return z_new, fz_new, nfe
+
+    def step(self, f: FlatMap, state: BroydenState, args: Sequence[Any]) -> BroydenState:
+        """One Broyden step (one evaluation of ``f``; more with the line search), then update."""
+        factors = self.factor(state)
+        g = state.fz - state.z
+        stg = torch.einsum("bmn,bn->bm", state.S, g)
+        p = -self._apply_h(state, g, stg, factors)
+        z = state.z + p
+        fz = f(z, *args)
+        nfe = state.nfe + 1
+        g_norm = torch.linalg.vector_norm(g, dim=1)
+        if self.line_search:
+            z, fz, nfe = self._line_search(f, state.z, p, g_norm, z, fz, nfe, args)
+        g_new = fz - z
+        s, y = z - state.z, g_new - g
+        sty = torch.einsum("bmn,bn->bm", state.S, g_new) - stg  # S^T y without another pass
+        h_y = self._apply_h(state, y, sty, factors)
+        denom = (s * h_y).sum(dim=1)
+        scale = torch.linalg.vector_norm(s, dim=1) * torch.linalg.vector_norm(h_y, dim=1)
+        store = torch.isfinite(denom) & (denom.abs() > 1e-10 * scale)
+        store = store & torch.isfinite(s).all(dim=1) & torch.isfinite(y).all(dim=1)
+        slot = state.count % self.memory
+        hot = torch.arange(self.memory, device=z.device) == slot
+        keep = store[:, None]
+        # Rows that skip this pair keep their old slot content (and its time stamp).
+        S = write_slot(state.S, slot, torch.where(keep, s, state.S[:, slot]))
+        W = write_slot(state.W, slot, torch.where(keep, s + y, state.W[:, slot]))
+        ss = torch.einsum("bmn,bn->bm", S, s)
+        sy_col = torch.where(hot, (s * y).sum(dim=1, keepdim=True), sty)  # s_i . y (new column)
+        sy_row = torch.einsum("bmn,bn->bm", W, s) - ss  # s . y_j = s . (w_j - s_j) (new row)
+        SY = torch.where(keep[:, :, None], _write_sym(state.SY, hot, sy_row, sy_col), state.SY)
+        SS = torch.where(keep[:, :, None], _write_sym(state.SS, hot, ss, ss), state.SS)
+        stamp = torch.where(hot[None, :] & keep, state.count, state.stamp)
+        # Clear the memory of rows with a singular M or an exploding residual.
+        blew_up = ~(torch.linalg.vector_norm(g_new, dim=1) <= self.reset_factor * g_norm)
+        stamp = torch.where((blew_up | ~factors[2])[:, None], -1, stamp)
+        return BroydenState(z=z, fz=fz, nfe=nfe, S=S, W=W, SY=SY, SS=SS, stamp=stamp, count=state.count + 1)
