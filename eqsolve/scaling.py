@@ -211,6 +211,52 @@ def _initial_states(reasoner: Any, init: Any, jobs: Tensor, generator: Any, devi
     return reasoner.init_state(int(jobs.numel()), std=0.0, device=device)
 
 
+class _Bookkeeping:
+    """Per-row records of a :func:`solve_many` run (rows indexed by job id, puzzle-major)."""
+
+    def __init__(self, n_rows: int, depth: int, residual: str, device: torch.device) -> None:
+        self.depth, self.residual = depth, residual
+        self.trace = torch.full((n_rows, depth), math.nan, device=device)
+        self.logit_trace = torch.full((n_rows, depth), math.nan, device=device)
+        self.nfe = torch.zeros(n_rows, dtype=torch.int64, device=device)
+        self.steps = torch.zeros(n_rows, dtype=torch.int64, device=device)
+        self.halted = torch.zeros(n_rows, dtype=torch.bool, device=device)
+        self.pred: Tensor | None = None
+        self.prev_logits: Tensor | None = None  # aligned with the active rows
+
+    def observe(self, rows: Tensor, observed: Tensor, z: Tensor, fz: Tensor, logits: Tensor | None) -> Tensor:
+        """Record the newest pair ``(z, F(z))`` of the ``observed`` active rows; return residuals."""
+        diff = torch.linalg.vector_norm((fz - z).float(), dim=1)
+        res = diff if self.residual == "abs" else diff / (torch.linalg.vector_norm(fz.float(), dim=1) + 1e-8)
+        obs_rows = rows[observed]
+        col = self.steps[obs_rows].clamp(max=self.depth - 1)
+        self.trace[obs_rows, col] = res[observed]
+        if logits is not None:  # the release's score: change of the output logits between iterations
+            prev = self.prev_logits
+            if prev is None:
+                prev = logits
+            elif prev.shape[0] < len(rows):  # rows just admitted (their first change is NaN)
+                prev = torch.cat((prev, logits[prev.shape[0]:]))
+            change = torch.linalg.vector_norm(logits - prev, dim=-1).reshape(len(rows), -1).mean(1)
+            first = self.steps[rows] == 0
+            self.logit_trace[obs_rows, col] = torch.where(first, math.nan, change)[observed]
+            self.prev_logits = torch.where(observed.view(-1, *[1] * (logits.dim() - 1)), logits, prev)
+        self.steps[obs_rows] += 1
+        return res
+
+    def finish(self, rows: Tensor, pred: Tensor, halted: Tensor) -> None:
+        """Store the answers of rows that stopped (and whether a halting rule stopped them)."""
+        if self.pred is None:
+            self.pred = torch.zeros((self.nfe.shape[0], *pred.shape[1:]), dtype=pred.dtype, device=pred.device)
+        self.pred[rows] = pred
+        self.halted[rows] = halted
+
+    def keep(self, index: Tensor) -> None:
+        """The active rows were compacted to ``index``."""
+        if self.prev_logits is not None:
+            self.prev_logits = self.prev_logits[index]
+
+
 def solve_many(
     reasoner: Any,
     inputs: Tensor,
@@ -314,18 +360,13 @@ def solve_many(
             raise ValueError(f"init={init!r}; valid: 'random', 'zeros' or a state tensor")
         g = flat_map(lambda s, x: reasoner.map(s, x, noise, **map_kwargs), state_shape)
 
-        trace = torch.full((n_rows, depth), math.nan, device=device)
-        ltrace = torch.full((n_rows, depth), math.nan, device=device)
-        row_nfe = torch.zeros(n_rows, dtype=torch.int64, device=device)
-        row_steps = torch.zeros(n_rows, dtype=torch.int64, device=device)
-        row_halted = torch.zeros(n_rows, dtype=torch.bool, device=device)
-        row_pred: Tensor | None = None
-
-        state, rows, x_act, prev_logits = None, torch.empty(0, dtype=torch.int64, device=device), None, None
+        book = _Bookkeeping(n_rows, depth, residual, device)
+        state, rows, x_act = None, torch.empty(0, dtype=torch.int64, device=device), None
         next_job = 0
-        while True:
+        while rows.numel() or next_job < n_rows:
             free = capacity - int(rows.numel())
             if next_job < n_rows and (free >= min(threshold, n_rows - next_job) or rows.numel() == 0):
+                # admit queued rows: their init evaluates F once; running rows wait this round
                 jobs = torch.arange(next_job, min(n_rows, next_job + free), device=device)
                 next_job += int(jobs.numel())
                 x_new = inputs[jobs // breadth]
@@ -335,30 +376,14 @@ def solve_many(
                 state = _cat_states(state, fresh)
                 rows = torch.cat((rows, jobs))
                 x_act = x_new if x_act is None else torch.cat((x_act, x_new))
-                observed = torch.cat((torch.zeros(len(rows) - len(jobs), dtype=torch.bool, device=device),
-                                      torch.ones(len(jobs), dtype=torch.bool, device=device)))
+                observed = torch.arange(len(rows), device=device) >= len(rows) - len(jobs)
             else:
                 state = algo.step(g, state, (x_act,))
                 observed = torch.ones(len(rows), dtype=torch.bool, device=device)
-            # observe the newest pair (z, F(z)) of every row that just took a step or started
             fz = state.fz.view(len(rows), *state_shape)
-            diff = torch.linalg.vector_norm((state.fz - state.z).float(), dim=1)
-            res = diff if residual == "abs" else diff / (torch.linalg.vector_norm(state.fz.float(), dim=1) + 1e-8)
-            obs_rows = rows[observed]
-            col = row_steps[obs_rows].clamp(max=depth - 1)
-            trace[obs_rows, col] = res[observed]
-            if track_logits:  # the release's score: change of the output logits between iterations
-                logits = reasoner.decode(fz).float()
-                if prev_logits is None:
-                    prev_logits = logits
-                elif prev_logits.shape[0] < len(rows):  # rows just admitted (their change is NaN)
-                    prev_logits = torch.cat((prev_logits, logits[prev_logits.shape[0]:]))
-                change = torch.linalg.vector_norm(logits - prev_logits, dim=-1).reshape(len(rows), -1).mean(1)
-                first = row_steps[rows] == 0
-                ltrace[obs_rows, col] = torch.where(first, math.nan, change)[observed]
-                prev_logits = torch.where(observed.view(-1, *[1] * (logits.dim() - 1)), logits, prev_logits)
-            row_steps[obs_rows] += 1
-            row_nfe[rows] = state.nfe
+            res = book.observe(rows, observed, state.z, state.fz,
+                               reasoner.decode(fz).float() if track_logits else None)
+            book.nfe[rows] = state.nfe
             stop_halt = torch.zeros_like(observed)
             if halt == "residual":
                 stop_halt = res <= halt_tol
@@ -367,25 +392,16 @@ def solve_many(
             budget = state.nfe >= depth
             done = observed & (budget | stop_halt)
             if bool(done.any()):
-                finished = rows[done]
-                row_halted[finished] = (stop_halt & ~budget)[done]
-                pred = predict(fz[done])
-                if row_pred is None:
-                    row_pred = torch.zeros((n_rows, *pred.shape[1:]), dtype=pred.dtype, device=device)
-                row_pred[finished] = pred
+                book.finish(rows[done], predict(fz[done]), (stop_halt & ~budget)[done])
                 keep = (~done).nonzero().flatten()
                 rows, x_act, state = rows[keep], x_act[keep], _take(state, keep)
-                if track_logits:
-                    prev_logits = prev_logits[keep]
-            if rows.numel() == 0 and next_job >= n_rows:
-                break
+                book.keep(keep)
 
-    assert row_pred is not None
-    window_res = _mean_last(trace, row_steps.clamp(max=depth), window)
-    window_logit = (_mean_last(ltrace, row_steps.clamp(max=depth), window) if track_logits
-                    else torch.full_like(window_res, math.nan))
+    count = book.steps.clamp(max=depth)
+    window_res = _mean_last(book.trace, count, window)
+    window_logit = _mean_last(book.logit_trace, count, window)
     shape_nb = (n_prob, breadth)
-    preds = row_pred.view(*shape_nb, *row_pred.shape[1:])
+    preds = book.pred.view(*shape_nb, *book.pred.shape[1:])
     res_nb, logit_nb = window_res.view(shape_nb), window_logit.view(shape_nb)
     ans = None if answers is None else answers.to(device)
     chosen = aggregate_starts(aggregate, preds, res_nb, logit_nb, ans)
@@ -395,9 +411,9 @@ def solve_many(
         row_correct = (preds.reshape(n_prob, breadth, -1) == ans.reshape(n_prob, 1, -1).to(preds.dtype)).all(-1)
         correct = row_correct[idx, chosen]
     return ScalingResult(
-        predictions=preds[idx, chosen], chosen=chosen, nfe=row_nfe.view(shape_nb).sum(1),
-        residual=res_nb[idx, chosen], row_predictions=preds, row_nfe=row_nfe.view(shape_nb),
-        row_residual=res_nb, row_logit_change=logit_nb, row_halted=row_halted.view(shape_nb),
-        trace=trace.view(*shape_nb, depth), correct=correct, row_correct=row_correct,
+        predictions=preds[idx, chosen], chosen=chosen, nfe=book.nfe.view(shape_nb).sum(1),
+        residual=res_nb[idx, chosen], row_predictions=preds, row_nfe=book.nfe.view(shape_nb),
+        row_residual=res_nb, row_logit_change=logit_nb, row_halted=book.halted.view(shape_nb),
+        trace=book.trace.view(*shape_nb, depth), correct=correct, row_correct=row_correct,
         aggregate=aggregate, depth=depth, breadth=breadth,
     )
