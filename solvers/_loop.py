@@ -74,6 +74,7 @@ def solve(
     throw: bool = False,
     diverge_factor: float | None = 1e4,
     stall_window: int | None = 30,
+    snapshots: Any = (),
     **solver_options: Any,
 ) -> Solution:
     """Find ``z`` with ``f(z, *args) = z`` for every row of a batch, each row stopping on its own.
@@ -98,6 +99,8 @@ def solve(
             times the smallest absolute residual it reached (None: never).
         stall_window: a row is ``STAGNATED`` when its best residual has not dropped by 1% in this
             many steps (None: never).
+        snapshots: step numbers after which the best iterate of every row is recorded in
+            ``Solution.snapshots`` (steps beyond the last one taken record the final result).
         **solver_options: options of the named solver (an error if ``solver`` is an object).
 
     Returns:
@@ -135,7 +138,11 @@ def solve(
     out_nfe = torch.zeros(batch, dtype=idx_dtype, device=device)
     out_nstep = torch.zeros(batch, dtype=idx_dtype, device=device)
     out_status = torch.full((batch,), int(Status.MAX_ITER), dtype=idx_dtype, device=device)
-    trace_buf = z0.new_full((batch, max_iter + 1), math.nan) if trace else None
+    trace_bufs = {kind: z0.new_full((batch, max_iter + 1), math.nan) for kind in ("abs", "rel")} if trace else {}
+    snap_steps = sorted({int(s) for s in snapshots})
+    if snap_steps and snap_steps[0] < 0:
+        raise ValueError(f"snapshots={list(snapshots)!r} is invalid: steps must be >= 0")
+    snaps: list[Tensor] = []
 
     # Per active row bookkeeping (device tensors).
     best_z = state.z
@@ -179,9 +186,14 @@ def solve(
         new_status = torch.where(finite, new_status, int(Status.NONFINITE))
         stops = live & (new_status >= 0)
         status = torch.where(stops, new_status, status)
-        if trace_buf is not None:
-            trace_buf[idx, k] = torch.where(live, res.detach(), math.nan)
+        for kind, buf in trace_bufs.items():
+            buf[idx, k] = torch.where(live, (abs_r if kind == "abs" else rel_r), math.nan)
         done = done | stops
+
+        if k in snap_steps:
+            snap = out_z.clone()
+            snap[idx] = best_z.detach().to(snap.dtype)
+            snaps.append(snap.view(batch, *shape))
 
         # --- host look: drop finished rows, or leave when none is left ---
         if k % check_every == 0 or k == max_iter:
@@ -208,10 +220,13 @@ def solve(
         k += 1
 
     flush()
-    trace_out = trace_buf[:, : k + 1] if trace_buf is not None else None
+    traces = {kind: buf[:, : k + 1] for kind, buf in trace_bufs.items()}
+    z_out = out_z.view(batch, *shape)
+    snaps += [z_out.clone() for s in snap_steps if s > k]
     sol = Solution(
-        z=out_z.view(batch, *shape), abs_residual=out_abs, rel_residual=out_rel, nfe=out_nfe,
-        nstep=out_nstep, status=out_status, trace=trace_out, stop=stop, tol=float(tol),
+        z=z_out, abs_residual=out_abs, rel_residual=out_rel, nfe=out_nfe, nstep=out_nstep,
+        status=out_status, trace=traces.get(stop), stop=stop, tol=float(tol),
+        abs_trace=traces.get("abs"), rel_trace=traces.get("rel"), snapshots=snaps,
     )
     if throw and not bool(sol.converged.all()):
         raise SolveError(sol.describe_failures())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 
 import torch
@@ -62,6 +62,9 @@ class Solution:
             NaN after the row stopped; ``None`` unless ``trace=True``.
         stop: ``"rel"`` or ``"abs"``, the residual kind used to stop.
         tol: the tolerance used to stop.
+        abs_trace: ``(B, T)`` like ``trace`` for the absolute residual (None unless ``trace``).
+        rel_trace: ``(B, T)`` like ``trace`` for the relative residual (None unless ``trace``).
+        snapshots: best iterates ``(B, ...)`` after each step listed in ``solve(snapshots=...)``.
 
     Examples:
         >>> import torch
@@ -80,6 +83,9 @@ class Solution:
     trace: Tensor | None
     stop: str
     tol: float
+    abs_trace: Tensor | None = None
+    rel_trace: Tensor | None = None
+    snapshots: list[Tensor] = field(default_factory=list)
 
     @property
     def residual(self) -> Tensor:
