@@ -91,7 +91,7 @@ def _build_hidden_scan():
     so ``once & ~twice`` are the digits with exactly one place; digits already placed (``s``,
     the cells with a single candidate) are left out so that only new hidden singles are placed.
     """
-    lines = ["def _hidden_scan(cand, queue):"]
+    lines = ["def _hidden_scan(cand, queue, S=_SINGLE_TABLE):"]
     for u, unit in enumerate(UNITS):
         lines.append(f"    o = cand[{unit[0]}]; t = 0; s = S[o]")
         for i in unit[1:]:
@@ -100,7 +100,7 @@ def _build_hidden_scan():
         lines.append("    h = o & ~t & ~s")
         lines.append(f"    if h and not _place_hidden(cand, UNITS[{u}], h, queue): return False")
     lines.append("    return True")
-    namespace = {"UNITS": UNITS, "_place_hidden": _place_hidden, "S": _SINGLE}
+    namespace = {"UNITS": UNITS, "_place_hidden": _place_hidden, "_SINGLE_TABLE": _SINGLE}
     exec(compile("\n".join(lines), "<sudoku hidden-single scan>", "exec"), namespace)
     return namespace["_hidden_scan"]
 
