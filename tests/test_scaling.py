@@ -165,15 +165,23 @@ def test_eqr_depth_matches_plain_iteration_and_breadth_rows_are_independent():
     x = model.embed(tok).repeat_interleave(3, 0)
     s = init
     with torch.no_grad():
-        residuals = []
+        residuals, logits = [], []
         for _ in range(5):
             fs = model.map(s, x, noise=0.0)
             residuals.append((fs - s).flatten(1).norm(dim=1))
+            logits.append(model.decode(fs))
             s = fs
     assert torch.equal(r.row_predictions.view(6, 81), model.predict_digits(s))
     expected = torch.stack(residuals[-3:]).mean(0).view(2, 3)
     torch.testing.assert_close(r.row_residual, expected, rtol=1e-5, atol=1e-5)
     assert torch.equal(r.chosen, expected.argmin(1))
+    # the release's score: per-cell norm of the logit change, mean over cells and the last 3 changes
+    changes = [(b - a).norm(dim=-1).mean(-1) for a, b in zip(logits[:-1], logits[1:])]
+    torch.testing.assert_close(r.row_logit_change, torch.stack(changes[-3:]).mean(0).view(2, 3),
+                               rtol=1e-5, atol=1e-5)
+    by_logits = model.reason(tok, depth=5, breadth=3, noise=0.0, init=init.view(2, 3, 2, 81, 16),
+                             aggregate="logit_change")
+    assert torch.equal(by_logits.chosen, r.row_logit_change.argmin(1))
     assert r.predictions.min() >= 1 and r.predictions.max() <= 9
 
 
