@@ -4,11 +4,12 @@
   :func:`is_solution`, :func:`check_batch`, :func:`bucket` (:mod:`.sudoku_board`)
 - classical solver and rater: :func:`solve`, :func:`solve_classical`, :func:`rate`
   (:mod:`.sudoku_solver`)
-- generators: :func:`generate_easy` (:mod:`.sudoku_generator`)
+- generators: :func:`generate_easy` (:mod:`.sudoku_generator`), :func:`generate` (hard mix,
+  :mod:`.sudoku_hard`)
 - symmetries: :func:`augment`, :func:`canonical_form`, :func:`contamination`
   (:mod:`.sudoku_symmetry`)
 - data sets: :class:`SudokuSet`, :func:`load_csv`, :func:`load_lines`, :func:`load_any`,
-  :func:`save_csv`, :func:`fetch_sudoku_extreme`, :func:`default_eval_set` (:mod:`.sudoku_io`)
+  :func:`save_csv`, :func:`write_csv`, :func:`fetch_sudoku_extreme`, :func:`default_eval_set` (:mod:`.sudoku_io`)
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from .sudoku_board import (
     parse_boards,
 )
 from .sudoku_generator import generate_easy, minimise, random_grid
+from .sudoku_hard import generate, iter_generate
 from .sudoku_io import (
     EVAL_SET_PATH,
     SudokuSet,
@@ -36,6 +38,7 @@ from .sudoku_io import (
     load_csv,
     load_lines,
     save_csv,
+    write_csv,
 )
 from .sudoku_solver import SolveResult, count_solutions, rate, solve, solve_classical
 from .sudoku_symmetry import (
@@ -66,7 +69,9 @@ __all__ = [
     "encode_tokens",
     "fetch_sudoku_extreme",
     "find_conflicts",
+    "generate",
     "generate_easy",
+    "iter_generate",
     "is_solution",
     "load_any",
     "load_csv",
@@ -79,4 +84,5 @@ __all__ = [
     "save_csv",
     "solve",
     "solve_classical",
+    "write_csv",
 ]

@@ -36,6 +36,7 @@ __all__ = [
     "load_lines",
     "load_any",
     "save_csv",
+    "write_csv",
     "fetch_sudoku_extreme",
     "EVAL_SET_PATH",
     "default_eval_set",
@@ -363,6 +364,19 @@ def save_csv(data: SudokuSet, path: str | os.PathLike) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_csv(path: str | os.PathLike, data: SudokuSet | list, source: str = "generated") -> None:
+    """Writes a SudokuSet or generator items ``(question, answer, rating)`` as a CSV, atomically.
+
+    Args:
+        path: destination ``.csv``.
+        data: a :class:`SudokuSet` or a list of ``(question, answer, rating)`` items.
+        source: the ``source`` column for items (a SudokuSet keeps its own sources).
+    """
+    if not isinstance(data, SudokuSet):
+        data = SudokuSet.from_items(list(data), source)
+    save_csv(data, path)
 
 
 def fetch_sudoku_extreme(dest: str | os.PathLike, split: str = "test") -> Path:
