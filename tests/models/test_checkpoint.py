@@ -169,3 +169,15 @@ def test_native_checkpoint_round_trip_is_atomic(tmp_path):
     torch.testing.assert_close(logits(EqR.from_checkpoint(h5)), logits(model), rtol=0, atol=0)
     with pytest.raises(ValueError, match="format"):
         load_checkpoint({"format": "other/2", "model": {}})
+
+
+def test_attention_variant_imports_with_its_arch():
+    arch = {**ARCH, "mlp_t": False, "pos_encodings": "rope2d", "rms_norm_eps": 1e-6}
+    cfg = config_from_arch(arch)
+    assert (cfg.mixer, cfg.pos_encodings, cfg.rms_eps, cfg.board()) == ("attention", "rope2d", 1e-6, (9, 9))
+    model = EqR(cfg)
+    loaded = load_official(official_dict(model, arch=arch))
+    assert "L_level.layers.0.self_attn.qkv_proj.weight" in loaded.state_dict()
+    torch.testing.assert_close(logits(loaded), logits(model), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="shape mismatches|missing"):
+        load_official(official_dict(model, arch=ARCH))  # attention weights into an mlp_t model
