@@ -1,0 +1,245 @@
+"""Test-time scaling measurements of the shipped reasoner, for the README.
+
+Three questions, each answered as a ratio against plain iteration measured in the same run:
+
+1. **Solver NFE**: how many NFE do Anderson and Broyden need to reach the exact accuracy that
+   plain iteration (``fixed_point``) reaches at depth 64? (target ≤ 0.5 × 64)
+2. **Halting**: how many NFE does per-row halting save at equal accuracy? Residual halting
+   (relative latent residual ≤ tol) over a sweep of tolerances, and the learned halting logit.
+3. **Breadth throughput**: do B = 16 starts per puzzle cost ≤ 1.25 × the per-row time of B = 1
+   (they run as one batch)?
+
+Questions 1 and 2 use *anytime curves*: one run per solver drives the solver's ``init``/``step``
+protocol to ``--depth`` NFE and records, after every NFE, each puzzle's answer (decoded from
+``F(z)``, exactly as :func:`eqsolve.scaling.solve_many` decodes), its relative residual and its
+halting logit. Because the iterate after k NFE does not depend on the budget, the curve gives
+the accuracy at every depth from one run, and halting at any tolerance is the first step whose
+residual is below it. A consistency check re-runs ``solve_many`` at a few depths (and one
+halting tolerance) with the same initial states and asserts the same answers.
+
+Usage (2 threads pinned; ~10 minutes with the shipped reasoner on 2 cores)::
+
+    nice -n 5 python benchmarks/bench_scaling.py --limit 64 --threads 2
+    python benchmarks/bench_scaling.py --checkpoint random --limit 8 --depth 16   # smoke test
+
+Writes ``benchmarks/results/bench_scaling.json`` and ``bench_scaling.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from eqsolve.solvers import flat_map, get_solver
+
+from eqsolve.bench import SHIPPED_REASONER, load_model, load_puzzles
+from eqsolve.config import compose
+from eqsolve.runs import atomic_write_json, atomic_write_text, run_metadata
+from eqsolve.scaling import solve_many
+from eqsolve.tasks.sudoku import check_batch, encode_tokens
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def anytime_curves(model: Any, questions: np.ndarray, solver: str, depth: int, init: torch.Tensor,
+                   batch_size: int = 64) -> dict[str, np.ndarray]:
+    """Answers' correctness, relative residual and halting logit after every NFE.
+
+    Args:
+        model: EqR.
+        questions: ``(N, 81)`` digits.
+        solver: Registered solver name.
+        depth: NFE per puzzle.
+        init: ``(N, 2, 81, d)`` initial states (shared by all solvers).
+        batch_size: Rows per solve.
+
+    Returns:
+        ``correct`` (N, depth) bool, ``residual`` (N, depth) float, ``halt_logit`` (N, depth),
+        ``digits`` (N, depth, 81) int8 answers.
+    """
+    algo = get_solver(solver)
+    out = {k: np.zeros((len(questions), depth)) for k in ("correct", "residual", "halt_logit")}
+    out["digits"] = np.zeros((len(questions), depth, questions.shape[1]), dtype=np.int8)
+    shape = tuple(init.shape[1:])
+    with torch.no_grad():
+        for lo in range(0, len(questions), batch_size):
+            hi = min(lo + batch_size, len(questions))
+            x = model.embed(encode_tokens(questions[lo:hi]))
+            g = flat_map(lambda s, x: model.map(s, x, 0.0), shape)
+            state = algo.init(g, init[lo:hi].reshape(hi - lo, -1), (x,))
+            for k in range(depth):
+                if k:
+                    state = algo.step(g, state, (x,))
+                fz = state.fz.view(hi - lo, *shape)
+                diff = torch.linalg.vector_norm(state.fz - state.z, dim=1)
+                out["residual"][lo:hi, k] = (diff / (torch.linalg.vector_norm(state.fz, dim=1) + 1e-8)).numpy()
+                digits = model.predict_digits(fz).numpy()
+                out["digits"][lo:hi, k] = digits
+                out["correct"][lo:hi, k] = check_batch(digits, questions[lo:hi])
+                out["halt_logit"][lo:hi, k] = model.halt_logit(fz).numpy()
+    out["correct"] = out["correct"].astype(bool)
+    return out
+
+
+def first_depth_reaching(accuracy: np.ndarray, target: float) -> int | None:
+    """Smallest NFE (1-based) whose accuracy is ≥ target, else None."""
+    hits = np.nonzero(accuracy >= target - 1e-12)[0]
+    return int(hits[0]) + 1 if hits.size else None
+
+
+def simulate_halting(curves: dict[str, np.ndarray], stop: np.ndarray) -> tuple[float, float]:
+    """(accuracy, mean NFE) when each row stops at the first step where ``stop`` is True."""
+    depth = stop.shape[1]
+    step = np.where(stop.any(1), stop.argmax(1), depth - 1)
+    rows = np.arange(len(step))
+    return float(curves["correct"][rows, step].mean()), float((step + 1).mean())
+
+
+def consistency_check(model: Any, questions: np.ndarray, init: torch.Tensor, curves: dict, solver: str,
+                      depths: list[int]) -> list[dict[str, Any]]:
+    """Re-run solve_many at a few depths with the same starts; report agreement with the curve."""
+    checks = []
+    tokens = encode_tokens(questions)
+    for depth in depths:
+        with torch.no_grad():
+            res = solve_many(model, tokens, depth=depth, breadth=1, solver=solver, noise=0.0, init=init,
+                             residual="rel")
+        same = (res.predictions.numpy() == curves["digits"][:, depth - 1]).all(axis=1)
+        checks.append({"solver": solver, "depth": depth, "agree": float(same.mean())})
+    return checks
+
+
+def breadth_throughput(model: Any, questions: np.ndarray, depth: int, breadths: tuple[int, ...],
+                       repeats: int) -> list[dict[str, float]]:
+    """Median wall time per row (puzzle × start) of plain iteration at each breadth."""
+    tokens = encode_tokens(questions)
+    rows = []
+    for breadth in breadths:
+        times = []
+        for r in range(repeats):
+            began = time.perf_counter()
+            with torch.no_grad():
+                solve_many(model, tokens, depth=depth, breadth=breadth, solver="fixed_point", noise=0.0, seed=r)
+            times.append(time.perf_counter() - began)
+        per_row = statistics.median(times) / (len(questions) * breadth)
+        rows.append({"breadth": breadth, "rows": len(questions) * breadth, "median_s": statistics.median(times),
+                     "per_row_ms": 1000 * per_row})
+    base = rows[0]["per_row_ms"]
+    for row in rows:
+        row["per_row_ratio_vs_b1"] = row["per_row_ms"] / base
+    return rows
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The README-ready summary."""
+    a, lines = report["args"], []
+    lines += [f"# Test-time scaling of `{a['checkpoint']}`", "",
+              f"Command: `{report['command']}`  ", f"Commit: `{report['meta']['git_commit']}`, "
+              f"torch {report['meta']['versions']['torch']}, {a['threads']} thread(s), "
+              f"{report['n_puzzles']} puzzles of {a['data'] or 'the shipped eval set'}, noise 0, random starts "
+              f"(seed {a['seed']}).", "", f"## 1. NFE to reach plain iteration's depth-{a['depth']} accuracy", "",
+              "| solver | accuracy at depth 4 / 16 / 64 | NFE to reach target | ratio vs plain |", "|---|---|---|---|"]
+    target = report["solver_nfe"]["target_accuracy"]
+    for name, entry in report["solver_nfe"]["solvers"].items():
+        acc = entry["accuracy_at"]
+        accs = " / ".join(f"{100 * acc[str(d)]:.1f}%" if str(d) in acc else "-" for d in (4, 16, 64))
+        nfe = entry["nfe_to_target"]
+        ratio = "-" if nfe is None else f"{nfe / a['depth']:.2f}×"
+        lines.append(f"| {name} | {accs} | {nfe if nfe is not None else 'not reached'} | {ratio} |")
+    lines += ["", f"Target: plain iteration's accuracy at depth {a['depth']} = {100 * target:.1f}%.", "",
+              f"## 2. Halting (plain iteration, budget {a['depth']} NFE)", "",
+              "| rule | accuracy | mean NFE | NFE saved |", "|---|---|---|---|"]
+    for row in report["halting"]["rows"]:
+        lines.append(f"| {row['rule']} | {100 * row['accuracy']:.1f}% | {row['mean_nfe']:.1f} | "
+                     f"{100 * (1 - row['mean_nfe'] / a['depth']):.0f}% |")
+    best = report["halting"]["best_equal_accuracy"]
+    lines += ["", "Best rule at equal accuracy (≥ no halting): " + (
+        f"{best['rule']}, saving {100 * (1 - best['mean_nfe'] / a['depth']):.0f}% of NFE." if best else "none."),
+        "", f"## 3. Breadth throughput (plain iteration, depth {a['throughput_depth']})", "",
+        "| breadth | rows | median time (s) | per-row time (ms) | ratio vs B=1 |", "|---|---|---|---|---|"]
+    for row in report["breadth"]:
+        lines.append(f"| {row['breadth']} | {row['rows']} | {row['median_s']:.2f} | {row['per_row_ms']:.2f} | "
+                     f"{row['per_row_ratio_vs_b1']:.2f}× |")
+    lines += ["", "Consistency (share of puzzles whose `solve_many` answer equals the anytime curve's, same starts): " + ", ".join(
+        f"{c['solver']}@{c['depth']}: {100 * c['agree']:.0f}%" for c in report["consistency"]), ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the three measurements and write JSON + markdown."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", default=None, help="default: shipped reasoner; 'random' for a smoke test")
+    p.add_argument("--data", default=None, help="puzzle file (default: shipped eval set)")
+    p.add_argument("--limit", type=int, default=64)
+    p.add_argument("--depth", type=int, default=64)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--throughput-depth", type=int, default=8)
+    p.add_argument("--throughput-puzzles", type=int, default=8)
+    p.add_argument("--solvers", default="anderson,broyden")
+    p.add_argument("--out", default=str(RESULTS / "bench_scaling"), help="output path without suffix")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    overrides = [f"seed={args.seed}"] + ([f"checkpoint={args.checkpoint}"] if args.checkpoint else []) + (
+        [f"task.data={args.data}"] if args.data else [])
+    cfg = compose("config_bench", overrides + (["model.hidden_size=128"] if args.checkpoint == "random" else []))
+    model = load_model(cfg)
+    puzzles = load_puzzles(cfg, args.limit)
+    questions = puzzles.questions
+    init = model.init_state(len(questions), generator=torch.Generator().manual_seed(args.seed))
+    report: dict[str, Any] = {"command": "python " + " ".join(sys.argv), "args": vars(args) | {
+        "checkpoint": args.checkpoint or str(SHIPPED_REASONER.name)}, "n_puzzles": len(questions),
+        "meta": run_metadata({"seed": args.seed}, torch_threads=torch.get_num_threads())}
+
+    curves, seconds = {}, {}
+    for name in ["fixed_point", *args.solvers.split(",")]:
+        began = time.perf_counter()
+        curves[name] = anytime_curves(model, questions, name, args.depth, init)
+        seconds[name] = time.perf_counter() - began
+        print(f"{name}: accuracy at depth {args.depth} = {curves[name]['correct'][:, -1].mean():.3f} "
+              f"({seconds[name]:.0f} s)", flush=True)
+    target = float(curves["fixed_point"]["correct"][:, -1].mean())
+    report["solver_nfe"] = {"target_accuracy": target, "solvers": {}}
+    for name, c in curves.items():
+        acc = c["correct"].mean(0)
+        report["solver_nfe"]["solvers"][name] = {
+            "accuracy_at": {str(d): float(acc[d - 1]) for d in (1, 2, 4, 8, 16, 32, 48, 64) if d <= args.depth},
+            "accuracy_curve": acc.tolist(), "mean_residual_curve": c["residual"].mean(0).tolist(),
+            "nfe_to_target": first_depth_reaching(acc, target) if target > 0 else None, "seconds": seconds[name]}
+
+    plain = curves["fixed_point"]
+    halting = [{"rule": "none", "accuracy": target, "mean_nfe": float(args.depth)}]
+    for tol in (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4):
+        acc, nfe = simulate_halting(plain, plain["residual"] <= tol)
+        halting.append({"rule": f"residual <= {tol:g}", "tol": tol, "accuracy": acc, "mean_nfe": nfe})
+    acc, nfe = simulate_halting(plain, plain["halt_logit"] > 0)
+    halting.append({"rule": "learned logit > 0", "accuracy": acc, "mean_nfe": nfe})
+    equal = [h for h in halting[1:] if h["accuracy"] >= target - 1e-12]
+    report["halting"] = {"rows": halting, "best_equal_accuracy": min(equal, key=lambda h: h["mean_nfe"]) if equal
+                         else None}
+
+    checks = consistency_check(model, questions, init, plain, "fixed_point", sorted({4, args.depth}))
+    checks += consistency_check(model, questions, init, curves[args.solvers.split(",")[0]],
+                                args.solvers.split(",")[0], [min(16, args.depth)])
+    report["consistency"] = checks
+    report["breadth"] = breadth_throughput(model, questions[: args.throughput_puzzles], args.throughput_depth,
+                                           (1, 16), repeats=3)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out.with_suffix(".json"), report)
+    text = markdown(report)
+    atomic_write_text(out.with_suffix(".md"), text)
+    print(text)
+    print(json.dumps(report["breadth"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
