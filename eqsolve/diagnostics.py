@@ -252,7 +252,7 @@ def run_diagnose(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
     limit = _opt(cfg.task, "limit", _opt(d, "limit", 8))
     data = load_puzzles(cfg, int(limit))
     starts = int(_opt(d, "starts", _opt(d, "breadth", 16)))
-    depth = int(_opt(d, "depth", 16))
+    depth = int(_opt(d, "depth", _opt(cfg.solver, "max_iter", 16)))
     tol = float(cfg.solver.tol) if float(cfg.solver.tol or 0) > 0 else float(_opt(d, "tol", 1e-2))
     rule = ModeRule(min_spurious_basin=float(_opt(d, "min_spurious_basin", 0.05)),
                     spurious_residual_factor=float(_opt(d, "spurious_residual_factor", 10.0)),
