@@ -26,6 +26,7 @@ import os
 import random
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +34,37 @@ from eqsolve import __version__
 
 log = logging.getLogger("eqsolve.cli")
 
-#: Run command → (primary config in eqsolve/conf, entry point "module:function", imported lazily).
-RUN_COMMANDS: dict[str, tuple[str, str]] = {
-    "bench": ("config_bench", "eqsolve.bench:run_bench"),
-    "diagnose": ("config_diagnose", "eqsolve.diagnostics:run_diagnose"),
-    "train": ("config_train", "eqsolve.train:main"),
-    "compare-grads": ("config_compare_grads", "eqsolve.compare_grads:run"),
+@dataclass(frozen=True)
+class RunCommand:
+    """How a run command composes its config and where its run folder and seed live.
+
+    Attributes:
+        config: Primary config in ``eqsolve/conf`` (``config_<command>.yaml``).
+        entry: Entry point ``"module:function"``, imported only when the command runs. It is
+            called as ``entry(cfg, run_dir=...)`` if it has a ``run_dir`` parameter, else as
+            ``entry(plain_dict_of_cfg)`` (the run folder is then the config's ``out_key``).
+        out_key: Config key of the run folder (``--out``).
+        seed_key: Config key of the seed (``--seed``), recorded in ``meta.json``.
+        resumable: The run folder may already hold results (training resumes in place).
+    """
+
+    config: str
+    entry: str
+    out_key: str = "out"
+    seed_key: str = "seed"
+    resumable: bool = False
+
+
+RUN_COMMANDS: dict[str, RunCommand] = {
+    "bench": RunCommand("config_bench", "eqsolve.bench:run_bench"),
+    "diagnose": RunCommand("config_diagnose", "eqsolve.diagnostics:run_diagnose"),
+    "train": RunCommand("config_train", "eqsolve.train:main", "train.out", "train.seed", resumable=True),
+    "compare-grads": RunCommand("config_compare_grads", "eqsolve.compare_grads:run", "train.out", "train.seed"),
 }
+
+#: Flags whose config key moves into the ``train`` section for training commands.
+_TRAIN_KEYS = {"seed": "train.seed", "device": "train.device", "out": "train.out", "data": "train.data",
+               "resume": "train.resume"}
 
 
 # ----------------------------------------------------------------------------- flag → override
@@ -97,11 +122,13 @@ def _flag_overrides(command: str, args: argparse.Namespace) -> list[str]:
         out.append(_task_override(args.task))
     if getattr(args, "solver", None):
         out.append(_solver_override(args.solver))
+    training = command in ("train", "compare-grads")
     for flag, key in (("seed", "seed"), ("device", "device"), ("out", "out"),
                       ("checkpoint", "checkpoint"), ("data", "task.data"), ("resume", "resume")):
         value = getattr(args, flag, None)
         if value is not None:
-            out.append(f"{key}={_quote(str(value))}" if flag not in ("seed",) else f"{key}={value}")
+            key = _TRAIN_KEYS.get(flag, key) if training else key
+            out.append(f"{key}={value}" if flag == "seed" else f"{key}={_quote(str(value))}")
     if getattr(args, "grad", None):
         out.append(f"train.grad={_quote(args.grad)}")
     if section is not None:
@@ -121,7 +148,8 @@ def _flag_overrides(command: str, args: argparse.Namespace) -> list[str]:
 # ----------------------------------------------------------------------------- parser
 def _add_common(p: argparse.ArgumentParser, *, model_flags: bool) -> None:
     """Flags shared by the run commands, and the trailing hydra overrides."""
-    p.add_argument("--task", help="task (default sudoku-extreme)")
+    if model_flags:
+        p.add_argument("--task", help="task (default sudoku-extreme)")
     p.add_argument("--data", help="puzzle file: Sudoku-Extreme CSV or one puzzle per line")
     p.add_argument("--out", help="run folder (default runs/<command>-<timestamp>)")
     p.add_argument("--device", help="torch device, e.g. cpu or cuda")
@@ -239,33 +267,54 @@ def run_command(command: str, overrides: Sequence[str]) -> tuple[Path | None, di
         ``(run_dir, payload)``; ``run_dir`` is ``None`` on ranks other than 0.
     """
     import torch
+    from omegaconf import OmegaConf
 
     from eqsolve import runs
     from eqsolve.config import compose, to_yaml
 
-    config_name, spec = RUN_COMMANDS[command]
-    cfg = compose(config_name, overrides)
-    entry = load_entry(spec)
-    seed_everything(int(cfg.seed))
+    spec = RUN_COMMANDS[command]
+    cfg = compose(spec.config, overrides)
+    entry = load_entry(spec.entry)
+    seed = int(OmegaConf.select(cfg, spec.seed_key))
+    seed_everything(seed)
     run_dir = None
     handler = None
     if _rank() == 0:
-        run_dir = runs.make_run_dir(command.replace("-", "_"), cfg.out)
+        out = OmegaConf.select(cfg, spec.out_key)
+        if spec.resumable and out is not None:
+            run_dir = Path(out)
+            run_dir.mkdir(parents=True, exist_ok=True)
+        else:
+            run_dir = runs.make_run_dir(command.replace("-", "_"), out)
         meta = runs.run_metadata(
-            {"seed": int(cfg.seed)}, command=command, overrides=list(overrides),
+            {"seed": seed}, command=command, overrides=list(overrides),
             torch_threads=torch.get_num_threads(), world_size=int(os.environ.get("WORLD_SIZE", "1")),
         )
         handler = runs.start_run(run_dir, to_yaml(cfg), meta)
         log.info("eqsolve %s: run folder %s", command, run_dir)
     try:
-        parameters = inspect.signature(entry).parameters
-        payload = entry(cfg, run_dir=run_dir) if "run_dir" in parameters else entry(cfg)
+        if "run_dir" in inspect.signature(entry).parameters:
+            payload = entry(cfg, run_dir=run_dir)
+        else:
+            # entries that own their output folder get a plain dict with it filled in
+            plain = OmegaConf.to_container(cfg, resolve=True)
+            if run_dir is not None:
+                _set_dotted(plain, spec.out_key, str(run_dir))
+            payload = entry(plain)
         if run_dir is not None and payload is not None:
             runs.write_results(run_dir, command, payload)
     finally:
         if handler is not None:
             runs.finish_run(handler)
     return run_dir, payload
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    """``tree["a"]["b"] = value`` for ``key="a.b"``."""
+    *parents, last = key.split(".")
+    for part in parents:
+        tree = tree.setdefault(part, {})
+    tree[last] = value
 
 
 def _cmd_solvers(args: argparse.Namespace) -> int:

@@ -114,6 +114,9 @@ class DiagnoseConfig:
         starts: Starting points per puzzle (attractor census).
         depth: NFE budget per start (``None``: ``solver.max_iter``).
         limit: Puzzles analysed (``task.limit`` wins when set).
+        tol: Relative residual of a "converged" start (used when ``solver.tol`` is 0).
+        batch_rows: (puzzles × starts) rows per batched census solve.
+        threads: torch intra-op threads.
         checkpoints: Depths at which accuracy and residual are recorded.
         probe_steps: Plain-iteration steps used to detect cycles on unconverged starts.
         spectral_iters: Power/Arnoldi JVP products per attractor.
@@ -127,6 +130,9 @@ class DiagnoseConfig:
     starts: int = 16
     depth: int | None = 16
     limit: int = 8
+    tol: float = 1e-2
+    batch_rows: int = 512
+    threads: int = 2
     checkpoints: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
     probe_steps: int = 16
     spectral_iters: int = 20
@@ -178,16 +184,12 @@ class DiagnoseRoot:
 class TrainRoot:
     """Top level of ``config_train.yaml`` and ``config_compare_grads.yaml``.
 
-    ``model`` and ``train`` are validated against ``EqRConfig`` / ``TrainConfig`` (external).
+    Everything (seed, device, data, out, resume) lives in ``train``, validated against
+    ``eqsolve.train.TrainConfig``; ``model`` is validated against ``EqRConfig``.
     """
 
-    seed: int = 0
-    device: str = "cpu"
-    out: str | None = None
-    resume: str | None = None
     model: Any = None
     train: Any = None
-    task: TaskConfig = field(default_factory=TaskConfig)
 
 
 #: Primary config name → root schema.
@@ -322,20 +324,38 @@ def validate(cfg: DictConfig, schema: type) -> DictConfig:
     check_keys(cfg, schema)
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
+        for section in EXTERNAL_SCHEMAS:
+            external = _load_external_schema(section)
+            node = merged.get(section) if section in merged else None
+            whole_section = getattr(schema(), section, "") is None  # TrainRoot: the full section, not overrides
+            if whole_section and external is not None and isinstance(node, DictConfig) \
+                    and _all_fields_defaulted(external):
+                # fill the owner's defaults and check types, so every field is visible in config.yaml
+                merged[section] = OmegaConf.merge(OmegaConf.structured(external), node)
     except Exception as exc:  # omegaconf's ValidationError and friends: re-raise as ValueError
         raise ValueError(f"invalid config value: {exc}") from exc
     OmegaConf.set_readonly(merged, True)
     return merged
 
 
+def _all_fields_defaulted(schema: type) -> bool:
+    """True if every field of ``schema`` has a default (so it can be turned into a config)."""
+    return all(f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+               for f in dataclasses.fields(schema))
+
+
 def _normalise_overrides(overrides: Sequence[str], base: DictConfig) -> list[str]:
-    """Let ``model.x=v`` add keys to a free-form ``model`` section (hydra would refuse them)."""
+    """Let ``model.x=v`` / ``train.x=v`` set schema fields their YAML leaves at the default.
+
+    Hydra refuses to override a key the YAML does not hold; the key was already checked against
+    the section's dataclass by :func:`check_override_keys`, so adding it is safe.
+    """
     result = []
     for override in overrides:
         key = override.split("=", 1)[0]
         if "=" in override and not key.startswith(("+", "~")) and "." in key:
             section = key.split(".")[0]
-            if section in ("model",) and OmegaConf.select(base, key, default=None) is None:
+            if section in EXTERNAL_SCHEMAS and OmegaConf.select(base, key, default=None) is None:
                 override = "++" + override
         result.append(override)
     return result

@@ -64,7 +64,7 @@ def test_override_typo_exits_2_naming_valid_keys(capsys):
 
 
 def test_missing_entry_module_fails_cleanly_without_breaking_others(monkeypatch, capsys, tmp_path):
-    monkeypatch.setitem(cli.RUN_COMMANDS, "diagnose", ("config_diagnose", "eqsolve.no_such_module:run"))
+    monkeypatch.setitem(cli.RUN_COMMANDS, "diagnose", cli.RunCommand("config_diagnose", "eqsolve.no_such_module:run"))
     assert cli.main(["diagnose", "--out", str(tmp_path / "d")]) == 1
     assert "eqsolve.no_such_module is not available" in capsys.readouterr().err
     assert cli.main(["solvers"]) == 0  # other commands unaffected
@@ -139,3 +139,13 @@ def test_diagnose_flags_map_to_diagnose_section():
                                                     "--solver", "fixed_point", "diagnose.checkpoints=[1,8]"]))
     assert (cfg.diagnose.depth, cfg.diagnose.starts, cfg.diagnose.limit) == (8, 4, 3)
     assert list(cfg.diagnose.checkpoints) == [1, 8] and cfg.solver.name == "fixed_point"
+
+
+def test_train_flags_land_in_the_train_section(tmp_path):
+    argv = ["train", "--data", str(tmp_path / "d.csv"), "--seed", "4", "--grad", "implicit", "--out",
+            str(tmp_path / "t"), "--resume", "true", "train.steps=2", "model.hidden_size=32"]
+    cfg = compose("config_train", overrides_for(argv))
+    assert cfg.train.data == str(tmp_path / "d.csv") and cfg.train.seed == 4 and cfg.train.grad == "implicit"
+    assert cfg.train.out == str(tmp_path / "t") and cfg.train.steps == 2 and cfg.model.hidden_size == 32
+    with pytest.raises(ValueError, match="valid keys of 'train'"):
+        compose("config_train", ["train.stepz=2"])
