@@ -47,6 +47,7 @@ from .sudoku_symmetry import (
     augment_set,
     canonical_form,
     contamination,
+    random_symmetry,
 )
 
 __all__ = [
@@ -80,6 +81,7 @@ __all__ = [
     "parse_board",
     "parse_boards",
     "random_grid",
+    "random_symmetry",
     "rate",
     "save_csv",
     "solve",
