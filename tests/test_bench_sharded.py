@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from eqsolve import bench
 from eqsolve.config import compose
@@ -27,17 +28,18 @@ def tiny_cfg(puzzle_csv, *extra):
 
 
 def _grid(cfg):
+    cfg = OmegaConf.create(cfg)  # workers get a plain dict: no hydra compose in each process
     model = bench.load_model(cfg)
     puzzles = bench.load_puzzles(cfg, 5)
     options = bench.RunOptions(batch_size=2, seed=11, noise=0.01)
     return bench.run_grid(model, puzzles, bench.make_cells(cfg), options)[0]
 
 
-def _sharded_worker(rank, world, init_file, csv, out_file):
+def _sharded_worker(rank, world, init_file, cfg, out_file):
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        per_puzzle = _grid(tiny_cfg(csv, "bench.depth=[2]", "bench.breadth=[1,2]"))
+        per_puzzle = _grid(cfg)
         if rank == 0:
             np.savez(out_file, **{f"{k}|{n}": v for k, arrays in per_puzzle.items() for n, v in arrays.items()})
     finally:
@@ -49,8 +51,9 @@ def test_sharded_over_two_processes_equals_single_process(puzzle_csv, tmp_path):
     import torch.multiprocessing as mp
 
     out_file = tmp_path / "sharded.npz"
-    mp.spawn(_sharded_worker, args=(2, str(tmp_path / "init"), str(puzzle_csv), str(out_file)), nprocs=2)
-    single = _grid(tiny_cfg(puzzle_csv, "bench.depth=[2]", "bench.breadth=[1,2]"))
+    cfg = OmegaConf.to_container(tiny_cfg(puzzle_csv, "bench.depth=[2]", "bench.breadth=[1,2]"))
+    mp.spawn(_sharded_worker, args=(2, str(tmp_path / "init"), cfg, str(out_file)), nprocs=2)
+    single = _grid(cfg)
     sharded = np.load(out_file)
     assert len(sharded.files) == 3 * len(single)
     for key, arrays in single.items():
