@@ -332,7 +332,7 @@ def load_any(path: str | os.PathLike, **options: Any) -> SudokuSet:
         raise FileNotFoundError(f"no Sudoku data file at {path}")
     with open(path, encoding="utf-8") as fh:
         first = fh.readline()
-    if path.suffix.lower() == ".csv" or "question" in first.split(","):
+    if path.suffix.lower() == ".csv" or "question" in [c.strip() for c in first.split(",")]:
         return load_csv(path, **options)
     return load_lines(path, **options)
 
