@@ -1,0 +1,253 @@
+"""``eqsolve train``: train an equilibrium reasoner on Sudoku under a chosen gradient.
+
+The run (this module) wires a :class:`~eqsolve.training_loop.Trainer` (model, AdamW, EMA, data
+draw, sot carry) to files: ``config.json``, ``pool.npz``, ``metrics.jsonl`` (one JSON line per
+``log_every`` steps: loss, accuracy, NFE, residual, steps/s), and atomic checkpoints
+``last.pt`` (+ numbered hard links) every ``checkpoint_every`` steps and at the end. AdamW
+replaces the release's AdamATan2, which is CUDA-only.
+
+Resume: ``resume=True`` continues from ``<out>/last.pt`` (or ``resume=PATH``). A run killed at
+any moment, ``kill -9`` included, loses at most ``checkpoint_every`` steps, and the resumed run
+produces exactly the losses of an uninterrupted one: every random draw is either keyed by
+``(seed, step/slot, count)`` or its generator state is in the checkpoint.
+
+Scale-out: under ``torchrun`` (``WORLD_SIZE > 1``) the process group is initialised (gloo on
+CPU, nccl on GPU) and the step module is wrapped in DistributedDataParallel; ``batch_size``
+is the global batch and each rank trains on its slice of the same global rows.
+
+Examples:
+    >>> cfg = load_preset("train", "small")
+    >>> sorted(cfg)[:3]
+    ['augment', 'batch_size', 'checkpoint_every']
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from eqsolve.models.eqr import EqR, EqRConfig
+from eqsolve.training_checkpoint import (
+    TRAIN_STATE_VERSION,
+    atomic_torch_save,
+    capture_global_rng,
+    check_compatible,
+    git_commit,
+    load_training_checkpoint,
+    restore_global_rng,
+)
+from eqsolve.training_config import TrainConfig, dataclass_from_dict
+from eqsolve.training_data import PuzzlePool, build_pool
+from eqsolve.training_eval import default_eval_set, evaluate
+from eqsolve.training_loop import Trainer
+
+__all__ = ["TrainConfig", "Trainer", "load_model", "load_preset", "main", "run_training"]
+
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+
+
+def load_preset(group: str, name: str) -> dict[str, Any]:
+    """Read ``eqsolve/conf/<group>/<name>.yaml`` (``group`` is ``model`` or ``train``) as a dict.
+
+    Args:
+        group: config group.
+        name: preset name (``small`` or ``eqr``).
+
+    Returns:
+        The preset's fields.
+    """
+    from omegaconf import OmegaConf
+
+    path = CONF_DIR / group / f"{name}.yaml"
+    if not path.is_file():
+        have = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+        raise ValueError(f"no {group} preset {name!r}; available: {have}")
+    return dict(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
+
+
+def load_model(path: str | os.PathLike, *, use_ema: bool = True) -> EqR:
+    """Rebuild a model from a training checkpoint, a shipped weights file or an official one."""
+    return EqR.from_checkpoint(path, prefer_ema=use_ema)
+
+
+def _dist_setup(cfg: TrainConfig) -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cfg.device.startswith("cuda") else "gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _get_pool(cfg: TrainConfig, out: Path, rank: int) -> PuzzlePool:
+    """Build the pool once (rank 0) and cache it; a resumed run reuses the cached file."""
+    cache = out / "pool.npz"
+    if rank == 0 and not cache.is_file():
+        build_pool(cfg.data, limit=cfg.data_limit, gen_easy=cfg.gen_easy, gen_hard=cfg.gen_hard,
+                   seed=cfg.seed).save(cache)
+    if dist.is_initialized():
+        dist.barrier()
+    return PuzzlePool.load(cache)
+
+
+def _checkpoint(trainer: Trainer, out: Path, elapsed: float, metrics: dict[str, Any]) -> None:
+    states = trainer.gather_local_states()  # collective: every rank calls it
+    if trainer.rank != 0:
+        return
+    payload = {
+        "format": "eqsolve.eqr/1",
+        "config": trainer.model.config.to_dict(),
+        "model": {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()},
+        "ema": None if trainer.ema is None else {k: v.cpu() for k, v in trainer.ema.items()},
+        "extra": {"step": trainer.step, "seed": trainer.cfg.seed, "grad": trainer.cfg.grad,
+                  "commit": git_commit(), "elapsed_s": elapsed, "metrics": metrics},
+        "train": {"version": TRAIN_STATE_VERSION, "step": trainer.step,
+                  "optimizer": trainer.optimizer.state_dict(),
+                  "train_config": trainer.cfg.to_dict(), "rng": capture_global_rng(),
+                  "carry": states, "pool_fingerprint": trainer.pool.fingerprint(),
+                  "elapsed_s": elapsed, "world": trainer.world},
+    }
+    atomic_torch_save(payload, out / "last.pt")
+    keep = trainer.cfg.keep_checkpoints
+    if keep:
+        numbered = out / f"ckpt_{trainer.step:07d}.pt"
+        numbered.unlink(missing_ok=True)
+        os.link(out / "last.pt", numbered)  # a hard link shares the inode: no second write
+        for path in sorted(out.glob("ckpt_*.pt"))[:-keep]:
+            path.unlink(missing_ok=True)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines logged after the checkpoint being resumed (they will be redone)."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.replace(path)
+
+
+def run_training(cfg: TrainConfig, model_config: EqRConfig | None = None) -> dict[str, Any]:
+    """Train (or resume) a run; returns the final metrics, evaluation and checkpoint path.
+
+    Args:
+        cfg: training options (``cfg.out`` is the run folder).
+        model_config: architecture (default: the ``small`` preset).
+
+    Returns:
+        ``{"step", "losses", "final", "eval", "checkpoint", "elapsed_s"}`` (``losses`` holds
+        this process's per-step losses, which resume tests compare).
+    """
+    if model_config is None:
+        model_config = EqRConfig.from_dict(load_preset("model", "small"))
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    rank, world = _dist_setup(cfg)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pool = _get_pool(cfg, out, rank)
+    trainer = Trainer(model_config, cfg, pool, rank=rank, world=world)
+    elapsed0 = 0.0
+    if cfg.resume:
+        path = out / "last.pt" if cfg.resume is True else Path(str(cfg.resume))
+        path = path / "last.pt" if path.is_dir() else path  # a run folder means its last.pt
+        ckpt = load_training_checkpoint(path)
+        check_compatible(ckpt, model_config.to_dict(), cfg.to_dict(), pool.fingerprint(), str(path))
+        tr = ckpt["train"]
+        trainer.load_state(ckpt["model"], ckpt["ema"], tr["optimizer"], tr["step"], tr["carry"])
+        restore_global_rng(tr["rng"])
+        elapsed0 = float(tr.get("elapsed_s", 0.0))
+        if rank == 0:
+            _truncate_metrics(out / "metrics.jsonl", trainer.step)
+    if rank == 0:
+        (out / "config.json").write_text(json.dumps(
+            {"model": model_config.to_dict(), "train": cfg.to_dict(), "commit": git_commit(),
+             "world": world, "pool": pool.source, "torch": torch.__version__}, indent=2))
+    stop = {"flag": False}
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True)) \
+        if rank == 0 and hasattr(signal, "SIGTERM") else None
+    eval_set = default_eval_set() if rank == 0 else None
+    bar = None
+    if cfg.progress and rank == 0:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=trainer.step, desc=f"train[{cfg.grad}]",
+                   dynamic_ncols=True)
+    losses: list[float] = []
+    window: dict[str, list[float]] = {}
+    t_start = t_window = time.perf_counter()
+    n_window, last_metrics, evaluation = 0, {}, {}
+    try:
+        while trainer.step < cfg.steps:
+            metrics = trainer.train_step()
+            losses.append(metrics["loss"])
+            for key, value in metrics.items():
+                window.setdefault(key, []).append(value)
+            n_window += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['cell_acc']:.3f}")
+            elapsed = elapsed0 + time.perf_counter() - t_start
+            if trainer.step % cfg.log_every == 0 or trainer.step == cfg.steps:
+                last_metrics = {k: sum(v) / len(v) for k, v in window.items()}
+                last_metrics.update(step=trainer.step, elapsed_s=round(elapsed, 2),
+                                    steps_per_s=n_window / (time.perf_counter() - t_window))
+                if cfg.eval_every and trainer.step % cfg.eval_every == 0 and eval_set is not None:
+                    evaluation = evaluate(trainer.ema_model(), eval_set.head(cfg.eval_size),
+                                          depth=cfg.eval_depth, seed=cfg.seed)
+                    last_metrics.update({f"eval_{k}": v for k, v in evaluation.items()})
+                if rank == 0:
+                    with open(out / "metrics.jsonl", "a") as handle:
+                        handle.write(json.dumps(last_metrics) + "\n")
+                window, n_window, t_window = {}, 0, time.perf_counter()
+            over_time = cfg.time_limit_s and time.perf_counter() - t_start > cfg.time_limit_s
+            if dist.is_initialized():  # every rank must agree to stop at the same step
+                flag = torch.tensor([float(stop["flag"] or bool(over_time))])
+                dist.all_reduce(flag)
+                stop["flag"] = bool(flag.item())
+            if (trainer.step % cfg.checkpoint_every == 0 or trainer.step == cfg.steps
+                    or stop["flag"] or over_time):
+                _checkpoint(trainer, out, elapsed, last_metrics)
+            if stop["flag"] or over_time:
+                break
+        if eval_set is not None:
+            evaluation = evaluate(trainer.ema_model(), eval_set.head(cfg.eval_size),
+                                  depth=cfg.eval_depth, seed=cfg.seed)
+    finally:
+        if bar is not None:
+            bar.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return {"step": trainer.step, "losses": losses, "final": last_metrics, "eval": evaluation,
+            "checkpoint": str(out / "last.pt"),
+            "elapsed_s": elapsed0 + time.perf_counter() - t_start}
+
+
+def main(cfg: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Entry point for the CLI: ``cfg`` holds groups ``model`` and ``train`` (dict/DictConfig).
+
+    Missing groups fall back to the ``small`` presets; unknown keys are errors.
+
+    Args:
+        cfg: composed configuration.
+
+    Returns:
+        What :func:`run_training` returns.
+    """
+    cfg = dict(cfg or {})
+    unknown = sorted(set(cfg) - {"model", "train"})
+    if unknown:
+        raise ValueError(f"unknown config group(s) {unknown}; valid: model, train")
+    model_values = dict(cfg.get("model") or load_preset("model", "small"))
+    train_values = dict(cfg.get("train") or load_preset("train", "small"))
+    model_config = dataclass_from_dict(EqRConfig, model_values, "model")
+    return run_training(TrainConfig.from_dict(train_values), model_config)

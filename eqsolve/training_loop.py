@@ -1,0 +1,234 @@
+"""The training state machine: model, AdamW, EMA, data draw, sot carry, one step at a time.
+
+:class:`Trainer` performs exactly one optimizer step per :meth:`Trainer.train_step` and can
+serialise / restore everything that influences later steps (:meth:`state` / :meth:`load_state`).
+Orchestration (files, logging, progress, resume, DDP set-up) lives in :mod:`eqsolve.train`.
+
+Examples:
+    >>> import numpy as np
+    >>> from eqsolve.models.eqr import EqRConfig
+    >>> from eqsolve.training_data import PuzzlePool
+    >>> pool = PuzzlePool(np.zeros((4, 81), np.int64), np.ones((4, 81), np.int64), "toy")
+    >>> mc = EqRConfig(hidden_size=16, num_heads=2, H_cycles=1, L_cycles=1, L_layers=1)
+    >>> trainer = Trainer(mc, TrainConfig(steps=2, batch_size=2, augment=False), pool)
+    >>> sorted(trainer.train_step())[:3]
+    ['cell_acc', 'ce', 'exact']
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from eqsolve.models.eqr import EqR, EqRConfig
+from eqsolve.training_config import TrainConfig
+from eqsolve.training_data import PuzzlePool, draw_batch, reveal_bound, to_tokens
+from eqsolve.training_losses import reasoning_loss
+from eqsolve.training_steps import DeqForward, SotSegment, make_strategy
+
+__all__ = ["Trainer", "row_seed"]
+
+# stream ids of the keyed draws (kept distinct so the streams never collide)
+_SOT_DRAW, _DEQ_DRAW, _EXPLORE = 0, 1, 2
+
+
+def row_seed(seed: int, key: tuple[int, ...]) -> int:
+    """A 63-bit seed for one keyed draw (independent for distinct keys)."""
+    return int(np.random.SeedSequence((seed, *key)).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+class Trainer:
+    """Holds a training run's state; :meth:`train_step` does one optimizer step.
+
+    Args:
+        model_config: architecture.
+        cfg: training options.
+        pool: training puzzles.
+        rank: DDP rank (0 when not distributed).
+        world: DDP world size.
+    """
+
+    def __init__(self, model_config: EqRConfig, cfg: TrainConfig, pool: PuzzlePool,
+                 rank: int = 0, world: int = 1) -> None:
+        if cfg.batch_size % world:
+            raise ValueError(f"batch_size={cfg.batch_size} is not divisible by the {world} ranks")
+        self.cfg, self.pool, self.rank, self.world = cfg, pool, rank, world
+        self.device = torch.device(cfg.device)
+        self.local_batch = cfg.batch_size // world
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        self.model = EqR(model_config).to(self.device)
+        self.model.train()
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr,
+                                           betas=(cfg.beta1, cfg.beta2),
+                                           weight_decay=cfg.weight_decay)
+        self.ema = ({k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                    if cfg.ema_decay > 0 else None)
+        self.noise_gen = torch.Generator(self.device).manual_seed(row_seed(cfg.seed, (9, rank)))
+        self.step = 0
+        self.carry: dict[str, Tensor] | None = None
+        if cfg.grad == "sot":
+            module: torch.nn.Module = SotSegment(self.model)
+        else:
+            module = DeqForward(self.model, make_strategy(cfg), solver=cfg.solver, tol=cfg.tol,
+                                depth=cfg.depth)
+        if world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # the halting head is unused when its loss is off
+            module = DistributedDataParallel(module, find_unused_parameters=cfg.halt_weight == 0)
+        self.forward = module
+
+    # ------------------------------------------------------------------ data
+    def _global_rows(self) -> range:
+        return range(self.rank * self.local_batch, (self.rank + 1) * self.local_batch)
+
+    def _init_rows(self, keys: list[tuple[int, ...]]) -> Tensor:
+        std = 0.0 if self.cfg.init == "zeros" else None
+        rows = [self.model.init_state(1, generator=torch.Generator().manual_seed(
+            row_seed(self.cfg.seed, key)), std=std, device=self.device) for key in keys]
+        return torch.cat(rows)
+
+    def _draw(self, keys: list[tuple[int, ...]]) -> tuple[Tensor, Tensor]:
+        cfg = self.cfg
+        reveal = reveal_bound(self.step, cfg.reveal_start, cfg.reveal_end, cfg.curriculum_steps)
+        q, a = draw_batch(self.pool, keys, seed=cfg.seed, reveal_max=reveal,
+                          reveal_prob=cfg.reveal_prob, augment=cfg.augment)
+        return to_tokens(q, a, self.device)
+
+    def _new_carry(self) -> dict[str, Tensor]:
+        b, mc, dev = self.local_batch, self.model.config, self.device
+        long = {"dtype": torch.long, "device": dev}
+        return {
+            "s": torch.zeros(b, 2, mc.seq_len, mc.hidden_size, device=dev),
+            "tokens": torch.ones(b, mc.seq_len, **long),
+            "labels": torch.ones(b, mc.seq_len, **long),
+            "steps": torch.zeros(b, **long), "min_halt": torch.zeros(b, **long),
+            "count": torch.zeros(b, **long),
+            "halted": torch.ones(b, dtype=torch.bool, device=dev),
+        }
+
+    def _refill(self, carry: dict[str, Tensor]) -> None:
+        rows = carry["halted"].nonzero().flatten().tolist()
+        if not rows:
+            return
+        g = list(self._global_rows())
+        keys = [(_SOT_DRAW, g[j], int(carry["count"][j])) for j in rows]
+        tokens, labels = self._draw(keys)
+        idx = torch.tensor(rows, device=self.device)
+        carry["tokens"][idx], carry["labels"][idx] = tokens, labels
+        carry["s"][idx] = self._init_rows(keys)
+        carry["steps"][idx] = 0
+        for j, key in zip(rows, keys):
+            rng = np.random.default_rng((self.cfg.seed, _EXPLORE, *key[1:]))
+            explore = rng.random() < self.cfg.halt_explore
+            carry["min_halt"][j] = int(rng.integers(2, self.cfg.sup_steps + 1)) if explore else 0
+        carry["count"][idx] += 1
+        carry["halted"][idx] = False
+
+    # ------------------------------------------------------------------ optimisation
+    def lr_at(self, step: int) -> float:
+        """Learning rate of optimizer step ``step`` (linear warm-up, then constant or cosine)."""
+        cfg = self.cfg
+        scale = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+        if cfg.lr_schedule == "cosine" and step >= cfg.warmup_steps:
+            t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+            scale *= cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+        return cfg.lr * scale
+
+    def _optimize(self, loss: Tensor) -> float:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip if self.cfg.grad_clip
+                                              else float("inf"))
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(self.step)
+        self.optimizer.step()
+        if self.ema is not None:
+            # warm-up of the decay so early EMA weights are not dominated by the random init
+            decay = min(self.cfg.ema_decay, (1 + self.step) / (10 + self.step))
+            with torch.no_grad():
+                for name, value in self.model.state_dict().items():
+                    if value.dtype.is_floating_point:
+                        self.ema[name].mul_(decay).add_(value, alpha=1 - decay)
+        self.step += 1
+        return float(norm)
+
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step; returns this rank's metrics (loss, ce, acc, NFE, residual...)."""
+        cfg = self.cfg
+        if cfg.grad == "sot":
+            if self.carry is None:
+                self.carry = self._new_carry()
+            c = self.carry
+            self._refill(c)
+            s_new, logits, halt, info = self.forward(c["s"], c["tokens"], cfg.noise, self.noise_gen)
+            labels, tokens = c["labels"], c["tokens"]
+        else:
+            keys = [(_DEQ_DRAW, self.step, g) for g in self._global_rows()]
+            tokens, labels = self._draw(keys)
+            s_new, logits, halt, info = self.forward(self._init_rows(keys), tokens, cfg.noise,
+                                                     self.noise_gen)
+        loss, stats = reasoning_loss(logits, labels, halt if cfg.halt_weight > 0 else None,
+                                     kind=cfg.loss, halt_weight=cfg.halt_weight,
+                                     blank_mask=tokens == 1)
+        grad_norm = self._optimize(loss)
+        out = {"loss": float(loss.detach()), "ce": float(stats["ce"]), "halt_loss": float(stats["halt"]),
+               "cell_acc": float(stats["cell_acc"]), "exact": float(stats["exact"].float().mean()),
+               "nfe": float(info["nfe"].mean()), "residual": float(info["residual"].mean()),
+               "grad_norm": grad_norm, "lr": self.lr_at(self.step - 1)}
+        if cfg.grad == "sot":
+            c = self.carry
+            c["s"] = s_new.detach()
+            c["steps"] += 1
+            halted = c["steps"] >= cfg.sup_steps
+            if cfg.halt_weight > 0:
+                halted |= (halt.detach() > 0) & (c["steps"] >= c["min_halt"])
+            c["halted"] = halted
+            out["halted"] = float(halted.float().mean())
+            out["halt_steps"] = float(c["steps"][halted].float().mean()) if halted.any() else 0.0
+        return out
+
+    # ------------------------------------------------------------------ state
+    def ema_model(self) -> EqR:
+        """A copy of the model holding the EMA weights (the live weights when EMA is off)."""
+        copy = EqR(self.model.config).to(self.device)
+        copy.load_state_dict(self.ema if self.ema is not None else self.model.state_dict())
+        return copy.eval()
+
+    def local_state(self) -> dict[str, Any]:
+        """This rank's part of the state: the sot carry and the noise generator."""
+        carry = None if self.carry is None else {k: v.cpu() for k, v in self.carry.items()}
+        return {"carry": carry, "noise_gen": self.noise_gen.get_state()}
+
+    def gather_local_states(self) -> list[dict[str, Any]]:
+        """Every rank's :meth:`local_state` (a collective under DDP: call it on all ranks)."""
+        mine = self.local_state()
+        if self.world == 1:
+            return [mine]
+        states: list[Any] = [None] * self.world
+        dist.all_gather_object(states, mine)
+        return states
+
+    def load_state(self, model: dict, ema: dict | None, optimizer: dict, step: int,
+                   rank_states: list[dict[str, Any]]) -> None:
+        """Restore weights, EMA, optimizer, step and this rank's carry / noise generator."""
+        if len(rank_states) != self.world:
+            raise ValueError(f"checkpoint was written by {len(rank_states)} rank(s); resume it "
+                             f"with the same number (this run has {self.world})")
+        self.model.load_state_dict(model)
+        if self.ema is not None:
+            if ema is None:
+                raise ValueError("checkpoint has no EMA weights but ema_decay > 0")
+            self.ema = {k: v.to(self.device).clone() for k, v in ema.items()}
+        self.optimizer.load_state_dict(optimizer)
+        self.step = int(step)
+        mine = rank_states[self.rank]
+        self.noise_gen.set_state(mine["noise_gen"])
+        self.carry = (None if mine["carry"] is None
+                      else {k: v.to(self.device) for k, v in mine["carry"].items()})
