@@ -116,7 +116,7 @@ class Anderson(Solver):
             scale = torch.where(valid & (diag > 0), diag, 1.0).rsqrt()
             eye = torch.eye(self.m, dtype=gram.dtype, device=gram.device)
             scaled = torch.where(vv, gram * scale[:, :, None] * scale[:, None, :], 0.0)
-            scaled = scaled + eye * torch.where(valid, 1.0 + self.ridge, 1.0)[:, None, :]
+            scaled = scaled + eye * torch.where(valid, self.ridge, 1.0)[:, None, :]
             chol, info = torch.linalg.cholesky_ex(scaled)
             pivots = torch.diagonal(chol, dim1=1, dim2=2) ** 2
             singular = (info != 0) | ~torch.isfinite(pivots).all(dim=1)

@@ -11,9 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor
-
 from eqsolve.solvers import Status
+from torch import Tensor
 
 SOLVERS = ("fixed_point", "anderson", "broyden")
 

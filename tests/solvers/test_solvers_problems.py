@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from solver_problems import SOLVERS, problems
-
 from eqsolve.solvers import Status, solve
+from solver_problems import SOLVERS, problems
 
 CASES = [(p, s) for p in problems() for s in SOLVERS]
 
