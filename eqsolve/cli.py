@@ -128,7 +128,9 @@ def _flag_overrides(command: str, args: argparse.Namespace) -> list[str]:
         value = getattr(args, flag, None)
         if value is not None:
             key = _TRAIN_KEYS.get(flag, key) if training else key
-            out.append(f"{key}={value}" if flag == "seed" else f"{key}={_quote(str(value))}")
+            plain = flag == "seed" or value is True  # ints and the bare --resume stay unquoted
+            out.append(f"{key}={str(value).lower() if value is True else value}" if plain
+                       else f"{key}={_quote(str(value))}")
     if getattr(args, "grad", None):
         out.append(f"train.grad={_quote(args.grad)}")
     if section is not None:
@@ -187,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train an equilibrium reasoner")
     _add_common(train, model_flags=False)
-    train.add_argument("--resume", help="checkpoint or run folder to continue")
+    train.add_argument("--resume", nargs="?", const=True, metavar="PATH",
+                       help="continue from <out>/last.pt, or from the checkpoint PATH")
     train.add_argument("--grad", help="gradient mode: sot | implicit | phantom | onestep | unrolled")
 
     compare = sub.add_parser("compare-grads", help="implicit vs unrolled training side by side")
@@ -395,6 +398,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """Run the chosen subcommand; exceptions propagate to :func:`main`."""
     if args.command in RUN_COMMANDS:
+        if isinstance(getattr(args, "resume", None), str) and "=" in args.resume:
+            # a bare `--resume` followed by overrides: argparse took the first override as PATH
+            args.overrides.insert(0, args.resume)
+            args.resume = True
         overrides = _flag_overrides(args.command, args) + list(args.overrides)
         run_dir, _ = run_command(args.command, overrides)
         if run_dir is not None:

@@ -143,9 +143,19 @@ def test_diagnose_flags_map_to_diagnose_section():
 
 def test_train_flags_land_in_the_train_section(tmp_path):
     argv = ["train", "--data", str(tmp_path / "d.csv"), "--seed", "4", "--grad", "implicit", "--out",
-            str(tmp_path / "t"), "--resume", "true", "train.steps=2", "model.hidden_size=32"]
+            str(tmp_path / "t"), "--resume", "ckpt.pt", "train.steps=2", "model.hidden_size=32"]
     cfg = compose("config_train", overrides_for(argv))
     assert cfg.train.data == str(tmp_path / "d.csv") and cfg.train.seed == 4 and cfg.train.grad == "implicit"
+    assert cfg.train.resume == "ckpt.pt"
     assert cfg.train.out == str(tmp_path / "t") and cfg.train.steps == 2 and cfg.model.hidden_size == 32
+    assert compose("config_train", overrides_for(["train", "--resume"])).train.resume is True
     with pytest.raises(ValueError, match="valid keys of 'train'"):
         compose("config_train", ["train.stepz=2"])
+
+
+def test_bare_resume_before_overrides_keeps_the_override(monkeypatch, tmp_path):
+    seen = {}
+    monkeypatch.setattr(cli, "run_command", lambda command, overrides: (seen.setdefault("o", overrides), None))
+    assert cli.main(["train", "--resume", "train.steps=5"]) == 0
+    cfg = compose("config_train", seen["o"])
+    assert cfg.train.resume is True and cfg.train.steps == 5
