@@ -206,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--n", type=int, required=True, help="number of puzzles")
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument("--out", required=True, help="CSV file to write")
+    generate.add_argument("--workers", type=int, default=1, help="generator processes")
 
     solvers = sub.add_parser("solvers", help="list registered solvers and their options")
     solvers.add_argument("--json", action="store_true", help="machine-readable output")
@@ -349,7 +350,8 @@ def _cmd_data(args: argparse.Namespace) -> int:
     generate = load_entry("eqsolve.tasks.sudoku:generate")
     from eqsolve.tasks.sudoku import SudokuSet, save_csv
 
-    data = SudokuSet.from_items(generate(args.n, seed=args.seed), f"eqsolve-generate-seed{args.seed}")
+    items = generate(args.n, seed=args.seed, workers=args.workers)
+    data = SudokuSet.from_items(items, f"eqsolve-generate-seed{args.seed}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_csv(data, out)
