@@ -49,6 +49,7 @@ def _line_perms() -> np.ndarray:
 
 
 _LINE_PERMS = _line_perms()  # (1296, 9)
+_GRIDS = (np.arange(81).reshape(9, 9), np.arange(81).reshape(9, 9).T)
 _ROW_WEIGHTS = 1 << np.arange(8, -1, -1, dtype=np.int64)  # column 0 is the most significant bit
 
 
@@ -62,13 +63,10 @@ def random_symmetry(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         ``(cells, digits)``: ``cells`` (81,) gives for each output cell the input cell it copies,
         ``digits`` (10,) maps input digits to output digits (0 stays 0).
     """
-    rows = _LINE_PERMS[rng.integers(len(_LINE_PERMS))]
-    cols = _LINE_PERMS[rng.integers(len(_LINE_PERMS))]
-    grid = np.arange(81).reshape(9, 9)
-    if rng.integers(2):
-        grid = grid.T
-    cells = grid[rows][:, cols].reshape(81)
-    digits = np.concatenate([[0], rng.permutation(9) + 1])
+    r, c, t = rng.integers((len(_LINE_PERMS), len(_LINE_PERMS), 2))  # one call: this is hot
+    cells = _GRIDS[t][_LINE_PERMS[r][:, None], _LINE_PERMS[c][None, :]].reshape(81)
+    digits = np.zeros(10, dtype=np.int64)
+    digits[1:] = rng.permutation(9) + 1
     return cells, digits
 
 
@@ -76,6 +74,15 @@ def apply_symmetry(board: np.ndarray, symmetry: tuple[np.ndarray, np.ndarray]) -
     """Applies a symmetry from :func:`random_symmetry` to (N, 81) or (81,) digit boards."""
     cells, digits = symmetry
     return digits[np.asarray(board)[..., cells]]
+
+
+def _as_board(board: Any) -> np.ndarray:
+    # Fast path for the training loop's (81,) integer arrays; anything else is parsed.
+    if isinstance(board, np.ndarray) and board.shape == (81,) and board.dtype.kind in "iu":
+        if board.min() < 0 or board.max() > 9:
+            raise ValueError(f"board digits must lie in 0..9, got range {board.min()}..{board.max()}")
+        return board
+    return parse_board(board, check_givens=False)
 
 
 def augment(question: Any, answer: Any, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -97,8 +104,7 @@ def augment(question: Any, answer: Any, rng: np.random.Generator) -> tuple[np.nd
         >>> is_solution(a2, q2)
         True
     """
-    q = parse_board(question, check_givens=False)
-    a = parse_board(answer, check_givens=False)
+    q, a = _as_board(question), _as_board(answer)
     sym = random_symmetry(rng)
     return apply_symmetry(q, sym), apply_symmetry(a, sym)
 
