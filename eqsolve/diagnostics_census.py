@@ -5,18 +5,9 @@ states, solves all (problem, start) rows as one batched solve, and sorts every s
 outcome:
 
 - ``converged``: the solver's residual reached `tol`;
-- ``cycle``: a periodic orbit of period p >= 2 (the state returns to within `cycle_rtol` x the
-  step size of itself after p plain iterations, over a whole period);
-- ``oscillating``: the residual stopped falling while the state revisits earlier points (closer
-  than half a step) without an exact period within the probe;
-- ``diverged``: non-finite or exploding residual;
-- ``not_converged``: none of the above within the budget (e.g. still drifting).
-
-Cycle detection probes the *map* with plain iteration from the solver's end state for
-`probe_steps` steps, whatever solver was used (a limit cycle is a property of the map); periods
-up to `probe_steps // 2` are detected. Long states are compared through a fixed random
-projection to `proj_dim` dimensions (distances are preserved up to a few per cent, which the
-relative thresholds tolerate).
+- ``cycle``, ``oscillating``, ``diverged`` or ``not_converged``: decided for the other starts by
+  probing the map itself with plain iteration (`eqsolve.diagnostics_orbits`), so a limit cycle
+  (with its period) or an oscillation is reported as such, not as "not converged".
 
 Converged end states are clustered into attractors by decoded answer (when the system has a
 decoder) and by latent distance (single linkage at `eps = max(latent_rtol x median end-state
@@ -38,7 +29,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -46,135 +37,16 @@ import torch
 from scipy.sparse.csgraph import connected_components
 from torch import Tensor
 
+from eqsolve.diagnostics_orbits import classify_orbits, probe_orbits, random_projection
+from eqsolve.diagnostics_records import OUTCOMES, Attractor, Census, CensusRun, FixedPointSystem
 from eqsolve.diagnostics_spectral import spectral_radius
 from eqsolve.solvers import Status, solve
 
-OUTCOMES = ("converged", "cycle", "oscillating", "not_converged", "diverged")
-
-
-@dataclass(frozen=True)
-class FixedPointSystem:
-    """A fixed-point map with a start distribution and an optional answer check.
-
-    Attributes:
-        map: `map(s, x) -> s'` on batch-first states; rows independent.
-        init_state: `init_state(n, generator) -> (n, ...)` random starting states.
-        decode: optional `decode(s) -> (n, ...)` discrete answer (e.g. digits); equal answers
-            are one attractor candidate.
-        is_correct: optional `is_correct(answer, target) -> (n,) bool`, where `answer` is
-            `decode(s)` (or `s` without a decoder) and `target` the per-row target (or None).
-    """
-
-    map: Callable[[Tensor, Tensor], Tensor]
-    init_state: Callable[[int, torch.Generator | None], Tensor]
-    decode: Callable[[Tensor], Tensor] | None = None
-    is_correct: Callable[[Tensor, Any], Tensor] | None = None
-
-
-@dataclass
-class Attractor:
-    """One attractor of one problem (fixed point or limit cycle), as seen by the starts.
-
-    Attributes:
-        kind: "fixed_point" or "cycle".
-        period: 1 for a fixed point, p for a p-cycle.
-        members: indices of the starts that ended in it.
-        basin_fraction: len(members) / n_starts.
-        mean_residual: mean end residual (of the solve's `stop` kind) over members.
-        correct: majority correctness of members (None without `is_correct`).
-        correct_fraction: fraction of members whose answer is correct (None without check).
-        spectral_radius: max |eig| of the Jacobian of the (p-fold) map at `representative`.
-        representative: member with the lowest residual.
-    """
-
-    kind: str
-    period: int
-    members: np.ndarray
-    basin_fraction: float
-    mean_residual: float
-    correct: bool | None
-    correct_fraction: float | None
-    spectral_radius: float | None
-    representative: int
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary (members as a count)."""
-        return {
-            "kind": self.kind, "period": self.period, "n_members": int(self.members.size),
-            "basin_fraction": self.basin_fraction, "mean_residual": self.mean_residual,
-            "correct": self.correct, "correct_fraction": self.correct_fraction,
-            "spectral_radius": self.spectral_radius, "representative": self.representative,
-        }
-
-
-@dataclass
-class Census:
-    """Per-problem census: outcome of every start and the attractors found.
-
-    Attributes:
-        attractors: sorted by basin fraction, largest first.
-        outcome: (S,) outcome names (see `OUTCOMES`).
-        period: (S,) 1 for converged, p for cycles, 0 otherwise.
-        label: (S,) index into `attractors`, -1 when the start reached none.
-        residual: (S,) end residual of the solve's stop kind.
-        nfe: (S,) map evaluations spent by the solve (probes excluded).
-        correct: (S,) answer correctness of the end state, or None.
-        trace: (S, T) residual traces (NaN after a row stopped), or None.
-        end_states: (S, n) flattened end states on CPU, or None.
-    """
-
-    attractors: list[Attractor]
-    outcome: np.ndarray
-    period: np.ndarray
-    label: np.ndarray
-    residual: np.ndarray
-    nfe: np.ndarray
-    correct: np.ndarray | None
-    trace: np.ndarray | None = None
-    end_states: Tensor | None = None
-
-    @property
-    def n_starts(self) -> int:
-        """Number of starting points."""
-        return int(self.outcome.size)
-
-    def outcome_fractions(self) -> dict[str, float]:
-        """Fraction of starts per outcome (all outcomes present, summing to 1)."""
-        return {o: float(np.mean(self.outcome == o)) for o in OUTCOMES}
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary (no states or traces)."""
-        return {
-            "n_starts": self.n_starts,
-            "n_attractors": len(self.attractors),
-            "attractors": [a.to_dict() for a in self.attractors],
-            "outcomes": self.outcome_fractions(),
-            "accuracy": None if self.correct is None else float(self.correct.mean()),
-        }
-
-
-@dataclass
-class CensusRun:
-    """Censuses of a batch of problems plus residual/correctness recorded at checkpoints.
-
-    Attributes:
-        censuses: one `Census` per problem.
-        checkpoint_nfe: (K, N, S) cumulative solve NFE at each checkpoint.
-        checkpoint_residual: (K, N, S) residual at each checkpoint.
-        checkpoint_correct: (K, N, S) correctness at each checkpoint, or None.
-        probe_nfe: map evaluations spent on cycle probes and stability (diagnostic overhead).
-    """
-
-    censuses: list[Census]
-    checkpoint_nfe: np.ndarray
-    checkpoint_residual: np.ndarray
-    checkpoint_correct: np.ndarray | None
-    probe_nfe: int = 0
-    settings: dict[str, Any] = field(default_factory=dict)
+__all__ = ["OUTCOMES", "Attractor", "Census", "CensusRun", "FixedPointSystem", "run_census"]
 
 
 def _answers(system: FixedPointSystem, s: Tensor, target: Any) -> tuple[Tensor | None, Tensor | None]:
-    """(decoded answer, correctness) of states `s`, each None when unavailable."""
+    """(decoded answer, correctness on CPU) of states `s`, each None when unavailable."""
     answer = system.decode(s) if system.decode is not None else None
     if system.is_correct is None:
         return answer, None
@@ -182,63 +54,127 @@ def _answers(system: FixedPointSystem, s: Tensor, target: Any) -> tuple[Tensor |
     return answer, torch.as_tensor(ok, dtype=torch.bool).reshape(-1).cpu()
 
 
-def _probe(system: FixedPointSystem, z: Tensor, x: Tensor, steps: int, proj: Tensor | None,
-           target: Any) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
-    """Plain iteration from z.
+@dataclass
+class _Rows:
+    """Per-row state of a census while it is being built (all N * S rows, problem-major)."""
 
-    Returns projected states (r, P+1, k), step norms (r, P), correctness (r, P+1) or None, and
-    the last state (r, ...).
-    """
-    ys, steps_norm, oks = [], [], []
-    s = z
-    for t in range(steps + 1):
-        flat = s.reshape(s.shape[0], -1).float()
-        ys.append(flat if proj is None else flat @ proj)
-        oks.append(_answers(system, s, target)[1])
-        if t < steps:
-            nxt = system.map(s, x)
-            steps_norm.append((nxt - s).reshape(s.shape[0], -1).float().norm(dim=1))
-            s = nxt
-    correct = None if oks[0] is None else torch.stack(oks, dim=1)
-    return torch.stack(ys, dim=1).cpu(), torch.stack(steps_norm, dim=1).cpu(), correct, s
+    z: Tensor  # end state (best iterate; on the orbit for cycles)
+    latest: Tensor  # last map output (where plain iteration would continue)
+    residual: Tensor  # (R,) float64 CPU, stop kind
+    nfe: Tensor  # (R,) int64 CPU
+    trace: Tensor  # (R, T) CPU
+    converged: Tensor  # (R,) bool CPU
+    diverged: Tensor  # (R,) bool CPU
+    answer: Tensor | None
+    correct: Tensor | None  # (R,) bool CPU
+    checkpoints: tuple[list, list, list]  # per checkpoint: nfe, residual, correctness
 
 
-def _classify_probe(y: Tensor, step: Tensor, cycle_rtol: float, revisit_rtol: float,
-                    stagnation: float) -> tuple[np.ndarray, np.ndarray]:
-    """Outcome names and periods for probed rows from their trajectories."""
-    r, n_pts, _ = y.shape
-    p_max = (n_pts - 1) // 2
-    delta = step[:, step.shape[1] // 2:].median(dim=1).values  # typical step size, late probe
-    outcome = np.full(r, "not_converged", dtype=object)
-    period = np.zeros(r, dtype=np.int64)
-    finite = torch.isfinite(y).all(dim=(1, 2)) & torch.isfinite(step).all(dim=1)
-    found = torch.zeros(r, dtype=torch.bool)
-    for p in range(2, p_max + 1):
-        # the last period must repeat the one before it, point by point
-        gap = (y[:, -p:] - y[:, -2 * p:-p]).norm(dim=2).max(dim=1).values
-        hit = finite & ~found & (gap <= cycle_rtol * delta) & (delta > 0)
-        period[hit.numpy()] = p
-        found |= hit
-    outcome[found.numpy()] = "cycle"
-    dist = torch.cdist(y, y)  # (r, P+1, P+1)
-    lag = torch.arange(n_pts)
-    far_in_time = (lag[None, :] - lag[:, None]).abs() >= 2
-    revisit = torch.where(far_in_time, dist, torch.inf).flatten(1).min(dim=1).values
-    flat_res = step[:, -1] >= stagnation * step[:, 0]
-    osc = finite & ~found & flat_res & (revisit < revisit_rtol * delta)
-    outcome[osc.numpy()] = "oscillating"
-    outcome[(~finite).numpy()] = "diverged"
-    return outcome, period
+def _solve_in_segments(system: FixedPointSystem, z: Tensor, x_rows: Tensor, t_rows: Any,
+                       depths: list[int], solve_kwargs: dict[str, Any]) -> _Rows:
+    """One batched solve of every row, split at the checkpoint depths."""
+    n_rows = z.shape[0]
+    nfe = torch.zeros(n_rows, dtype=torch.int64)
+    traces, ck_nfe, ck_res, ck_ok = [], [], [], []
+    done_before = torch.zeros(n_rows, dtype=torch.bool)
+    # The solve returns each row's best iterate; cycles and warm starts need the latest one,
+    # so the map records its last output per row (row ids ride along as a sliced argument).
+    latest = z.detach().clone()
+
+    def tracked_map(s: Tensor, x_in: Tensor, ids: Tensor) -> Tensor:
+        out = system.map(s, x_in)
+        latest[ids] = out.detach().to(latest.dtype)
+        return out
+
+    row_ids = torch.arange(n_rows, device=z.device)
+    prev = 0
+    for depth in depths:
+        # after a segment, z is already the next iterate: one step fewer keeps the depth
+        steps = depth - prev - (1 if prev else 0)
+        with torch.no_grad():  # the census never needs a graph; stability builds its own
+            sol = solve(tracked_map, z, x_rows, row_ids, max_iter=steps, trace=True,
+                        **solve_kwargs)
+            ck_ok.append(_answers(system, sol.z, t_rows)[1])
+        # converged rows keep their fixed point; the others continue where they were
+        z = torch.where(sol.converged.view(-1, *([1] * (z.dim() - 1))), sol.z, latest)
+        prev = depth
+        nfe += sol.nfe.cpu()
+        tr = sol.trace.cpu().float()
+        tr[done_before] = float("nan")  # rows finished in an earlier segment add nothing
+        traces.append(tr if not traces else tr[:, 1:])
+        done_before |= sol.converged.cpu()
+        ck_nfe.append(nfe.clone())
+        ck_res.append(sol.residual.detach().cpu().float())
+    with torch.no_grad():
+        answer, correct = _answers(system, sol.z, t_rows)
+    status = sol.status.cpu()
+    return _Rows(
+        z=sol.z.detach(), latest=latest, residual=sol.residual.detach().cpu().double(),
+        nfe=nfe, trace=torch.cat(traces, dim=1), converged=sol.converged.cpu(),
+        diverged=(status == int(Status.NONFINITE)) | (status == int(Status.DIVERGED)),
+        answer=answer, correct=correct, checkpoints=(ck_nfe, ck_res, ck_ok))
+
+
+@dataclass
+class _Probe:
+    """Outcome, period and (for cycles) orbit of every row after probing the unconverged."""
+
+    outcome: np.ndarray
+    period: np.ndarray
+    orbit: dict[int, Tensor]  # row -> (p, k) projected orbit points
+    orbit_correct: dict[int, bool]  # row -> all orbit points decode correctly
+    proj: Tensor | None
+    nfe: int
+
+
+def _probe_unconverged(system: FixedPointSystem, rows: _Rows, x_rows: Tensor, t_rows: Any,
+                       stop: str, options: dict[str, Any], generator: torch.Generator | None) -> _Probe:
+    """Sorts unconverged rows into cycle / oscillating / ...; moves cycle rows onto their orbit."""
+    n_rows = rows.z.shape[0]
+    outcome = np.full(n_rows, "not_converged", dtype=object)
+    period = np.zeros(n_rows, dtype=np.int64)
+    outcome[rows.converged.numpy()] = "converged"
+    period[rows.converged.numpy()] = 1
+    outcome[rows.diverged.numpy()] = "diverged"
+    proj = random_projection(rows.z[0].numel(), options["proj_dim"], generator, rows.z.device)
+    out = _Probe(outcome, period, {}, {}, proj, 0)
+    todo = (~rows.converged & ~rows.diverged).nonzero().flatten()
+    if todo.numel() == 0:
+        return out
+    dev = todo.to(rows.z.device)
+    target = None if t_rows is None else t_rows[dev]
+    check = None if system.is_correct is None else (lambda s: _answers(system, s, target)[1])
+    with torch.no_grad():
+        y, step, ok, s_end = probe_orbits(system.map, rows.latest[dev], x_rows[dev],
+                                          options["probe_steps"], proj, check)
+    out.nfe = todo.numel() * options["probe_steps"]
+    p_out, p_per = classify_orbits(y, step, options["cycle_rtol"], options["revisit_rtol"],
+                                   options["stagnation"])
+    for j, row in enumerate(todo.tolist()):
+        outcome[row], period[row] = p_out[j], p_per[j]
+        if p_out[j] != "cycle":
+            continue
+        out.orbit[row] = y[j, -p_per[j]:]
+        # a cycle's end state, residual and correctness are taken on its orbit
+        rows.z[row] = s_end[j].to(rows.z.dtype)
+        last = float(step[j, -1])
+        rows.residual[row] = last if stop == "abs" else last / (float(s_end[j].norm()) + 1e-8)
+        if ok is not None:
+            out.orbit_correct[row] = bool(ok[j, -p_per[j]:].all())
+            rows.correct[row] = out.orbit_correct[row]
+    return out
 
 
 def _cluster(points: Tensor, groups: list[Any], eps: float, orbits: Tensor | None) -> np.ndarray:
-    """Single-linkage component labels of `points` (m, n), linking only equal `groups`."""
+    """Single-linkage component labels of `points` (m, n), linking only equal `groups`.
+
+    With `orbits` (m, p, n), the distance of two rows is that of each end point to the nearest
+    point of the other row's orbit.
+    """
     m = points.shape[0]
-    if m == 0:
-        return np.zeros(0, dtype=np.int64)
     if orbits is None:
         d = torch.cdist(points.double(), points.double())
-    else:  # distance of each end point to the nearest point of the other orbit
+    else:
         flat_orbits = orbits.reshape(-1, orbits.shape[-1]).double()
         d = torch.cdist(points.double(), flat_orbits).reshape(m, m, -1).min(dim=-1).values
         d = torch.minimum(d, d.transpose(0, 1))
@@ -248,12 +184,68 @@ def _cluster(points: Tensor, groups: list[Any], eps: float, orbits: Tensor | Non
     return connected_components(adj.numpy(), directed=False)[1]
 
 
+def _attractors_of_problem(rows: _Rows, probe: _Probe, sel_rows: np.ndarray, flat: Tensor,
+                           eps: float, cluster_by: str) -> list[Attractor]:
+    """Clusters one problem's converged and cycling starts into attractors."""
+    first, n_starts = int(sel_rows[0]), sel_rows.size
+    attractors = []
+    for kind, outcome in (("fixed_point", "converged"), ("cycle", "cycle")):
+        sel = sel_rows[probe.outcome[sel_rows] == outcome]
+        if sel.size == 0:
+            continue
+        by_answer = cluster_by != "latent" and rows.answer is not None and kind == "fixed_point"
+        groups = ([rows.answer[r].cpu().numpy().tobytes() for r in sel] if by_answer
+                  else [int(probe.period[r]) for r in sel])
+        if by_answer and cluster_by == "answer":
+            comp = np.unique(groups, return_inverse=True)[1]
+        elif kind == "fixed_point":
+            comp = _cluster(flat[sel], groups, eps, None)
+        else:
+            pts = flat[sel] if probe.proj is None else flat[sel] @ probe.proj.cpu()
+            orbits = [probe.orbit[r] for r in sel]
+            width = max(o.shape[0] for o in orbits)  # pad short orbits with their last point
+            padded = torch.stack([torch.cat([o, o[-1:].expand(width - o.shape[0], -1)])
+                                  for o in orbits])
+            comp = _cluster(pts, groups, eps, padded)
+        for c in np.unique(comp):
+            members = sel[comp == c]
+            rep = int(members[np.argmin(rows.residual[members].numpy())])
+            ok_frac = None
+            if rows.correct is not None:
+                ok_frac = float(rows.correct[members].double().mean())
+            attractors.append(Attractor(
+                kind=kind, period=int(probe.period[rep]), members=members - first,
+                basin_fraction=members.size / n_starts,
+                mean_residual=float(rows.residual[members].mean()),
+                correct=None if ok_frac is None else ok_frac >= 0.5, correct_fraction=ok_frac,
+                spectral_radius=None, representative=rep - first))
+    attractors.sort(key=lambda a: (-a.basin_fraction, a.mean_residual))
+    return attractors
+
+
 def _repeat_map(f: Callable[[Tensor, Tensor], Tensor], p: int) -> Callable[[Tensor, Tensor], Tensor]:
+    """The p-fold composition s -> f(...f(s, x)..., x)."""
     def fp(s: Tensor, x: Tensor) -> Tensor:
         for _ in range(p):
             s = f(s, x)
         return s
     return fp
+
+
+def _attach_stability(system: FixedPointSystem, z: Tensor, x_rows: Tensor,
+                      reps: list[tuple[int, Attractor]], n_iter: int, method: str,
+                      generator: torch.Generator | None) -> int:
+    """Sets each attractor's spectral radius (of the p-fold map for p-cycles); returns NFE."""
+    nfe = 0
+    for p in sorted({a.period for _, a in reps}):
+        group = [(r, a) for r, a in reps if a.period == p]
+        idx = torch.tensor([r for r, _ in group], device=z.device)
+        rho = spectral_radius(_repeat_map(system.map, p), z[idx], x_rows[idx], n_iter=n_iter,
+                              method=method, generator=generator)
+        nfe += len(group) * (n_iter + 1) * p
+        for (_, a), v in zip(group, rho.tolist()):
+            a.spectral_radius = float(v)
+    return nfe
 
 
 def run_census(
@@ -289,14 +281,17 @@ def run_census(
         target: (N, ...) per-problem target passed to `system.is_correct`, or None.
         n_starts: starting points per problem.
         solver: solver name or object for `eqsolve.solvers.solve`.
-        max_iter: solver steps per start (the depth budget).
+        max_iter: depth budget: the solve sees iterates z_0 .. z_max_iter (max_iter + 1 NFE).
         tol: residual tolerance of a converged start.
         stop: residual kind, "rel" or "abs".
-        solver_options: extra keyword options of the solve (solver options, `stall_window`...).
+        solver_options: extra keyword options of the solve (solver options, `stall_window`,
+            `diverge_factor`; the last two are off by default: a start escaping an unstable
+            point first grows its residual, which is not divergence).
         checkpoints: depths at which residual and correctness are recorded (the solve is split
             into warm-started segments there; exact for plain iteration, a restart of the
             solver's history otherwise). Default: only `max_iter`.
-        probe_steps: plain iterations on unconverged starts to detect cycles.
+        probe_steps: plain iterations on unconverged starts to detect cycles (periods up to
+            probe_steps // 2).
         cycle_rtol: period-p repeat tolerance, relative to the step size.
         revisit_rtol: "revisits an earlier point" when closer than this times the step size.
         stagnation: residual "stopped falling" when its probe end exceeds this times its start.
@@ -321,167 +316,50 @@ def run_census(
     if probe_steps < 4:
         raise ValueError(f"probe_steps must be >= 4 to see a 2-cycle twice, got {probe_steps}")
     depths = sorted({int(d) for d in (checkpoints or []) if 0 < int(d) < max_iter} | {max_iter})
-    if len(depths) > 1 and min(np.diff(depths)) < 1:
-        raise ValueError(f"checkpoints must be distinct depths, got {depths}")
-    n_prob, S = x.shape[0], n_starts
-    x_rows = x.repeat_interleave(S, dim=0)
-    t_rows = None if target is None else target.repeat_interleave(S, dim=0)
-    z = system.init_state(n_prob * S, generator)
-    if z.shape[0] != n_prob * S:
-        raise ValueError(f"init_state({n_prob * S}) returned {z.shape[0]} rows")
-    # the census judges stalls and divergence itself (a start escaping an unstable point
-    # first grows its residual), so the solve's own early stops are off unless asked for
-    opts = {"stall_window": None, "diverge_factor": None, **(solver_options or {})}
+    n_prob, n_rows = x.shape[0], x.shape[0] * n_starts
+    x_rows = x.repeat_interleave(n_starts, dim=0)
+    t_rows = None if target is None else target.repeat_interleave(n_starts, dim=0)
+    z0 = system.init_state(n_rows, generator)
+    if z0.shape[0] != n_rows:
+        raise ValueError(f"init_state({n_rows}) returned {z0.shape[0]} rows")
 
-    nfe = torch.zeros(n_prob * S, dtype=torch.int64)
-    traces, ck_nfe, ck_res, ck_ok = [], [], [], []
-    done_before = torch.zeros(n_prob * S, dtype=torch.bool)
-    # The solve returns each row's best iterate; cycles and warm starts need the latest one,
-    # so the map records its last output per row (row ids ride along as a sliced argument).
-    latest = z.detach().clone()
-    row_ids = torch.arange(n_prob * S, device=z.device)
+    solve_kwargs = {"solver": solver, "tol": tol, "stop": stop, "stall_window": None,
+                    "diverge_factor": None, **(solver_options or {})}
+    rows = _solve_in_segments(system, z0, x_rows, t_rows, depths, solve_kwargs)
+    options = {"probe_steps": probe_steps, "cycle_rtol": cycle_rtol, "proj_dim": proj_dim,
+               "revisit_rtol": revisit_rtol, "stagnation": stagnation}
+    probe = _probe_unconverged(system, rows, x_rows, t_rows, stop, options, generator)
 
-    def tracked_map(s: Tensor, x_in: Tensor, ids: Tensor) -> Tensor:
-        out = system.map(s, x_in)
-        latest[ids] = out.detach().to(latest.dtype)
-        return out
-
-    prev = 0
-    for depth in depths:
-        with torch.no_grad():  # the census never needs a graph; stability builds its own
-            # after a segment, z is already the next iterate: one step fewer keeps the depth
-            steps = depth - prev - (1 if prev else 0)
-            sol = solve(tracked_map, z, x_rows, row_ids, solver=solver, tol=tol, stop=stop,
-                        max_iter=steps, trace=True, **opts)
-            ck_ok.append(_answers(system, sol.z, t_rows)[1])
-        conv_dev = sol.converged
-        # converged rows keep their fixed point; the others continue where they were
-        z = torch.where(conv_dev.view(-1, *([1] * (z.dim() - 1))), sol.z, latest)
-        prev = depth
-        nfe += sol.nfe.cpu()
-        tr = sol.trace.cpu().float()
-        tr[done_before] = float("nan")  # rows finished in an earlier segment add nothing
-        traces.append(tr if not traces else tr[:, 1:])
-        done_before |= sol.converged.cpu()
-        ck_nfe.append(nfe.clone())
-        ck_res.append(sol.residual.detach().cpu().float())
-    z = sol.z  # end state of each start: the solver's answer (best iterate)
-    with torch.no_grad():
-        answer, correct = _answers(system, z, t_rows)
-    residual = sol.residual.detach().cpu().double()
-    status = sol.status.cpu()
-
-    # outcomes: converged from the solve, the rest from a probe of the map
-    outcome = np.full(n_prob * S, "not_converged", dtype=object)
-    period = np.zeros(n_prob * S, dtype=np.int64)
-    conv = sol.converged.cpu()
-    outcome[conv.numpy()] = "converged"
-    period[conv.numpy()] = 1
-    bad = (status == int(Status.NONFINITE)) | (status == int(Status.DIVERGED))
-    outcome[bad.numpy()] = "diverged"
-    flat_dim = z[0].numel()
-    proj = None
-    if flat_dim > proj_dim:  # fixed random projection, reproducible from the generator
-        pg = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
-        proj = (torch.randn(flat_dim, proj_dim, generator=pg) / proj_dim**0.5).to(z.device)
-    probe_rows = (~conv & ~bad).nonzero().flatten()
-    orbit: dict[int, Tensor] = {}
-    probe_ok: dict[int, bool] = {}
-    probe_nfe = 0
-    if probe_rows.numel():
-        dev_rows = probe_rows.to(z.device)
-        with torch.no_grad():
-            y, step, p_ok, s_end = _probe(system, latest[dev_rows], x_rows[dev_rows], probe_steps, proj,
-                                   None if t_rows is None else t_rows[dev_rows])
-        probe_nfe += probe_rows.numel() * probe_steps
-        p_out, p_per = _classify_probe(y, step, cycle_rtol, revisit_rtol, stagnation)
-        on_orbit = torch.as_tensor(p_out == "cycle")
-        if on_orbit.any():  # a cycle's end state and residual are taken on its orbit
-            rows_c = dev_rows[on_orbit.to(z.device)]
-            z = z.clone()
-            z[rows_c] = s_end[on_orbit.to(z.device)].to(z.dtype)
-            last = step[on_orbit, -1].double()
-            residual[rows_c.cpu()] = last if stop == "abs" else last / (
-                z[rows_c].reshape(rows_c.numel(), -1).double().norm(dim=1).cpu() + 1e-8)
-        for j, row in enumerate(probe_rows.tolist()):
-            outcome[row], period[row] = p_out[j], p_per[j]
-            if p_out[j] == "cycle":
-                orbit[row] = y[j, -p_per[j]:]
-                if p_ok is not None:
-                    probe_ok[row] = bool(p_ok[j, -p_per[j]:].all())
-                    correct[row] = probe_ok[row]
-
-    flat = z.detach().reshape(n_prob * S, -1).float().cpu()
+    flat = rows.z.reshape(n_rows, -1).float().cpu()
     norms = flat.norm(dim=1)
-    censuses: list[Census] = []
-    reps: list[tuple[int, int, Attractor]] = []  # (row, period, attractor) for stability
+    censuses, reps = [], []
     for i in range(n_prob):
-        rows = np.arange(i * S, (i + 1) * S)
-        label = np.full(S, -1, dtype=np.int64)
-        eps = max(latent_rtol * float(norms[rows].median()), latent_atol)
-        attractors: list[Attractor] = []
-        for kind in ("fixed_point", "cycle"):
-            sel = rows[outcome[rows] == ("converged" if kind == "fixed_point" else "cycle")]
-            if sel.size == 0:
-                continue
-            use_answer = cluster_by != "latent" and answer is not None and kind == "fixed_point"
-            groups = ([answer[r].cpu().numpy().tobytes() for r in sel] if use_answer
-                      else [int(period[r]) for r in sel])
-            if cluster_by == "answer" and use_answer:
-                comp = np.unique(groups, return_inverse=True)[1]
-            elif kind == "fixed_point":
-                comp = _cluster(flat[sel], groups, eps, None)
-            else:
-                pts = flat[sel] if proj is None else flat[sel] @ proj.cpu()
-                orb = [orbit[r] for r in sel]
-                width = max(o.shape[0] for o in orb)
-                orb_t = torch.stack([torch.cat([o, o[-1:].expand(width - o.shape[0], -1)]) for o in orb])
-                comp = _cluster(pts, groups, eps, orb_t)
-            for c in np.unique(comp):
-                members = sel[comp == c]
-                rep = int(members[np.argmin(residual[members].numpy())])
-                if correct is None:
-                    ok_frac = None
-                elif kind == "cycle" and probe_ok:
-                    ok_frac = float(np.mean([probe_ok[r] for r in members]))
-                else:
-                    ok_frac = float(correct[members].double().mean())
-                attractors.append(Attractor(
-                    kind=kind, period=int(period[rep]), members=members - i * S,
-                    basin_fraction=members.size / S,
-                    mean_residual=float(residual[members].mean()),
-                    correct=None if ok_frac is None else ok_frac >= 0.5,
-                    correct_fraction=ok_frac, spectral_radius=None, representative=rep - i * S))
-        attractors.sort(key=lambda a: (-a.basin_fraction, a.mean_residual))
+        sel = np.arange(i * n_starts, (i + 1) * n_starts)
+        eps = max(latent_rtol * float(norms[sel].median()), latent_atol)
+        attractors = _attractors_of_problem(rows, probe, sel, flat, eps, cluster_by)
+        label = np.full(n_starts, -1, dtype=np.int64)
         for k, a in enumerate(attractors):
             label[a.members] = k
-            reps.append((i * S + a.representative, a.period, a))
+            reps.append((i * n_starts + a.representative, a))
         censuses.append(Census(
-            attractors=attractors, outcome=outcome[rows], period=period[rows], label=label,
-            residual=residual[rows].numpy(), nfe=nfe[rows].numpy(),
-            correct=None if correct is None else correct[rows].numpy(),
-            trace=torch.cat(traces, dim=1)[rows].numpy(),
-            end_states=flat[rows].clone() if keep_states else None))
+            attractors=attractors, outcome=probe.outcome[sel], period=probe.period[sel],
+            label=label, residual=rows.residual[sel].numpy(), nfe=rows.nfe[sel].numpy(),
+            correct=None if rows.correct is None else rows.correct[sel].numpy(),
+            trace=rows.trace[sel].numpy(), end_states=flat[sel].clone() if keep_states else None))
 
+    extra = probe.nfe
     if stability_iters > 0 and reps:
-        for p in sorted({p for _, p, _ in reps}):
-            group = [(r, a) for r, q, a in reps if q == p]
-            idx = torch.tensor([r for r, _ in group], device=z.device)
-            rho = spectral_radius(_repeat_map(system.map, p), z[idx].detach(), x_rows[idx],
-                                  n_iter=stability_iters, method=stability_method,
-                                  generator=generator)
-            probe_nfe += len(group) * (stability_iters + 1) * p
-            for (_, a), v in zip(group, rho.tolist()):
-                a.spectral_radius = float(v)
-
-    K = len(depths)
+        extra += _attach_stability(system, rows.z, x_rows, reps, stability_iters,
+                                   stability_method, generator)
+    ck_nfe, ck_res, ck_ok = rows.checkpoints
+    shape = (len(depths), n_prob, n_starts)
     return CensusRun(
         censuses=censuses,
-        checkpoint_nfe=torch.stack(ck_nfe).reshape(K, n_prob, S).numpy(),
-        checkpoint_residual=torch.stack(ck_res).reshape(K, n_prob, S).numpy(),
-        checkpoint_correct=None if ck_ok[0] is None else torch.stack(ck_ok).reshape(K, n_prob, S).numpy(),
-        probe_nfe=probe_nfe,
-        settings={"n_starts": S, "max_iter": max_iter, "tol": tol, "stop": stop,
+        checkpoint_nfe=torch.stack(ck_nfe).reshape(shape).numpy(),
+        checkpoint_residual=torch.stack(ck_res).reshape(shape).numpy(),
+        checkpoint_correct=None if ck_ok[0] is None else torch.stack(ck_ok).reshape(shape).numpy(),
+        probe_nfe=extra,
+        settings={"n_starts": n_starts, "max_iter": max_iter, "tol": tol, "stop": stop,
                   "checkpoints": depths, "probe_steps": probe_steps, "latent_rtol": latent_rtol,
                   "latent_atol": latent_atol, "cycle_rtol": cycle_rtol, "cluster_by": cluster_by},
     )

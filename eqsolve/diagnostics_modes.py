@@ -19,7 +19,7 @@ problem whose only rival of the correct fixed point is a cycle is (c) or (d), no
 
 Example:
     >>> import numpy as np
-    >>> from eqsolve.diagnostics_census import Attractor
+    >>> from eqsolve.diagnostics_records import Attractor
     >>> ok = Attractor("fixed_point", 1, np.arange(40), 0.625, 1e-6, True, 1.0, 0.8, 0)
     >>> bad = Attractor("fixed_point", 1, np.arange(24), 0.375, 1e-6, False, 0.0, 0.8, 1)
     >>> classify_attractors([ok, bad])
@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
-from eqsolve.diagnostics_census import Attractor, Census
+from eqsolve.diagnostics_records import Attractor, Census
 
 MODES = ("a_no_correct", "b_spurious", "c_narrow", "d_broad", "not_converged")
 

@@ -32,8 +32,8 @@ import torch  # noqa: E402
 from matplotlib.collections import LineCollection  # noqa: E402
 
 from eqsolve.diagnostics_calibration import accuracy_vs_residual  # noqa: E402
-from eqsolve.diagnostics_census import CensusRun  # noqa: E402
 from eqsolve.diagnostics_modes import MODE_DESCRIPTIONS, MODES  # noqa: E402
+from eqsolve.diagnostics_records import CensusRun  # noqa: E402
 
 _OK, _BAD, _UNKNOWN = "tab:green", "tab:red", "tab:gray"
 
