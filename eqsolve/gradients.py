@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from eqsolve.solvers import Solution, Status, get_solver, solve
 from eqsolve.solvers._base import flat_map, select_rows
@@ -202,7 +203,9 @@ class Implicit(GradientStrategy):
         stop: ``"rel"`` or ``"abs"`` adjoint residual.
         compact: drop converged rows from the adjoint solve (rows of ``f`` must be independent).
         throw: raise ``RuntimeError`` in ``backward()`` when a row does not converge.
-        **solver_options: options of the named adjoint solver (validated now).
+        **solver_options: options of the named adjoint solver (validated now), and the loop
+            options of :func:`~eqsolve.solvers.solve` ``stall_window`` (default None here),
+            ``diverge_factor`` (1e4) and ``check_every`` (1).
 
     Examples:
         >>> Implicit(solver="anderson", tol=1e-8, max_iter=100, m=5)
@@ -220,19 +223,25 @@ class Implicit(GradientStrategy):
             raise ValueError(f"Implicit: max_iter must be an int >= 1, got {max_iter!r}")
         if stop not in ("rel", "abs"):
             raise ValueError(f"Implicit: stop must be 'rel' or 'abs', got {stop!r}")
+        # The adjoint map is linear: progress is geometric, so stagnation checks only cost time
+        # (a stuck row still ends as MAX_ITER); divergence (spectral radius >= 1) stays detected.
+        loop = {"stall_window": None, "diverge_factor": 1e4, "check_every": 1}
+        loop.update({k: solver_options.pop(k) for k in list(solver_options) if k in loop})
         if isinstance(solver, str):
             get_solver(solver, **solver_options)  # fail now on a misspelled option, not in backward
         elif solver_options:
             raise ValueError(f"Implicit: solver options {sorted(solver_options)} given with a solver object")
         self.solver, self.tol, self.max_iter, self.stop = solver, tol, max_iter, stop
         self.compact, self.throw, self.solver_options = compact, throw, dict(solver_options)
+        self.loop_options = loop
         self.last_backward: BackwardStats | None = None
         self._warned = False
 
     def _options(self) -> dict[str, Any]:
         return {"solver": self.solver, "tol": self.tol, "max_iter": self.max_iter,
                 "stop": self.stop, "compact": self.compact, "throw": self.throw,
-                **self.solver_options}
+                **self.solver_options, **{k: v for k, v in self.loop_options.items()
+                                          if v != {"stall_window": None, "diverge_factor": 1e4, "check_every": 1}[k]}}
 
     def attach(self, f: FixedPointFn, z_star: Tensor, args: tuple) -> tuple[Tensor, BackwardStats]:
         z_in = z_star.detach().requires_grad_()
@@ -257,7 +266,7 @@ class Implicit(GradientStrategy):
         options = self.solver_options if isinstance(self.solver, str) else {}
         with torch.no_grad():
             sol = solve(adjoint_map, v, v, rows, solver=self.solver, tol=self.tol, stop=self.stop,
-                        max_iter=self.max_iter, compact=self.compact, **options)
+                        max_iter=self.max_iter, compact=self.compact, **self.loop_options, **options)
         stats.ran = True
         stats.status, stats.nfe, stats.nstep = sol.status, sol.nfe, sol.nstep
         stats.abs_residual, stats.rel_residual = sol.abs_residual, sol.rel_residual
@@ -291,6 +300,7 @@ class _ImplicitFunction(torch.autograd.Function):
         return fz.detach().clone()
 
     @staticmethod
+    @once_differentiable  # double backward through the adjoint solve is not implemented
     def backward(ctx, v: Tensor) -> tuple[Tensor | None, ...]:
         fz, z_in = ctx.saved_tensors
         g = ctx.strategy._adjoint(fz, z_in, v.contiguous(), ctx.stats)

@@ -260,3 +260,36 @@ def test_forward_solution_is_reported() -> None:
     ref = solve(cell, torch.zeros(4, 5, dtype=D), x.detach(), solver="anderson", tol=1e-10, max_iter=100)
     assert torch.equal(sol.nfe, ref.nfe) and sol.converged.all()
     assert torch.allclose(z, sol.z, atol=1e-9)  # the output is f(z*), one step from z*
+
+
+def test_unrolled_last_k_replays_each_rows_own_last_steps() -> None:
+    """Rows stop at different steps; each row's graph covers its own last min(k, n_r) steps."""
+    cell, (x, target) = Cell(), make_batch()
+    s = torch.tensor([[0.02], [1.0], [0.3], [0.6]], dtype=D)
+    k = 5  # row 0 stops after 4 steps (< k), the others after more
+    z, sol = Unrolled(k=k)(cell, torch.zeros(4, 5, dtype=D), x, s, solver="fixed_point", tol=1e-9, max_iter=200)
+    assert sol.converged.all() and len(set(sol.nstep.tolist())) > 1 and int(sol.nstep.min()) < k
+    for r in range(4):
+        (grad_x,) = torch.autograd.grad((z[r] - target[r]).pow(2).sum(), x, retain_graph=True)
+        n_r = int(sol.nstep[r])
+        steps_with_grad = min(k, n_r)
+        ref = torch.zeros(1, 5, dtype=D)
+        with torch.no_grad():
+            for _ in range(n_r + 1 - steps_with_grad):
+                ref = cell(ref, x[r:r + 1], s[r:r + 1])
+        for _ in range(steps_with_grad):
+            ref = cell(ref, x[r:r + 1], s[r:r + 1])
+        (ref_grad,) = torch.autograd.grad((ref[0] - target[r]).pow(2).sum(), x)
+        assert torch.allclose(z[r], ref[0], atol=1e-13), r
+        assert torch.allclose(grad_x, ref_grad, rtol=1e-10, atol=1e-14), r
+        assert sol.nfe[r] == n_r + 1 + steps_with_grad  # forward evaluations + replayed ones
+
+
+def test_implicit_accepts_loop_options_and_rejects_double_backward() -> None:
+    strategy = Implicit(solver="fixed_point", stall_window=10, diverge_factor=100.0)
+    assert strategy.loop_options["stall_window"] == 10 and "stall_window=10" in repr(strategy)
+    cell, (x, target) = Cell(), make_batch()
+    z, _ = strategy(cell, torch.zeros(4, 5, dtype=D), x, solver="anderson", tol=1e-10, max_iter=100)
+    (gx,) = torch.autograd.grad((z - target).pow(2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError):
+        gx.sum().backward()
