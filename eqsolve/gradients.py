@@ -187,6 +187,11 @@ class GradientStrategy:
         return {}
 
 
+# Loop options of the adjoint solve. The adjoint map is linear, so progress is geometric and
+# stagnation checks only cost time (a stuck row still ends as MAX_ITER); divergence stays on.
+_ADJOINT_LOOP: dict[str, Any] = {"stall_window": None, "diverge_factor": 1e4, "check_every": 1}
+
+
 class Implicit(GradientStrategy):
     """Implicit differentiation: ``dL/dθ = gᵀ ∂f/∂θ`` with ``g = Jᵀ g + ∂L/∂z*``.
 
@@ -223,9 +228,7 @@ class Implicit(GradientStrategy):
             raise ValueError(f"Implicit: max_iter must be an int >= 1, got {max_iter!r}")
         if stop not in ("rel", "abs"):
             raise ValueError(f"Implicit: stop must be 'rel' or 'abs', got {stop!r}")
-        # The adjoint map is linear: progress is geometric, so stagnation checks only cost time
-        # (a stuck row still ends as MAX_ITER); divergence (spectral radius >= 1) stays detected.
-        loop = {"stall_window": None, "diverge_factor": 1e4, "check_every": 1}
+        loop = dict(_ADJOINT_LOOP)
         loop.update({k: solver_options.pop(k) for k in list(solver_options) if k in loop})
         if isinstance(solver, str):
             get_solver(solver, **solver_options)  # fail now on a misspelled option, not in backward
@@ -240,8 +243,8 @@ class Implicit(GradientStrategy):
     def _options(self) -> dict[str, Any]:
         return {"solver": self.solver, "tol": self.tol, "max_iter": self.max_iter,
                 "stop": self.stop, "compact": self.compact, "throw": self.throw,
-                **self.solver_options, **{k: v for k, v in self.loop_options.items()
-                                          if v != {"stall_window": None, "diverge_factor": 1e4, "check_every": 1}[k]}}
+                **self.solver_options,
+                **{k: v for k, v in self.loop_options.items() if v != _ADJOINT_LOOP[k]}}
 
     def attach(self, f: FixedPointFn, z_star: Tensor, args: tuple) -> tuple[Tensor, BackwardStats]:
         z_in = z_star.detach().requires_grad_()
