@@ -101,7 +101,7 @@ def _solve_in_segments(system: FixedPointSystem, z: Tensor, x_rows: Tensor, t_ro
         nfe += sol.nfe.cpu()
         tr = sol.trace.cpu().float()
         tr[done_before] = float("nan")  # rows finished in an earlier segment add nothing
-        traces.append(tr if not traces else tr[:, 1:])
+        traces.append(tr)  # segments continue exactly: z_0..z_d1, then z_(d1+1)..z_d2
         done_before |= sol.converged.cpu()
         ck_nfe.append(nfe.clone())
         ck_res.append(sol.residual.detach().cpu().float())

@@ -191,7 +191,12 @@ def test_checkpoints_record_depth_and_match_a_single_solve():
     # plain iteration warm-started at the checkpoints follows the same trajectory
     np.testing.assert_allclose(split.censuses[0].residual, one.censuses[0].residual, rtol=1e-4,
                                atol=1e-9)
+    # the traces of the segments join into the single solve's trace, iterate by iterate
+    assert split.censuses[0].trace.shape == one.censuses[0].trace.shape == (64, 41)
+    np.testing.assert_allclose(split.censuses[0].trace, one.censuses[0].trace, rtol=1e-4,
+                               equal_nan=True)
     assert (np.diff(split.checkpoint_nfe, axis=0) >= 0).all()
+    np.testing.assert_array_equal(split.checkpoint_nfe[-1], one.checkpoint_nfe[-1])
     # residuals fall with depth on a double well
     assert np.median(split.checkpoint_residual[-1]) < np.median(split.checkpoint_residual[0])
 
