@@ -1,0 +1,290 @@
+"""The generic loop: statuses, best iterate, NFE accounting, compaction, options, dtypes, shapes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from eqsolve.solvers import (
+    Anderson,
+    Broyden,
+    FixedPointIteration,
+    SolveError,
+    Status,
+    get_solver,
+    solve,
+)
+
+SOLVERS = ("fixed_point", "anderson", "broyden")
+
+
+def _contraction(d=6, q=0.5, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(d, d, generator=g, dtype=dtype)
+    return q * w / torch.linalg.matrix_norm(w, ord=2)
+
+
+class RowCounter:
+    """Counts the rows f is evaluated on."""
+
+    def __init__(self, f):
+        self.f, self.rows, self.calls = f, 0, 0
+
+    def __call__(self, z, *args):
+        self.rows += z.shape[0]
+        self.calls += 1
+        return self.f(z, *args)
+
+
+# ---- statuses ---------------------------------------------------------------------------------
+
+def test_converged_and_max_iter():
+    w = _contraction(q=0.9)
+    x = torch.randn(4, 6, dtype=torch.float64)
+    sol = solve(lambda z, x: torch.tanh(z @ w.T + x), torch.zeros(4, 6, dtype=torch.float64), x,
+                solver="fixed_point", tol=1e-10, max_iter=3)
+    assert (sol.status == Status.MAX_ITER).all()
+    assert (sol.nstep == 3).all() and (sol.nfe == 4).all()
+    sol = solve(lambda z, x: torch.tanh(z @ w.T + x), torch.zeros(4, 6, dtype=torch.float64), x,
+                solver="fixed_point", tol=1e-10, max_iter=500)
+    assert (sol.status == Status.CONVERGED).all()
+
+
+def test_diverged_when_plain_iteration_blows_up():
+    sol = solve(lambda z: -1.5 * z + 1.0, torch.zeros(3, 4), solver="fixed_point", max_iter=200)
+    assert (sol.status == Status.DIVERGED).all()
+    # 1.5^k first exceeds diverge_factor=1e4 over the smallest residual at k = 23.
+    assert (sol.nstep == 23).all()
+    sol = solve(lambda z: -1.5 * z + 1.0, torch.zeros(3, 4), solver="fixed_point", max_iter=200, diverge_factor=10.0)
+    assert (sol.nstep == 6).all()
+    assert torch.isfinite(sol.z).all()
+
+
+def test_nonfinite_rows_stop_and_keep_their_best_finite_iterate():
+    # Row 1 leaves the domain (NaN) once |z| > 10 while diverging; row 0 converges.
+    def f(z, a):
+        out = a * z + 1.0
+        return torch.where(z.abs() > 10, torch.nan, out)
+
+    a = torch.tensor([[0.5], [-1.8]], dtype=torch.float64)
+    for solver in ("fixed_point", "anderson", "broyden"):
+        sol = solve(f, torch.zeros(2, 3, dtype=torch.float64), a, solver=solver, tol=1e-10, max_iter=100,
+                    diverge_factor=None, trace=True)
+        if solver == "fixed_point":
+            assert sol.status.tolist() == [Status.CONVERGED, Status.NONFINITE]
+        assert torch.isfinite(sol.z).all()
+        assert torch.isfinite(sol.abs_residual).all()
+    # Plain iteration: the returned z of row 1 is the best finite iterate seen, not the last.
+    sol = solve(f, torch.zeros(2, 3, dtype=torch.float64), a, solver="fixed_point", tol=1e-10, max_iter=100,
+                diverge_factor=None, trace=True)
+    finite_trace = sol.trace[1][torch.isfinite(sol.trace[1])]
+    assert sol.rel_residual[1] == finite_trace.min()
+
+
+def test_nan_from_the_first_evaluation_returns_z0():
+    z0 = torch.randn(3, 5)
+    sol = solve(lambda z: z * torch.nan, z0, solver="anderson")
+    assert (sol.status == Status.NONFINITE).all()
+    torch.testing.assert_close(sol.z, z0)
+    assert (sol.nfe == 1).all() and (sol.nstep == 0).all()
+
+
+def test_stagnated_on_a_two_cycle():
+    # z -> -z + 2 has the fixed point 1 but plain iteration cycles 0, 2, 0, 2, ...
+    sol = solve(lambda z: 2.0 - z, torch.zeros(2, 3), solver="fixed_point", max_iter=100, stall_window=7)
+    assert (sol.status == Status.STAGNATED).all()
+    assert (sol.nstep == 7).all()
+    # Anderson solves it (a linear map) in two steps.
+    sol = solve(lambda z: 2.0 - z, torch.zeros(2, 3), solver="anderson", max_iter=100, stall_window=7)
+    assert (sol.status == Status.CONVERGED).all()
+    torch.testing.assert_close(sol.z, torch.ones(2, 3))
+
+
+def test_status_messages_and_summary():
+    assert all(isinstance(s.message, str) and s.message for s in Status)
+    sol = solve(lambda z: 0.5 * z, torch.ones(4, 2), solver="fixed_point", tol=1e-3, max_iter=3)
+    summary = sol.summary()
+    assert summary["converged"] == 0.0 and summary["status_max_iter"] == 1.0
+    assert summary["nfe_mean"] == 4.0
+    assert sol.failed_rows() == [0, 1, 2, 3]
+
+
+def test_throw_lists_failed_rows():
+    a = torch.tensor([[0.5], [-1.5], [0.5]])
+    with pytest.raises(SolveError, match=r"1 of 3 rows did not converge(.|\n)*row 1: DIVERGED"):
+        solve(lambda z, a: a * z + 1.0, torch.zeros(3, 2), a, solver="fixed_point", max_iter=100, throw=True)
+    sol = solve(lambda z, a: 0.5 * z + 1.0, torch.zeros(3, 2), a, solver="fixed_point", max_iter=100, throw=True)
+    assert sol.converged.all()
+
+
+# ---- accounting and compaction -----------------------------------------------------------------
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_compact_calls_f_on_fewer_rows_and_nfe_is_exact(solver):
+    # Mixed batch: per-row contraction from 0.05 to 0.95.
+    q = torch.tensor([0.05, 0.95, 0.05, 0.05, 0.5, 0.05], dtype=torch.float64)[:, None]
+    w = _contraction(d=8, q=1.0)
+    x = torch.randn(6, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    f = lambda z, q, x: torch.tanh(q * (z @ w.T) + x)  # noqa: E731
+    counts = {}
+    for compact in (True, False):
+        fc = RowCounter(f)
+        sol = solve(fc, torch.zeros(6, 8, dtype=torch.float64), q, x, solver=solver, tol=1e-10, max_iter=500,
+                    compact=compact)
+        assert sol.converged.all()
+        counts[compact] = fc.rows
+        if compact:
+            assert fc.rows == int(sol.nfe.sum())  # NFE is exactly what f saw
+        else:  # every row is computed until the slowest one stops
+            assert fc.rows == 6 * fc.calls == 6 * int(sol.nfe.max())
+    assert counts[True] < counts[False]
+    if solver == "fixed_point":  # the hard row needs ~10x the steps of the easy ones
+        assert counts[True] < 0.5 * counts[False]
+
+
+def test_check_every_limits_host_checks_but_not_results():
+    q = torch.tensor([0.1, 0.9, 0.3], dtype=torch.float64)[:, None]
+    f = lambda z, q: q * z + 1.0  # noqa: E731
+    a = solve(f, torch.zeros(3, 2, dtype=torch.float64), q, solver="fixed_point", tol=1e-8, max_iter=400)
+    fc = RowCounter(f)
+    b = solve(fc, torch.zeros(3, 2, dtype=torch.float64), q, solver="fixed_point", tol=1e-8, max_iter=400,
+              check_every=10)
+    assert a.nstep.tolist() == b.nstep.tolist() and a.nfe.tolist() == b.nfe.tolist()
+    torch.testing.assert_close(a.z, b.z)
+    # Rows leave only at checks, so f saw more rows than the NFE it reports, by < 10 steps per row.
+    assert int(b.nfe.sum()) < fc.rows < int(b.nfe.sum()) + 3 * 10
+
+
+def test_trace_records_residuals_and_nan_after_stop():
+    q = torch.tensor([0.1, 0.8], dtype=torch.float64)[:, None]
+    sol = solve(lambda z, q: q * z + 1.0, torch.zeros(2, 3, dtype=torch.float64), q, solver="fixed_point",
+                tol=1e-6, stop="abs", max_iter=200, trace=True)
+    t = sol.trace
+    assert t.shape == (2, int(sol.nstep.max()) + 1)
+    assert sol.abs_trace is t and sol.rel_trace.shape == t.shape
+    torch.testing.assert_close(t[:, 0], torch.full((2,), math.sqrt(3), dtype=torch.float64))
+    n0 = int(sol.nstep[0])
+    assert torch.isfinite(t[0, : n0 + 1]).all() and torch.isnan(t[0, n0 + 1 :]).all()
+    assert t[0, n0] <= 1e-6 < t[0, n0 - 1]
+    assert solve(lambda z: 0.5 * z, torch.ones(2, 2)).trace is None
+
+
+def test_snapshots_are_best_iterates_after_the_given_steps():
+    sol = solve(lambda z: 0.5 * z + 1.0, torch.zeros(2, 1, dtype=torch.float64), solver="fixed_point",
+                tol=1e-12, max_iter=100, snapshots=[0, 1, 3, 1000])
+    values = [s[0, 0].item() for s in sol.snapshots]
+    assert values[:3] == [0.0, 1.0, 1.75]
+    torch.testing.assert_close(sol.snapshots[3], sol.z)
+
+
+def test_best_iterate_is_returned_not_the_last():
+    # Anderson on a map whose residual cannot go below 1: it returns the best, with matching residuals.
+    sol = solve(lambda z: z + torch.cos(z).sign(), torch.zeros(3, 2), solver="anderson", max_iter=20,
+                stall_window=None, diverge_factor=None, trace=True)
+    assert torch.isfinite(sol.z).all()
+    fz = sol.z + torch.cos(sol.z).sign()
+    torch.testing.assert_close(sol.abs_residual, torch.linalg.vector_norm(fz - sol.z, dim=1))
+
+
+# ---- options and inputs ------------------------------------------------------------------------
+
+def test_strict_options_name_the_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown option 'mm' \(did you mean 'm'\?\) for solver 'anderson'; valid: beta, m, max_cond, ridge"):
+        get_solver("anderson", mm=3)
+    with pytest.raises(ValueError, match="unknown option 'memroy'.*did you mean 'memory'"):
+        solve(lambda z: z, torch.zeros(1, 1), solver="broyden", memroy=3)
+    with pytest.raises(ValueError, match="unknown solver 'andersen'.*did you mean 'anderson'.*valid: anderson, broyden, fixed_point, naive"):
+        solve(lambda z: z, torch.zeros(1, 1), solver="andersen")
+    with pytest.raises(ValueError, match="only be given with a solver name"):
+        solve(lambda z: z, torch.zeros(1, 1), solver=Anderson(), m=3)
+    with pytest.raises(TypeError):
+        Anderson(mm=3)
+
+
+@pytest.mark.parametrize("bad", [
+    dict(stop="relative"), dict(tol=-1.0), dict(tol=float("nan")), dict(max_iter=-1), dict(max_iter=2.5),
+    dict(check_every=0), dict(diverge_factor=0.5), dict(stall_window=0), dict(snapshots=[-1]),
+])
+def test_invalid_loop_options(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        solve(lambda z: 0.5 * z, torch.zeros(2, 2), **bad)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: FixedPointIteration(tau=0.0), lambda: FixedPointIteration(tau=1.5), lambda: Anderson(m=0),
+    lambda: Anderson(beta=0.0), lambda: Anderson(ridge=-1.0), lambda: Anderson(max_cond=0.5),
+    lambda: Broyden(memory=0), lambda: Broyden(line_search="yes"), lambda: Broyden(reset_factor=1.0),
+])
+def test_invalid_option_values(make):
+    with pytest.raises(ValueError, match="option"):
+        make()
+
+
+def test_invalid_inputs():
+    with pytest.raises(TypeError, match="floating-point"):
+        solve(lambda z: z, torch.zeros(2, 2, dtype=torch.int64))
+    with pytest.raises(TypeError, match="tensor"):
+        solve(lambda z: z, [[0.0]])
+    with pytest.raises(ValueError, match="B >= 1"):
+        solve(lambda z: z, torch.zeros(0, 3))
+    with pytest.raises(ValueError, match=r"args\[0\] has shape \(3, 2\).*batch 2"):
+        solve(lambda z, x: z, torch.zeros(2, 2), torch.zeros(3, 2))
+    with pytest.raises(ValueError, match="same shape as z"):
+        solve(lambda z: z.sum(dim=1), torch.zeros(2, 2))
+
+
+# ---- dtypes, shapes, devices, autograd ---------------------------------------------------------
+
+@pytest.mark.parametrize("solver", SOLVERS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(5,), (5, 3), (5, 2, 3, 2)])
+def test_dtypes_and_shapes(solver, dtype, shape):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=g).to(dtype)
+    f = lambda z, x: 0.5 * torch.tanh(z) + x  # noqa: E731
+    tol = 1e-5 if dtype == torch.float32 else 1e-10
+    sol = solve(f, torch.zeros(shape, dtype=dtype), x, solver=solver, tol=tol, max_iter=100)
+    assert sol.z.shape == shape and sol.z.dtype == dtype
+    assert sol.abs_residual.dtype == dtype and sol.nfe.dtype == torch.int64 and sol.status.dtype == torch.int64
+    assert sol.converged.all(), sol.describe_failures()
+    torch.testing.assert_close(f(sol.z, x), sol.z, rtol=10 * tol, atol=10 * tol)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_cuda(solver):
+    w = _contraction(d=32, q=0.9).cuda().float()
+    x = torch.randn(16, 32, device="cuda")
+    sol = solve(lambda z, x: torch.tanh(z @ w.T + x), torch.zeros(16, 32, device="cuda"), x, solver=solver,
+                tol=1e-5, max_iter=200)
+    assert sol.z.is_cuda and sol.status.is_cuda and sol.converged.all()
+
+
+@pytest.mark.parametrize("solver", [FixedPointIteration(tau=0.8), Anderson(m=3), Broyden(memory=3)])
+def test_steps_are_differentiable_when_unrolled(solver):
+    # Backpropagating through unrolled steps (grad enabled: buffers are updated out of place)
+    # matches central finite differences of the same computation.
+    from eqsolve.solvers import flat_map
+
+    w = _contraction(d=4, q=0.7)
+    x0 = torch.randn(2, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+
+    def unrolled(x):
+        f = flat_map(lambda z: torch.tanh(z @ w.T + x), (4,))
+        state = solver.init(f, torch.zeros(2, 4, dtype=torch.float64), ())
+        for _ in range(6):
+            state = solver.step(f, state, ())
+        return state.z.sum()
+
+    x = x0.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(unrolled(x), x)
+    eps = 1e-6
+    fd = torch.zeros_like(x0)
+    for i in range(x0.numel()):
+        e = torch.zeros_like(x0).view(-1)
+        e[i] = eps
+        e = e.view_as(x0)
+        with torch.no_grad():
+            fd.view(-1)[i] = (unrolled(x0 + e) - unrolled(x0 - e)) / (2 * eps)
+    torch.testing.assert_close(grad, fd, rtol=1e-5, atol=1e-7)
