@@ -42,7 +42,8 @@ class TaskConfig:
         name: Task name (``sudoku-extreme``).
         data: CSV (``source,question,answer,rating``) or one-puzzle-per-line file; ``None`` uses
             the shipped evaluation set (or, for training, the project's generator).
-        limit: Use only the first ``limit`` puzzles (``None`` = all).
+        limit: Use ``limit`` puzzles, a random subset seeded by ``seed`` (``None`` = all; for
+            the bench it overrides ``bench.limit``).
         min_rating: Keep only puzzles with at least this rating.
     """
 
@@ -103,7 +104,7 @@ class BenchConfig:
     init: str = "random"
     batch_size: int = 32
     threads: int = 2
-    limit: int | None = 64
+    limit: int | None = 32
 
 
 @dataclass
