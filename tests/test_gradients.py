@@ -95,13 +95,17 @@ def test_implicit_matches_dense_solve_float64(solver: str) -> None:
     assert torch.allclose(grads[-1], exact[-1], rtol=1e-6, atol=1e-10)
 
 
-def test_implicit_gradcheck_float64() -> None:
+@pytest.mark.parametrize("strategy, fwd", [
+    (Implicit(solver="anderson", tol=1e-13, max_iter=300), {"solver": "anderson", "tol": 1e-14, "max_iter": 300}),
+    # A fixed number of steps (tol unreachable) makes the unrolled map exactly differentiable.
+    (Unrolled(), {"solver": "anderson", "tol": 1e-30, "max_iter": 6}),
+], ids=["implicit", "unrolled"])
+def test_exact_strategies_gradcheck_float64(strategy, fwd) -> None:
     cell, (x, _) = Cell(n=3, m=2, rho=0.5), make_batch(batch=2, m=2)
-    strategy = Implicit(solver="anderson", tol=1e-13, max_iter=300)
 
     def fn(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         f = lambda z, x: torch.tanh(z @ w.T + x @ cell.U.T)  # noqa: E731
-        z, _ = strategy(f, torch.zeros(2, 3, dtype=D), x, solver="anderson", tol=1e-14, max_iter=300)
+        z, _ = strategy(f, torch.zeros(2, 3, dtype=D), x, **fwd)
         return z
 
     w = cell.W.detach().clone().requires_grad_()
