@@ -2,8 +2,9 @@
 
 For every grid cell (solver, depth, breadth) the bench solves every puzzle with
 :func:`eqsolve.scaling.solve_many` (``breadth`` random starts per puzzle as one batch, at most
-``depth`` NFE per start) and records, per puzzle, whether the aggregated answer is exactly right,
-the NFE spent (all starts together) and the final relative residual of the chosen start. The
+``depth`` NFE per start) and records, per puzzle, whether the aggregated answer is exactly right
+(complete, valid, consistent with the givens), the NFE spent (all starts together) and the final
+residual of the chosen start (mean over its last 3 iterations, of kind ``solver.stop``). The
 chosen solver and the baseline (plain iteration, ``fixed_point``) get the same NFE budgets and
 the same initial states, so the comparison is at equal NFE.
 
@@ -337,6 +338,10 @@ def make_cells(cfg: Any) -> list[Cell]:
         )
     if cfg.solver.max_iter is not None:
         raise ValueError(f"solver.max_iter={cfg.solver.max_iter} is not used by the bench; set bench.depth")
+    from eqsolve.scaling import AGGREGATIONS
+
+    if b.aggregate not in AGGREGATIONS:
+        raise ValueError(f"bench.aggregate={b.aggregate!r} is not one of {', '.join(AGGREGATIONS)}")
     if b.halt not in HALT_MODES:
         raise ValueError(f"bench.halt={b.halt!r} is not one of {', '.join(HALT_MODES)}")
     for name, values in (("depth", b.depth), ("breadth", b.breadth)):
@@ -357,13 +362,12 @@ def _init_distributed() -> bool:
     return False
 
 
-def run_bench(cfg: Any, run_dir: Path | None = None, evaluate: Evaluator = evaluate_chunk) -> dict[str, Any] | None:
+def run_bench(cfg: Any, run_dir: Path | None = None) -> dict[str, Any] | None:
     """Run the bench described by a validated ``config_bench`` config.
 
     Args:
         cfg: Composed config (``eqsolve.config.compose("config_bench", ...)``).
         run_dir: Run folder for plots (``None`` on ranks other than 0: nothing is written).
-        evaluate: Chunk evaluator (tests inject a cheap one).
 
     Returns:
         The ``results.json`` payload on rank 0 (``None`` on other ranks).
@@ -385,8 +389,7 @@ def run_bench(cfg: Any, run_dir: Path | None = None, evaluate: Evaluator = evalu
                              noise=cfg.bench.noise, init=cfg.bench.init, stop=cfg.solver.stop,
                              batch_size=int(cfg.bench.batch_size), seed=int(cfg.seed))
         log.info("bench: %d puzzles, %d cells, %d process(es) × %d thread(s)", len(puzzles), len(cells), world, threads)
-        per_puzzle, seconds = run_grid(model, puzzles, cells, options, evaluate,
-                                       progress=rank == 0 and sys.stderr.isatty())
+        per_puzzle, seconds = run_grid(model, puzzles, cells, options, progress=rank == 0 and sys.stderr.isatty())
     finally:
         if started_group:
             torch.distributed.destroy_process_group()

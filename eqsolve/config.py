@@ -81,7 +81,8 @@ class BenchConfig:
     Attributes:
         depth: NFE budgets per start (one NFE = one outer EqR iteration).
         breadth: Numbers of random starts per puzzle (run as one batch).
-        aggregate: How to pick one answer from the starts (``min_residual``, ``vote``, ...).
+        aggregate: How to pick one answer from the starts: ``min_residual``, ``logit_change``,
+            ``vote``, ``weighted_vote`` or ``any_correct`` (oracle, for analysis).
         halt: Per-row halting: ``none``, ``residual`` (latent residual of kind ``solver.stop``
             below ``halt_tol``) or ``logit`` (learned halting logit > 0).
         halt_tol: Threshold of ``halt: residual``.

@@ -124,3 +124,8 @@ def test_halting_on_residual_saves_nfe(puzzle_csv):
                    "bench.halt=residual", "bench.halt_tol=1e9")
     payload = bench.run_bench(cfg, None)
     assert payload["rows"][0]["nfe_mean"] < 6  # everything is "converged" at a huge tolerance
+
+
+def test_unknown_aggregation_is_an_error_naming_the_valid_ones(puzzle_csv):
+    with pytest.raises(ValueError, match="min_residual"):
+        bench.make_cells(tiny_cfg(puzzle_csv, "bench.aggregate=best"))
