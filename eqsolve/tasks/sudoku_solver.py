@@ -42,6 +42,9 @@ ALL = 0x1FF
 _PEERS = tuple(
     tuple(sorted({j for unit in UNITS if i in unit for j in unit} - {i})) for i in range(81)
 )
+ALL_UNITS = (1 << 27) - 1
+# Bit set of the three units (row, column, box) that contain each cell.
+_UNITS_OF_CELL = tuple(sum(1 << u for u, unit in enumerate(UNITS) if i in unit) for i in range(81))
 _POPCOUNT = tuple(bin(m).count("1") for m in range(512))
 _SINGLE = tuple(m if _POPCOUNT[m] == 1 else 0 for m in range(512))
 _DIGIT_OF_BIT = {1 << d: d + 1 for d in range(9)}
@@ -74,11 +77,12 @@ def _place_hidden(cand: list[int], unit: tuple[int, ...], hidden: int, queue: li
     for i in unit:
         m = cand[i]
         s = m & hidden
-        if s and s != m:
+        if s:
             if s & (s - 1):  # two digits can only go in this one cell
                 return False
-            cand[i] = s
-            queue.append(i)
+            if s != m:
+                cand[i] = s
+                queue.append(i)
     return True
 
 
@@ -86,19 +90,21 @@ def _build_hidden_scan():
     """Compiles the hidden-single scan over the 27 units with the loops unrolled.
 
     The scan runs after every naked-single fixpoint and dominates the solver's time; unrolling
-    it (constant indices, no inner loop) is worth it. For each
-    unit, ``once`` collects digits seen at least once and ``twice`` those seen at least twice,
+    it (constant indices, no inner loop) is worth it. Only units marked in the ``dirty`` bit
+    set (units with a changed cell since the last scan) are scanned: the others cannot hold a
+    new hidden single. For each unit, ``once`` collects digits seen at least once and ``twice`` those seen at least twice,
     so ``once & ~twice`` are the digits with exactly one place; digits already placed (``s``,
     the cells with a single candidate) are left out so that only new hidden singles are placed.
     """
-    lines = ["def _hidden_scan(cand, queue, S=_SINGLE_TABLE):"]
+    lines = ["def _hidden_scan(cand, queue, dirty, S=_SINGLE_TABLE):"]
     for u, unit in enumerate(UNITS):
-        lines.append(f"    o = cand[{unit[0]}]; t = 0; s = S[o]")
+        lines.append(f"    if dirty & {1 << u}:")
+        lines.append(f"        o = cand[{unit[0]}]; t = 0; s = S[o]")
         for i in unit[1:]:
-            lines.append(f"    m = cand[{i}]; t |= o & m; o |= m; s |= S[m]")
-        lines.append("    if o != 511: return False")
-        lines.append("    h = o & ~t & ~s")
-        lines.append(f"    if h and not _place_hidden(cand, UNITS[{u}], h, queue): return False")
+            lines.append(f"        m = cand[{i}]; t |= o & m; o |= m; s |= S[m]")
+        lines.append("        if o != 511: return False")
+        lines.append("        h = o & ~t & ~s")
+        lines.append(f"        if h and not _place_hidden(cand, UNITS[{u}], h, queue): return False")
     lines.append("    return True")
     namespace = {"UNITS": UNITS, "_place_hidden": _place_hidden, "_SINGLE_TABLE": _SINGLE}
     exec(compile("\n".join(lines), "<sudoku hidden-single scan>", "exec"), namespace)
@@ -108,21 +114,26 @@ def _build_hidden_scan():
 _hidden_scan = _build_hidden_scan()
 
 
-def propagate(cand: list[int], queue: list[int]) -> bool:
+def propagate(cand: list[int], queue: list[int], dirty: int = ALL_UNITS) -> bool:
     """Applies naked and hidden singles in place until nothing changes.
 
     Args:
         cand: 81 candidate masks, modified in place.
         queue: cells whose mask is a single digit that still has to be removed from the peers.
+        dirty: bit set of the units that may hold a hidden single (default: all). The units of
+            queued and changed cells are added automatically, so a caller that starts from a
+            fixpoint and only changed queued cells can pass 0.
 
     Returns:
         False on a contradiction (a cell or a unit without candidates), else True.
     """
     peers = _PEERS
+    units_of = _UNITS_OF_CELL
     while True:
         while queue:
             i = queue.pop()
             m = cand[i]
+            dirty |= units_of[i]
             for p in peers[i]:
                 c = cand[p]
                 if c & m:
@@ -130,10 +141,12 @@ def propagate(cand: list[int], queue: list[int]) -> bool:
                     if not c:
                         return False
                     cand[p] = c
+                    dirty |= units_of[p]
                     if not c & (c - 1):
                         queue.append(p)
-        if not _hidden_scan(cand, queue):
+        if not _hidden_scan(cand, queue, dirty):
             return False
+        dirty = 0
         if not queue:
             return True
 
@@ -171,7 +184,7 @@ class _Search:
                 raise _GuessLimit
             child = cand[:]
             child[best] = bit
-            if propagate(child, [best]):
+            if propagate(child, [best], 0):
                 self.run(child)
                 if len(self.solutions) >= self.limit:
                     return
