@@ -145,8 +145,12 @@ def summarize(run: CensusRun, rule: ModeRule | None = None,
         "mode_shares": mode_shares(modes) if modes is not None else None,
         "outcomes": {o: float(np.mean(outcomes == o)) for o in OUTCOMES},
         "attractors_per_problem": float(np.mean([len(c.attractors) for c in run.censuses])),
-        "stability": {f"spectral_radius_{k}_mean": (float(np.mean(v)) if v else None)
-                      for k, v in rhos.items()},
+        "stability": {
+            **{f"spectral_radius_{k}_mean": (float(np.mean(v)) if v else None)
+               for k, v in rhos.items()},
+            "stable_fraction": (float(np.mean([v < 1.0 for v in sum(rhos.values(), [])]))
+                                if any(rhos.values()) else None),
+        },
         "nfe": {"solve_total": int(sum(int(c.nfe.sum()) for c in run.censuses)),
                 "diagnostic_overhead": int(run.probe_nfe)},
         "problems": [{"index": i, "mode": None if modes is None else modes[i], **c.to_dict()}
@@ -247,7 +251,7 @@ def run_diagnose(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     d = cfg.diagnose
     torch.set_num_threads(int(_opt(d, "threads", 2)))
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     model = load_model(cfg)
     limit = _opt(cfg.task, "limit", _opt(d, "limit", 8))
     data = load_puzzles(cfg, int(limit))
@@ -285,6 +289,7 @@ def run_diagnose(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
                               data=cfg.task.data, seed=int(cfg.seed), n_puzzles=len(data.questions))
     report["figures"] = write_figures(run, report["modes"], run_dir)
     report["seconds"] = time.perf_counter() - t0
+    report["cpu_seconds"] = time.process_time() - cpu0  # all threads of this process
     atomic_write_json(run_dir / "diagnostics.json", report)
     signal = report["residual_signal"]
     return {
@@ -296,5 +301,5 @@ def run_diagnose(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
         "accuracy_min_residual": signal["per_problem_min_residual"]["accuracy"],
         "accuracy_any_start": signal["accuracy_any_start"],
         "report": str(run_dir / "diagnostics.json"), "figures": report["figures"],
-        "seconds": report["seconds"],
+        "seconds": report["seconds"], "cpu_seconds": report["cpu_seconds"],
     }

@@ -32,7 +32,7 @@ import torch  # noqa: E402
 from matplotlib.collections import LineCollection  # noqa: E402
 
 from eqsolve.diagnostics_calibration import accuracy_vs_residual  # noqa: E402
-from eqsolve.diagnostics_modes import MODE_DESCRIPTIONS, MODES  # noqa: E402
+from eqsolve.diagnostics_modes import MODES  # noqa: E402
 from eqsolve.diagnostics_records import CensusRun  # noqa: E402
 
 _OK, _BAD, _UNKNOWN = "tab:green", "tab:red", "tab:gray"
@@ -168,8 +168,7 @@ def plot_basin_fractions(run: CensusRun, modes: Sequence[str], path: str | os.Pa
     ax.set_xlabel("problems, grouped by mode")
     ax.set_ylabel("fraction of starts")
     ax.legend(fontsize=7, loc="lower right", framealpha=0.9)
-    ax.set_title("basin fractions per mode: " + "; ".join(
-        f"{m[0]}={MODE_DESCRIPTIONS[m]}" for m in MODES[:4]), fontsize=6)
+    ax.set_title("basin fractions per problem, grouped by landscape mode", fontsize=9)
     return _save(fig, path)
 
 

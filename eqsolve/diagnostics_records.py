@@ -75,6 +75,8 @@ class Attractor:
             "basin_fraction": self.basin_fraction, "mean_residual": self.mean_residual,
             "correct": self.correct, "correct_fraction": self.correct_fraction,
             "spectral_radius": self.spectral_radius, "representative": self.representative,
+            # locally attracting: spectral radius below 1 (None when not measured)
+            "stable": None if self.spectral_radius is None else self.spectral_radius < 1.0,
         }
 
 
