@@ -15,6 +15,7 @@ from eqsolve.tasks.sudoku import (
     solve,
     solve_classical,
 )
+from eqsolve.tasks.sudoku_solver import propagate
 
 
 def test_solves_easy_puzzle_without_guessing():
@@ -53,3 +54,37 @@ def test_no_solution_and_limits():
         solve(INKALA, guess_limit=3)
     with pytest.raises(ValueError):
         solve(WIKI, limit=0)
+
+
+def test_two_hidden_digits_in_one_cell_is_a_contradiction():
+    # Row 1: digits 1 and 2 can only go in cell 0, whose candidates are exactly {1, 2}.
+    cand = [0x1FF] * 81
+    cand[0] = 0b11
+    for i in range(1, 9):
+        cand[i] = 0x1FC
+    assert propagate(list(cand), []) is False
+    # With one of the two digits also possible elsewhere it is a plain hidden single.
+    cand[5] = 0x1FD
+    fixed = list(cand)
+    assert propagate(fixed, []) is True
+    assert fixed[0] == 0b10 and fixed[5] == 0b1
+
+
+def test_rating_does_not_depend_on_propagation_order():
+    # Scanning only the guessed cell's units first, or all units, must reach the same fixpoint.
+    from eqsolve.tasks.sudoku_solver import ALL_UNITS, _initial_candidates
+
+    q = parse_board(INKALA).tolist()
+    cand, queue = _initial_candidates(q)
+    assert propagate(cand, queue)
+    for cell in range(81):
+        m = cand[cell]
+        while m & (m - 1):
+            bit = m & -m
+            m ^= bit
+            lazy, full = list(cand), list(cand)
+            lazy[cell] = full[cell] = bit
+            ok = propagate(lazy, [cell], 0)
+            assert ok == propagate(full, [cell], ALL_UNITS)
+            if ok:
+                assert lazy == full
