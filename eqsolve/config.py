@@ -95,7 +95,7 @@ class BenchConfig:
         limit: Puzzles evaluated by default (``--limit`` / ``task.limit`` override it).
     """
 
-    depth: list[int] = field(default_factory=lambda: [4, 8, 16])
+    depth: list[int] = field(default_factory=lambda: [4, 8, 16, 32])
     breadth: list[int] = field(default_factory=lambda: [1, 4])
     aggregate: str = "min_residual"
     halt: str = "none"
@@ -103,9 +103,9 @@ class BenchConfig:
     baseline: str | None = "fixed_point"
     noise: float | None = 0.0
     init: str = "random"
-    batch_size: int = 32
+    batch_size: int = 24
     threads: int = 2
-    limit: int | None = 32
+    limit: int | None = 48
 
 
 @dataclass
