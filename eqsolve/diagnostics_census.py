@@ -263,7 +263,7 @@ def run_census(
     probe_steps: int = 16,
     cycle_rtol: float = 1e-2,
     revisit_rtol: float = 0.5,
-    stagnation: float = 0.5,
+    stagnation: float = 0.8,
     latent_rtol: float = 0.05,
     latent_atol: float = 1e-3,
     cluster_by: str = "both",

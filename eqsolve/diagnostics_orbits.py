@@ -75,7 +75,7 @@ def classify_orbits(
     step: Tensor,
     cycle_rtol: float = 1e-2,
     revisit_rtol: float = 0.5,
-    stagnation: float = 0.5,
+    stagnation: float = 0.8,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Outcome and period of each probed row (see the module docstring for the rule).
 

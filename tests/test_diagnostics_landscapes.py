@@ -242,3 +242,15 @@ def test_spectral_radius_rotation_and_chunks_and_structured_state():
     torch.testing.assert_close(rho, scale)
     with pytest.raises(ValueError, match="method"):
         spectral_radius(f, z, scale, method="dense")
+
+
+@pytest.mark.parametrize("contraction,expected", [(0.97, "not_converged"), (0.999, "oscillating")])
+def test_damped_spiral_is_still_converging_unless_the_residual_is_flat(contraction, expected):
+    from eqsolve.diagnostics_orbits import classify_orbits, probe_orbits
+
+    th = 0.9  # irrational turn: no exact period
+    turn = contraction * torch.tensor([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]])
+    y, step, _, _ = probe_orbits(lambda s, x: s @ turn.T, torch.ones(2, 2), torch.zeros(2, 1),
+                                 steps=32)
+    outcome, period = classify_orbits(y, step)
+    assert outcome.tolist() == [expected] * 2 and period.tolist() == [0, 0]
