@@ -15,8 +15,10 @@ Dropping the oldest pair therefore yields exactly the Broyden matrix of the rema
 (a consistent limited-memory method, like L-BFGS), and memory never grows with ``max_iter``.
 
 Safeguards, per row: a pair whose Broyden denominator ``s^T H y`` is tiny or non-finite is
-not stored; a singular or non-finite ``M`` and a step that grows the residual by more than
-``reset_factor`` both clear the row's memory (the next step is a plain fixed-point step).
+not stored; a singular or non-finite ``M`` clears the row's memory; a step that grows the
+residual by more than ``reset_factor`` is rejected (the row keeps its previous iterate, so the
+evaluation is spent but the row is not thrown off) and clears the memory, so the next step is
+a plain fixed-point step. Non-finite values are not rejected: they end the row as NONFINITE.
 The optional backtracking line search halves the step for the rows whose residual did not
 decrease enough; it evaluates ``f`` only on those rows (rows must be independent) and costs
 one host sync per backtracking round.
@@ -70,7 +72,8 @@ class Broyden(Solver):
         memory: number of (step, residual change) pairs kept per row.
         line_search: backtrack the step per row until the residual decreases enough.
         max_backtracks: halvings of the step tried by the line search before accepting.
-        reset_factor: clear a row's memory when one step grows its residual by this factor.
+        reset_factor: reject a step that grows a row's residual by more than this factor: the row
+            returns to its previous iterate and clears its memory.
 
     Examples:
         >>> import torch
@@ -85,7 +88,7 @@ class Broyden(Solver):
     memory: int = option(30, "pairs (step, residual change) kept per row; the memory cap")
     line_search: bool = option(False, "per-row backtracking line search on the residual norm")
     max_backtracks: int = option(3, "halvings of the step tried by the line search")
-    reset_factor: float = option(1e3, "clear a row's memory when one step grows its residual by this factor")
+    reset_factor: float = option(10.0, "reject a step that grows a row's residual by this factor; clear its memory")
 
     def __post_init__(self) -> None:
         check_int("memory", self.memory, 1)
@@ -162,13 +165,20 @@ class Broyden(Solver):
         if self.line_search:
             z, fz, nfe = self._line_search(f, state.z, p, g_norm, z, fz, nfe, args)
         g_new = fz - z
+        # Reject a step that grew a row's residual by more than reset_factor: the row goes back
+        # to its previous iterate and forgets its memory (the next step is a plain one).
+        new_norm = torch.linalg.vector_norm(g_new, dim=1)
+        reject = torch.isfinite(new_norm) & (new_norm > self.reset_factor * g_norm)
+        z = torch.where(reject[:, None], state.z, z)
+        fz = torch.where(reject[:, None], state.fz, fz)
+        g_new = torch.where(reject[:, None], g, g_new)
         s, y = z - state.z, g_new - g
         sty = torch.einsum("bmn,bn->bm", state.S, g_new) - stg  # S^T y without another pass
         h_y = self._apply_h(state, y, sty, factors)
         denom = (s * h_y).sum(dim=1)
         scale = torch.linalg.vector_norm(s, dim=1) * torch.linalg.vector_norm(h_y, dim=1)
         store = torch.isfinite(denom) & (denom.abs() > 1e-10 * scale)
-        store = store & torch.isfinite(s).all(dim=1) & torch.isfinite(y).all(dim=1)
+        store = store & torch.isfinite(s).all(dim=1) & torch.isfinite(y).all(dim=1) & ~reject
         slot = state.count % self.memory
         hot = torch.arange(self.memory, device=z.device) == slot
         keep = store[:, None]
@@ -181,7 +191,5 @@ class Broyden(Solver):
         SY = torch.where(keep[:, :, None], _write_sym(state.SY, hot, sy_row, sy_col), state.SY)
         SS = torch.where(keep[:, :, None], _write_sym(state.SS, hot, ss, ss), state.SS)
         stamp = torch.where(hot[None, :] & keep, state.count, state.stamp)
-        # Clear the memory of rows with a singular M or an exploding residual.
-        blew_up = ~(torch.linalg.vector_norm(g_new, dim=1) <= self.reset_factor * g_norm)
-        stamp = torch.where((blew_up | ~factors[2])[:, None], -1, stamp)
+        stamp = torch.where((reject | ~factors[2])[:, None], -1, stamp)
         return BroydenState(z=z, fz=fz, nfe=nfe, S=S, W=W, SY=SY, SS=SS, stamp=stamp, count=state.count + 1)

@@ -33,6 +33,7 @@ class Problem:
     tol: float = 1e-8
     stop: str = "abs"
     options: dict = field(default_factory=dict)  # extra keyword arguments of solve()
+    err_factor: float = 1.0  # ||z - z*|| <= err_factor * ||f(z) - z|| (1/(1-q), or ||(I-A)^-1||)
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -54,7 +55,9 @@ def linear(name: str, a: Tensor, batch: int, seed: int, **kw) -> Problem:
     d = a.shape[0]
     b = torch.randn(batch, d, generator=g, dtype=torch.float64)
     z_star = torch.linalg.solve(torch.eye(d, dtype=a.dtype) - a, b.T).T
-    return Problem(name, lambda z, b: z @ a.T + b, torch.zeros(batch, d, dtype=torch.float64), (b,), z_star, **kw)
+    inv_norm = torch.linalg.matrix_norm(torch.linalg.inv(torch.eye(d, dtype=a.dtype) - a), ord=2).item()
+    return Problem(name, lambda z, b: z @ a.T + b, torch.zeros(batch, d, dtype=torch.float64), (b,), z_star,
+                   err_factor=inv_norm, **kw)
 
 
 def tanh_map(name: str, w: Tensor, batch: int, seed: int, scale: Tensor | None = None, **kw) -> Problem:
@@ -65,7 +68,8 @@ def tanh_map(name: str, w: Tensor, batch: int, seed: int, scale: Tensor | None =
     z_star = 0.8 * (2 * torch.rand(batch, d, generator=g, dtype=torch.float64) - 1)
     x = torch.atanh(z_star) - c * (z_star @ w.T)
     f = lambda z, x, c: torch.tanh(c * (z @ w.T) + x)  # noqa: E731
-    return Problem(name, f, torch.zeros(batch, d, dtype=torch.float64), (x, c), z_star, **kw)
+    q = float(c.max()) * torch.linalg.matrix_norm(w, ord=2).item()  # Lipschitz constant of f
+    return Problem(name, f, torch.zeros(batch, d, dtype=torch.float64), (x, c), z_star, err_factor=1 / (1 - q), **kw)
 
 
 def problems() -> list[Problem]:

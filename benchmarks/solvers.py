@@ -1,0 +1,357 @@
+"""Solver benchmark: eqsolve vs torchdeq 0.1.0 vs scipy.optimize, same problems, same tolerance.
+
+Run (about 3-5 minutes on one thread):
+
+    nice -n 5 python benchmarks/solvers.py            # -> benchmarks/results/solvers.{json,md}
+    python benchmarks/solvers.py --quick               # smaller, 1 run: a smoke test
+
+Method. Every solver gets the same map, start (zeros), relative tolerance (1e-5, the
+eqsolve/torchdeq definition ``||f(z) - z|| / ||f(z)||``) and iteration cap. f-evaluations are
+counted by a wrapper around ``f`` (rows passed to f, divided by the batch size), never taken
+from a solver's own report. Residuals of the returned ``z`` are recomputed here, in float64. A
+solver "solves" a problem when every row's recomputed residual is within the tolerance (1%
+slack for float32 round-off) and ``z`` is finite. Wall time is the median of ``--runs`` runs after
+one warm-up; threads are pinned to 1 (torch, BLAS). The physical limit on the linear problems
+is the number of matrix-vector products scipy's GMRES (no restart) needs per row on
+``(I - A) z = b`` to the same absolute residual. The issue's target ratios are computed at the
+end and printed as pass/fail.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")  # pin BLAS threads before numpy/scipy/torch load
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import scipy  # noqa: E402
+import scipy.optimize  # noqa: E402
+import scipy.sparse.linalg  # noqa: E402
+import torch  # noqa: E402
+import torchdeq  # noqa: E402
+from eqsolve.solvers import solve  # noqa: E402
+from torchdeq.solver import get_solver as torchdeq_get_solver  # noqa: E402
+
+TOL = 1e-5
+SLACK = 1.01
+RESULTS = Path(__file__).resolve().parent / "results"
+EQSOLVE = ("fixed_point", "anderson", "broyden")
+TORCHDEQ = ("fixed_point_iter", "anderson", "broyden")
+SCIPY = ("anderson", "broyden1")
+
+
+@dataclass
+class Problem:
+    name: str
+    f: Callable  # f(z, *args) on (B, d)
+    args: tuple
+    z_star: torch.Tensor  # float64 reference
+    f64: Callable  # the same map in float64 on the whole batch, for recomputing residuals
+    linear: tuple | None = None  # (A, b) when f(z) = z A^T + b
+    plain_works: bool = True
+    small: bool = False
+    info: dict = field(default_factory=dict)
+
+
+class CountingMap:
+    """Wraps f and counts the rows it is evaluated on."""
+
+    def __init__(self, f: Callable):
+        self.f, self.rows = f, 0
+
+    def __call__(self, z, *args):
+        self.rows += z.shape[0] if z.dim() > 1 else 1
+        return self.f(z, *args)
+
+
+def _sym(d: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    return (q * torch.linspace(lo, hi, d, dtype=torch.float64)) @ q.T
+
+
+def make_problems(d: int, batch: int, small_d: int, small_batch: int, seed: int = 0) -> list[Problem]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+
+    def tanh_problem(name, dd, bb, small, scale=None):
+        w = torch.randn(dd, dd, generator=g, dtype=torch.float64)
+        w = 0.99 * w / torch.linalg.eigvals(w).abs().max()
+        x = torch.randn(bb, dd, generator=g, dtype=torch.float64)
+        c = torch.ones(bb, 1, dtype=torch.float64) if scale is None else scale
+        w32, x32, c32 = w.float(), x.float(), c.float()
+        f = lambda z, x, c: torch.tanh(c * (z @ w32.T) + 0.1 * x)  # noqa: E731
+        f64 = lambda z: torch.tanh(c * (z @ w.T) + 0.1 * x)  # noqa: E731
+        ref = solve(f64, torch.zeros(bb, dd, dtype=torch.float64), solver="anderson", tol=1e-13, stop="abs",
+                    max_iter=3000, stall_window=None, compact=False)
+        assert bool(ref.converged.all()), "reference solve failed"
+        return Problem(name, f, (x32, c32), ref.z, f64, small=small,
+                       info={"map": "tanh(c * W z + 0.1 x)", "W": "Gaussian, spectral radius 0.99", "d": dd, "batch": bb})
+
+    def linear_problem(name, dd, bb, lo, hi, small):
+        a = _sym(dd, lo, hi, g)
+        b = torch.randn(bb, dd, generator=g, dtype=torch.float64)
+        a32, b32 = a.float(), b.float()
+        z_star = torch.linalg.solve(torch.eye(dd, dtype=torch.float64) - a, b.T).T
+        plain = max(abs(lo), abs(hi)) < 1
+        return Problem(name, lambda z, b: z @ a32.T + b, (b32,), z_star, lambda z: z @ a.T + b, linear=(a, b),
+                       plain_works=plain,
+                       small=small, info={"map": "A z + b", "A": f"symmetric, eigenvalues uniform on [{lo}, {hi}]",
+                                          "d": dd, "batch": bb})
+
+    out.append(tanh_problem("tanh_rho0.99", d, batch, False))
+    out.append(linear_problem("linear_[-0.95,0.95]", d, batch, -0.95, 0.95, False))
+    out.append(linear_problem("linear_[-1.5,0.9]", d, batch, -1.5, 0.9, False))
+    out.append(tanh_problem("small_tanh_rho0.99", small_d, small_batch, True))
+    out.append(linear_problem("small_linear_[-0.95,0.95]", small_d, small_batch, -0.95, 0.95, True))
+    out.append(linear_problem("small_linear_[-1.5,0.9]", small_d, small_batch, -1.5, 0.9, True))
+    # Mixed batch: 3 in 4 rows are easy (c = 0.3), the rest hard (c = 1): what compaction is for.
+    scale = torch.where(torch.arange(batch) % 4 == 3, 1.0, 0.3).to(torch.float64)[:, None]
+    mixed = tanh_problem("mixed_easy_hard", d, batch, False, scale=scale)
+    mixed.info["rows"] = "3/4 easy (c=0.3), 1/4 hard (c=1)"
+    out.append(mixed)
+    return out
+
+
+def residuals(p: Problem, z: torch.Tensor) -> torch.Tensor:
+    """Relative residual per row, recomputed in float64."""
+    z = z.double().reshape(p.z_star.shape)
+    fz = p.f64(z)
+    return torch.linalg.vector_norm(fz - z, dim=1) / (torch.linalg.vector_norm(fz, dim=1) + 1e-8)
+
+
+def run_eqsolve(p: Problem, name: str, max_iter: int, compact: bool = True):
+    fm = CountingMap(p.f)
+    z0 = torch.zeros(p.z_star.shape, dtype=torch.float32)
+    with torch.no_grad():
+        sol = solve(fm, z0, *p.args, solver=name, tol=TOL, stop="rel", max_iter=max_iter, compact=compact)
+    return sol.z, fm.rows
+
+
+def run_torchdeq(p: Problem, name: str, max_iter: int):
+    fm = CountingMap(p.f)
+    z0 = torch.zeros(p.z_star.shape, dtype=torch.float32)
+    solver = torchdeq_get_solver(name)
+    with torch.no_grad():
+        z, _, _ = solver(lambda z: fm(z, *p.args), z0, max_iter=max_iter, tol=TOL, stop_mode="rel")
+    return z, fm.rows
+
+
+def run_scipy(p: Problem, name: str, max_iter: int):
+    """scipy.optimize's nonlinear solvers work on one vector: solve row by row."""
+    method = getattr(scipy.optimize, name)
+    rows, zs = 0, []
+    for i in range(p.z_star.shape[0]):
+        args = tuple(a[i : i + 1] for a in p.args)
+        fm = CountingMap(p.f)
+
+        def residual(x, fm=fm, args=args):
+            z = torch.from_numpy(np.asarray(x, dtype=np.float32)).view(1, -1)
+            return (fm(z, *args) - z).double().numpy().ravel()
+
+        # Same stopping rule: ||f(z) - z||_2 <= tol * ||f(z*)||_2 (the reference's norm).
+        f_tol = TOL * float(torch.linalg.vector_norm(p.z_star[i]))
+        try:
+            x = method(residual, np.zeros(p.z_star.shape[1]), f_tol=f_tol, tol_norm=np.linalg.norm,
+                       maxiter=max_iter)
+        except scipy.optimize.NoConvergence as e:
+            x = e.args[0]
+        except (ValueError, FloatingPointError, np.linalg.LinAlgError):
+            x = np.full(p.z_star.shape[1], np.nan)
+        rows += fm.rows
+        zs.append(torch.as_tensor(np.asarray(x, dtype=np.float64)))
+    return torch.stack(zs), rows
+
+
+def gmres_matvecs(p: Problem) -> float:
+    """Mean matvecs per row scipy's GMRES (no restart) needs on (I - A) z = b to the same residual."""
+    a, b = (t.numpy() for t in p.linear)
+    d = a.shape[0]
+    counts = []
+    for i in range(b.shape[0]):
+        n = [0]
+
+        def mv(v, n=n):
+            n[0] += 1
+            return v - a @ v
+
+        op = scipy.sparse.linalg.LinearOperator((d, d), matvec=mv, dtype=np.float64)
+        atol = TOL * float(np.linalg.norm(p.z_star[i].numpy()))
+        x, info = scipy.sparse.linalg.gmres(op, b[i], rtol=0.0, atol=atol, restart=d, maxiter=1)
+        assert info == 0, f"GMRES did not reach the tolerance on row {i}"
+        counts.append(n[0])
+    return float(np.mean(counts))
+
+
+def measure(run: Callable, p: Problem, runs: int) -> dict:
+    z, rows = run()  # warm-up run also gives the (deterministic) counts
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t)
+    res = residuals(p, z)
+    finite = bool(torch.isfinite(z).all())
+    max_res = float(res.max()) if finite else math.inf
+    return {
+        "nfe_per_row": rows / p.z_star.shape[0],
+        "wall_s_median": statistics.median(times),
+        "wall_s_runs": times,
+        "max_rel_residual": max_res if math.isfinite(max_res) else None,
+        "finite_z": finite,
+        "solved": finite and max_res <= TOL * SLACK,
+    }
+
+
+def targets(results: dict) -> list[dict]:
+    out = []
+
+    def add(name, problem, value, threshold, note=""):
+        out.append({"target": name, "problem": problem, "value": value, "threshold": threshold,
+                    "pass": value is not None and value <= threshold, "note": note})
+
+    for pname, pr in results["problems"].items():
+        r = pr["results"]
+        if pname == "mixed_easy_hard":
+            for s in EQSOLVE:
+                c, f = r[f"eqsolve.{s}"], r[f"eqsolve.{s}.compact=False"]
+                add(f"compact wall / frozen wall ({s})", pname, c["wall_s_median"] / f["wall_s_median"], 0.6)
+            continue
+        solved = {k: v for k, v in r.items() if v["solved"]}
+        eq = {k: v for k, v in solved.items() if k.startswith("eqsolve.")}
+        td = {k: v for k, v in solved.items() if k.startswith("torchdeq.")}
+        best_eq = min((v["nfe_per_row"] for v in eq.values()), default=None)
+        best_td = min((v["nfe_per_row"] for v in td.values()), default=None)
+        if best_td is not None:
+            add("eqsolve best NFE / torchdeq best NFE", pname, None if best_eq is None else best_eq / best_td, 0.7)
+        if pr.get("gmres_matvecs"):
+            add("eqsolve best NFE / GMRES matvecs", pname, None if best_eq is None else best_eq / pr["gmres_matvecs"], 1.3)
+        aa = r["eqsolve.anderson"]["nfe_per_row"] if r["eqsolve.anderson"]["solved"] else None
+        if r["torchdeq.anderson"]["solved"]:
+            add("eqsolve Anderson NFE / torchdeq Anderson NFE", pname,
+                None if aa is None else aa / r["torchdeq.anderson"]["nfe_per_row"], 0.5)
+        plain = [v["nfe_per_row"] for k, v in solved.items() if k in ("eqsolve.fixed_point", "torchdeq.fixed_point_iter")]
+        if plain:
+            add("eqsolve Anderson NFE / plain iteration NFE", pname, None if aa is None else aa / min(plain), 0.5,
+                "plain iteration: the better of eqsolve's and torchdeq's")
+        fast_eq = min((v["wall_s_median"] for v in eq.values()), default=None)
+        fast_td = min((v["wall_s_median"] for v in td.values()), default=None)
+        if fast_td is not None:
+            add("eqsolve fastest wall / torchdeq fastest wall", pname, None if fast_eq is None else fast_eq / fast_td, 0.6)
+        nonfinite = [k for k, v in r.items() if k.startswith("eqsolve.") and not v["finite_z"]]
+        add("eqsolve solvers returning a non-finite z", pname, float(len(nonfinite)), 0.0, ", ".join(nonfinite))
+    return out
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def to_markdown(results: dict) -> str:
+    m = results["meta"]
+    lines = [
+        "# Solver benchmark: eqsolve vs torchdeq 0.1.0 vs scipy",
+        "",
+        f"Command: `{m['command']}`  ",
+        f"torch {m['torch']}, torchdeq {m['torchdeq']}, scipy {m['scipy']}, python {m['python']}, "
+        f"{m['platform']}; torch threads {m['torch_threads']}, BLAS threads {m['blas_threads']}; commit {m['commit']}.  ",
+        f"Relative tolerance {m['tol']} (`||f(z)-z|| / ||f(z)||`), float32, start z0 = 0, max_iter {m['max_iter']}; "
+        f"wall time: median of {m['runs']} runs after a warm-up. NFE = rows passed to f / batch (counted by a wrapper); "
+        "residuals recomputed by the harness in float64. Solvers run with their default options.",
+        "",
+    ]
+    for pname, pr in results["problems"].items():
+        info = ", ".join(f"{k}: {v}" for k, v in pr["info"].items() if not k.startswith("_"))
+        lines += [f"## {pname}", "", info + ("  " if pr.get("gmres_matvecs") else ""), ]
+        if pr.get("gmres_matvecs"):
+            lines += [f"GMRES limit: {pr['gmres_matvecs']:.1f} matvecs per row."]
+        lines += ["", "| solver | NFE/row | wall (s) | max rel residual | solved |", "|---|---:|---:|---:|:---:|"]
+        for s, v in pr["results"].items():
+            res = "non-finite" if v["max_rel_residual"] is None else f"{v['max_rel_residual']:.2e}"
+            lines.append(f"| {s} | {v['nfe_per_row']:.1f} | {v['wall_s_median']:.4f} | {res} | {'yes' if v['solved'] else 'NO'} |")
+        lines.append("")
+    lines += ["## Targets (issue 2)", "", "| target | problem | value | threshold | result |", "|---|---|---:|---:|:---:|"]
+    for t in results["targets"]:
+        val = "n/a (not solved)" if t["value"] is None else f"{t['value']:.3f}"
+        lines.append(f"| {t['target']} | {t['problem']} | {val} | <= {t['threshold']} | {'pass' if t['pass'] else '**FAIL**'} |")
+    n_fail = sum(not t["pass"] for t in results["targets"])
+    lines += ["", f"{len(results['targets']) - n_fail} of {len(results['targets'])} targets met." +
+              ("" if not n_fail else f" {n_fail} missed (marked FAIL above)."), ""]
+    return "\n".join(lines)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as fh:
+        fh.write(text)
+    os.replace(fh.name, path)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=5, help="timed runs per solver (median reported)")
+    ap.add_argument("--d", type=int, default=512)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--max-iter", type=int, default=300)
+    ap.add_argument("--quick", action="store_true", help="small sizes, 1 run (smoke test)")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.runs, a.d, a.batch = 1, 64, 8
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    problems = make_problems(a.d, a.batch, small_d=32, small_batch=4)
+    results = {"meta": {
+        "command": "nice -n 5 python benchmarks/solvers.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "torch": torch.__version__, "torchdeq": getattr(torchdeq, "__version__", "0.1.0"), "scipy": scipy.__version__,
+        "python": platform.python_version(), "platform": platform.platform(), "torch_threads": torch.get_num_threads(),
+        "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS"), "commit": _git_commit(), "tol": TOL,
+        "max_iter": a.max_iter, "runs": a.runs, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }, "problems": {}}
+    for p in problems:
+        t0 = time.perf_counter()
+        r = {}
+        for s in EQSOLVE:
+            r[f"eqsolve.{s}"] = measure(lambda s=s, p=p: run_eqsolve(p, s, a.max_iter), p, a.runs)
+            if p.name == "mixed_easy_hard":
+                r[f"eqsolve.{s}.compact=False"] = measure(lambda s=s, p=p: run_eqsolve(p, s, a.max_iter, compact=False), p, a.runs)
+        for s in TORCHDEQ:
+            r[f"torchdeq.{s}"] = measure(lambda s=s, p=p: run_torchdeq(p, s, a.max_iter), p, a.runs)
+        if p.small:
+            for s in SCIPY:
+                r[f"scipy.{s}"] = measure(lambda s=s, p=p: run_scipy(p, s, a.max_iter), p, a.runs)
+        entry = {"info": {k: v for k, v in p.info.items() if not k.startswith("_")}, "results": r}
+        if p.linear is not None:
+            entry["gmres_matvecs"] = gmres_matvecs(p)
+        results["problems"][p.name] = entry
+        print(f"{p.name}: {time.perf_counter() - t0:.1f}s  " + "  ".join(
+            f"{k}={v['nfe_per_row']:.0f}{'' if v['solved'] else '(x)'}" for k, v in r.items()), flush=True)
+    results["targets"] = targets(results)
+    md = to_markdown(results)
+    write_atomic(a.out / "solvers.json", json.dumps(results, indent=1))
+    write_atomic(a.out / "solvers.md", md)
+    for t in results["targets"]:
+        val = "n/a" if t["value"] is None else f"{t['value']:.3f}"
+        print(f"{'PASS' if t['pass'] else 'FAIL'}  {t['target']} [{t['problem']}]: {val} (<= {t['threshold']})")
+    return results
+
+
+if __name__ == "__main__":
+    main()
