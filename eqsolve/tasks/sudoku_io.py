@@ -124,6 +124,28 @@ def _parse_row(text: str, path: Path, line: int, what: str) -> np.ndarray:
         raise _data_error(path, line, f"bad {what}: {exc}") from None
 
 
+def _parse_many(texts: list[str], path: Path, lines: list[int], what: str) -> np.ndarray:
+    """Parses many 81-character strings at once (numpy); a bad row raises with its file:line."""
+    out = np.zeros((len(texts), 81), dtype=np.int64)
+    if not texts:
+        return out
+    try:
+        buf = "".join(texts).encode("ascii")
+    except UnicodeEncodeError:
+        buf = b""
+    if len(buf) != 81 * len(texts) or any(len(t) != 81 for t in texts):
+        for text, line in zip(texts, lines):
+            _parse_row(text, path, line, what)  # raises on the first malformed row
+    arr = np.frombuffer(buf, dtype=np.uint8).reshape(len(texts), 81)
+    digit = (arr >= ord("1")) & (arr <= ord("9"))
+    bad = ~(digit | (arr == ord(".")) | (arr == ord("0")))
+    if bad.any():
+        k = int(np.flatnonzero(bad.any(axis=1))[0])
+        _parse_row(texts[k], path, lines[k], what)  # raises with the character and cell
+    out[digit] = arr[digit] - ord("0")
+    return out
+
+
 def _check_givens(q: np.ndarray, path: Path, lines: list[int]) -> None:
     """Vectorised check that no unit repeats a digit; names the first offending row."""
     for start in range(0, len(q), 20000):
@@ -138,31 +160,36 @@ def _check_givens(q: np.ndarray, path: Path, lines: list[int]) -> None:
 def _finish(
     path: Path,
     lines: list[int],
-    questions: list[np.ndarray],
-    answers: list[np.ndarray | None],
+    questions: list[str],
+    answers: list[str],
     ratings: list[int | None],
     sources: list[str],
     min_rating: int | None,
     subsample: int | None,
     augment: int,
     seed: int,
+    question_label: str = "question",
 ) -> SudokuSet:
+    """Validates the raw rows (texts; empty answer = missing) and applies the selections."""
     n = len(questions)
-    q = np.stack(questions) if n else np.zeros((0, 81), dtype=np.int64)
+    q = _parse_many(questions, path, lines, question_label)
     _check_givens(q, path, lines)
+    given = [k for k in range(n) if answers[k]]
     a = np.zeros((n, 81), dtype=np.int64)
+    a[given] = _parse_many([answers[k] for k in given], path, [lines[k] for k in given], "answer")
     r = np.zeros(n, dtype=np.int64)
+    has_answer = np.zeros(n, dtype=bool)
+    has_answer[given] = True
     for k in range(n):
-        if answers[k] is None or ratings[k] is None:
+        if not has_answer[k] or ratings[k] is None:
             res = solve(q[k], limit=2)
             if res.n_solutions != 1:
                 what = "no solution" if res.n_solutions == 0 else "more than one solution"
                 raise _data_error(path, lines[k], f"puzzle has {what}")
-            if answers[k] is None:
-                answers[k] = res.solution
+            if not has_answer[k]:
+                a[k] = res.solution
             if ratings[k] is None:
                 ratings[k] = res.n_backtracks
-        a[k] = answers[k]
         r[k] = ratings[k]
     ok = check_batch(a, q) if n else np.zeros(0, dtype=bool)
     if not ok.all():
@@ -221,8 +248,8 @@ def load_csv(
     _check_options(limit, subsample, augment)
     path = Path(path)
     lines: list[int] = []
-    questions: list[np.ndarray] = []
-    answers: list[np.ndarray | None] = []
+    questions: list[str] = []
+    answers: list[str] = []
     ratings: list[int | None] = []
     sources: list[str] = []
     with open(path, newline="", encoding="utf-8") as fh:
@@ -246,9 +273,8 @@ def load_csv(
                 continue
             if len(row) != len(header):
                 raise _data_error(path, line, f"expected {len(header)} fields, got {len(row)}")
-            questions.append(_parse_row(row[col["question"]], path, line, "question"))
-            answer_text = row[col["answer"]].strip() if "answer" in col else ""
-            answers.append(_parse_row(answer_text, path, line, "answer") if answer_text else None)
+            questions.append(row[col["question"]].strip())
+            answers.append(row[col["answer"]].strip() if "answer" in col else "")
             rating_text = row[col["rating"]].strip() if "rating" in col else ""
             if rating_text:
                 try:
@@ -292,7 +318,7 @@ def load_lines(
     _check_options(limit, subsample, augment)
     path = Path(path)
     lines: list[int] = []
-    questions: list[np.ndarray] = []
+    questions: list[str] = []
     with open(path, encoding="utf-8") as fh:
         for line, text in enumerate(fh, start=1):
             if limit is not None and len(questions) >= limit:
@@ -300,20 +326,21 @@ def load_lines(
             stripped = text.strip()
             if not stripped or stripped.startswith("#"):
                 continue
-            questions.append(_parse_row(stripped.split()[0], path, line, "puzzle"))
+            questions.append(stripped.split()[0])
             lines.append(line)
     n = len(questions)
     return _finish(
         path,
         lines,
         questions,
-        [None] * n,
+        [""] * n,
         [None] * n,
         [path.name] * n,
         min_rating,
         subsample,
         augment,
         seed,
+        question_label="puzzle",
     )
 
 
