@@ -1,0 +1,54 @@
+"""The README measurement script (benchmarks/bench_scaling.py): its helpers and its anytime curves."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_scaling.py"
+
+
+@pytest.fixture(scope="module")
+def bs():
+    spec = importlib.util.spec_from_file_location("bench_scaling", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_first_depth_reaching(bs):
+    acc = np.array([0.0, 0.25, 0.5, 0.5, 0.75])
+    assert bs.first_depth_reaching(acc, 0.5) == 3
+    assert bs.first_depth_reaching(acc, 0.8) is None
+
+
+def test_simulate_halting_stops_at_first_true_step(bs):
+    curves = {"correct": np.array([[False, True, True], [False, False, True], [True, True, False]])}
+    stop = np.array([[False, True, True], [False, False, False], [True, False, False]])
+    accuracy, mean_nfe = bs.simulate_halting(curves, stop)
+    # row 0 stops at NFE 2 (right), row 1 never stops -> NFE 3 (right), row 2 stops at NFE 1 (right)
+    assert accuracy == 1.0 and mean_nfe == pytest.approx((2 + 3 + 1) / 3)
+
+
+def test_anytime_curves_match_solve_many_answers(bs):
+    from eqsolve.models import EqR, EqRConfig
+    from eqsolve.scaling import solve_many
+    from eqsolve.tasks.sudoku import encode_tokens, generate_easy
+
+    torch.manual_seed(0)
+    model = EqR(EqRConfig(hidden_size=16, H_cycles=1, L_cycles=1, L_layers=1, expansion=2.0)).eval()
+    questions = np.stack([q for q, _, _ in generate_easy(3, seed=2)])
+    init = model.init_state(3, generator=torch.Generator().manual_seed(1))
+    for solver in ("fixed_point", "anderson"):
+        curves = bs.anytime_curves(model, questions, solver, 5, init, batch_size=2)
+        assert curves["digits"].shape == (3, 5, 81) and np.isfinite(curves["residual"]).all()
+        assert (curves["digits"][:, 0] != curves["digits"][:, 4]).any()  # the comparison below is not vacuous
+        for depth in (1, 3, 5):
+            with torch.no_grad():
+                result = solve_many(model, encode_tokens(questions), depth=depth, solver=solver, noise=0.0,
+                                    init=init, residual="rel")
+            np.testing.assert_array_equal(result.predictions.numpy(), curves["digits"][:, depth - 1])
