@@ -63,7 +63,7 @@ def rate_list(puzzles: list[str]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--forum", type=int, default=300, help="forum_hardest subsample size")
-    parser.add_argument("--hard", type=int, default=6, help="hard puzzles to generate")
+    parser.add_argument("--hard", type=int, default=6, help="hard puzzles to generate (0: skip)")
     parser.add_argument("--easy", type=int, default=100, help="easy puzzles to generate")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
@@ -96,16 +96,17 @@ def main() -> None:
         "rating_mean": float(r.mean()),
         "share_easy_0_2": float((r <= 2).mean()),
     }
-    stats: dict = {}
-    hard = generate(args.hard, seed=args.seed + 2, easy_fraction=0.0, stats=stats)
-    r = np.array([x[2] for x in hard])
-    out["generate_hard"] = {
-        "n": args.hard,
-        "puzzles_per_min": args.hard / stats["seconds"] * 60,
-        "searches_per_puzzle": stats["attempts"] / max(args.hard, 1),
-        "rating_mean": float(r.mean()),
-        "rating_median": float(np.median(r)),
-    }
+    if args.hard > 0:
+        stats: dict = {}
+        hard = generate(args.hard, seed=args.seed + 2, easy_fraction=0.0, stats=stats)
+        r = np.array([x[2] for x in hard])
+        out["generate_hard"] = {
+            "n": args.hard,
+            "puzzles_per_min": args.hard / stats["seconds"] * 60,
+            "searches_per_puzzle": stats["attempts"] / args.hard,
+            "rating_mean": float(r.mean()),
+            "rating_median": float(np.median(r)),
+        }
     out["load_average_end"] = os.getloadavg()
     text = json.dumps(out, indent=2)
     print(text)
