@@ -170,7 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
     Returns:
         The parser; ``parse_args`` yields a namespace with ``command`` set.
     """
-    parser = argparse.ArgumentParser(prog="eqsolve", description=__doc__.split("\n\n")[0])
+    examples = __doc__.split("Examples:\n")[1].split("\n\n")[0]
+    parser = argparse.ArgumentParser(
+        prog="eqsolve", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Fixed-point solvers and test-time scaling for deep-equilibrium reasoners. Every run "
+                    "command takes GNU flags plus trailing hydra overrides (key=value).",
+        epilog="examples:\n" + examples,
+    )
     parser.add_argument("--version", action="version", version=f"eqsolve {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
@@ -179,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(bench, model_flags=True)
     bench.add_argument("--depth", type=int_list, help="NFE budgets per start, e.g. 4,8,16")
     bench.add_argument("--breadth", type=int_list, help="starts per puzzle, e.g. 1,4")
-    bench.add_argument("--aggregate", help="min_residual | vote | weighted_vote | any_correct ...")
+    bench.add_argument("--aggregate", help="min_residual | logit_change | vote | weighted_vote | any_correct")
     bench.add_argument("--halt", help="none | residual | logit")
 
     diagnose = sub.add_parser("diagnose", help="residual traces, spectral radius, attractor census")
