@@ -20,8 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from .sudoku_board import board_to_string, bucket
+from .sudoku_generator import generate_easy
 from .sudoku_hard import iter_generate
 from .sudoku_io import EVAL_SET_PATH, load_csv, save_csv
+from .sudoku_symmetry import canonical_form, contamination
 
 __all__ = ["main", "write_provenance"]
 
@@ -50,8 +52,38 @@ def _git_commit() -> str:
         return "unknown"
 
 
+def contamination_report(data, check_easy: int, easy_seed: int = 0) -> list[str]:
+    """Provenance lines: duplicates inside the set and overlap with the easy training generator.
+
+    Args:
+        data: the evaluation SudokuSet.
+        check_easy: how many ``generate_easy(..., seed=easy_seed)`` puzzles to compare with.
+        easy_seed: the training generator's seed to check.
+
+    Returns:
+        Markdown bullet lines.
+    """
+    forms = [canonical_form(q) for q in data.questions]
+    lines = [
+        f"- distinct puzzles up to symmetry (canonical forms): {len(set(forms))} of {len(forms)}"
+    ]
+    if check_easy > 0:
+        easy = np.stack([q for q, _, _ in generate_easy(check_easy, seed=easy_seed)])
+        hits = contamination(easy, data.questions)
+        lines.append(
+            f"- equivalent to one of `generate_easy({check_easy}, seed={easy_seed})` "
+            f"(the training generator): {len(hits)}"
+        )
+    return lines
+
+
 def write_provenance(
-    csv_path: Path, command: str, options: dict, seconds: float, attempts: int
+    csv_path: Path,
+    command: str,
+    options: dict,
+    seconds: float,
+    attempts: int,
+    check_easy: int = 0,
 ) -> Path:
     """Writes ``<name>.PROVENANCE.md`` next to the CSV from the CSV's own contents.
 
@@ -61,6 +93,7 @@ def write_provenance(
         options: generator options (seed, target, ...).
         seconds: total generation wall time.
         attempts: local-search runs (including discarded ones).
+        check_easy: also count puzzles equivalent to the first ``check_easy`` training puzzles.
 
     Returns:
         The provenance path.
@@ -83,6 +116,7 @@ def write_provenance(
         "- rating = backtracks of `eqsolve.tasks.sudoku_solver.rate` (not tdoku's scale): "
         f"mean {float(r.mean()):.1f}, median {float(np.median(r)):.1f}, max {int(r.max())}",
         f"- buckets (easy 0-2 / medium 3-20 / hard > 20): {buckets}",
+        *contamination_report(data, check_easy),
         "",
         "| rating | puzzles |",
         "|---|---:|",
@@ -107,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--easy-fraction", type=float, default=0.25)
     parser.add_argument("--target", type=int, default=30)
     parser.add_argument("--min-hard", type=int, default=21)
+    parser.add_argument("--check-easy", type=int, default=2000, help="contamination check size")
     args = parser.parse_args(argv)
     options = dict(
         seed=args.seed,
@@ -154,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     save_csv(load_csv(tmp_csv), args.out)  # validates every row (unique, answer matches)
     tmp_csv.unlink()
     command = "python -m eqsolve.tasks.sudoku_eval_build " + " ".join(argv or sys.argv[1:])
-    print(write_provenance(args.out, command, options, seconds, attempts))
+    print(write_provenance(args.out, command, options, seconds, attempts, args.check_easy))
     return 0
 
 
