@@ -47,7 +47,12 @@ def _product_fn(
     if method == "jvp":
 
         def product(v: Tensor) -> Tensor:
-            return torch.func.jvp(lambda s: f(s, *args), (z.detach(),), (v,))[1]
+            try:
+                return torch.func.jvp(lambda s: f(s, *args), (z.detach(),), (v,))[1].detach()
+            except NotImplementedError as err:  # e.g. CPU scaled_dot_product_attention
+                raise NotImplementedError(
+                    f"method='jvp' needs forward-mode AD for every op of f; use method='vjp' "
+                    f"({err})") from err
 
         return product
     raise ValueError(f"method must be 'vjp' or 'jvp', got {method!r}")
@@ -110,12 +115,14 @@ def spectral_radius(
         *args: batch-first tensors sliced together with `z` (e.g. the input injection x).
         n_iter: Jacobian products per row in total (power iteration + Arnoldi).
         n_arnoldi: trailing Arnoldi steps (Krylov dimension of the final Ritz problem).
-        method: "vjp" (reverse mode, one forward) or "jvp" (forward mode, no stored graph).
+        method: "vjp" (reverse mode, one forward; works for any differentiable f) or "jvp"
+            (forward mode, no stored graph; needs forward-AD support of every op, which e.g.
+            CPU scaled-dot-product attention lacks in torch 2.x).
         chunk_size: rows per batched product (bounds memory); default all rows at once.
         generator: seeds the random start vector.
 
     Returns:
-        (B,) float32 estimates of max |eigenvalue| of df/dz at each row.
+        (B,) float32 estimates of max |eigenvalue| of df/dz at each row (no graph).
 
     Example:
         >>> f = lambda z, x: torch.tanh(0.5 * z + x)
@@ -135,4 +142,4 @@ def spectral_radius(
         chunk_args = tuple(a[rows] if isinstance(a, Tensor) else a for a in args)
         product = _product_fn(f, z[rows], chunk_args, method)
         out.append(_spectral_radius_rows(product, z[rows], n_iter, n_arnoldi, generator))
-    return torch.cat(out)
+    return torch.cat(out).detach()

@@ -137,3 +137,23 @@ def test_run_diagnose_end_to_end(tmp_path):
     assert report["settings"]["checkpoints"] == [1, 2, 4]
     for path in summary["figures"].values():
         assert (tmp_path / path.split("/")[-1]).is_file()
+
+
+def test_spectral_radius_on_an_eqr_state_matches_dense_eigvals():
+    from eqsolve.diagnostics import spectral_radius
+    from eqsolve.models.eqr import EqR, EqRConfig
+
+    torch.manual_seed(0)
+    model = EqR(EqRConfig(seq_len=9, hidden_size=8, H_cycles=1, L_cycles=2, L_layers=1,
+                          num_heads=2, expansion=2.0, mixer="mlp_t")).double().eval()
+    x = model.embed(torch.randint(1, 11, (2, 9))).detach()
+    s = model.init_state(2)  # (2, 2, 9, 8): the (B, 2, L, d) state, 144 numbers per row
+
+    def f(state, inj):
+        return model.map(state, inj, noise=0.0)
+
+    est = spectral_radius(f, s, x, n_iter=40, generator=torch.Generator().manual_seed(0))
+    dense = [torch.autograd.functional.jacobian(lambda v, i=i: f(v[None], x[i:i + 1])[0], s[i])
+             .reshape(144, 144) for i in range(2)]
+    ref = torch.stack([torch.linalg.eigvals(j).abs().max() for j in dense]).detach()
+    torch.testing.assert_close(est.double(), ref, rtol=1e-3, atol=1e-6)
