@@ -29,7 +29,9 @@ class DigitsDEQ(nn.Module):
         self.mix = nn.Linear(width, width, bias=False)
         self.norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, 10)
-        self.deq = DEQ(self.cell, solver="anderson", grad=grad, tol=1e-4, max_iter=max_iter)
+        # Test-time depth: evaluation may iterate longer than training did.
+        self.deq = DEQ(self.cell, solver="anderson", grad=grad, tol=1e-4, max_iter=max_iter,
+                       eval_max_iter=3 * max_iter)
 
     def cell(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return self.norm(torch.tanh(self.mix(z) + x))
