@@ -108,6 +108,10 @@ def _signal(residual: np.ndarray, correct: np.ndarray, target_accuracy: float) -
                            "auroc": residual_auroc(r, correct)}
     out["bins"] = accuracy_vs_residual(r, correct, n_bins=min(10, max(r.size // 5, 1)))
     out["halting"] = halting_threshold(r, correct, target_accuracy)
+    # calibration of "residual <= t => correct": accuracy / coverage at <= 20 thresholds
+    curve = threshold_curve(r, correct)
+    keep = np.unique(np.linspace(0, len(curve["threshold"]) - 1, 20).round().astype(int))
+    out["calibration"] = {k: [v[i] for i in keep] for k, v in curve.items()}
     return out
 
 

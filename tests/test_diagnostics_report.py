@@ -47,6 +47,9 @@ def test_summary_is_consistent_with_the_censuses(well_run):
     ok = np.concatenate([c.correct for c in well_run.censuses])
     assert per_start["accuracy"] == pytest.approx(ok.mean())
     assert per_start["auroc"] == pytest.approx(residual_auroc(res, ok))
+    calib = per_start["calibration"]
+    assert calib["coverage"][-1] == 1.0 and calib["accuracy"][-1] == pytest.approx(ok.mean())
+    assert calib["threshold"] == sorted(calib["threshold"])
     assert [d["depth"] for d in report["depth"]] == [5, 20, 60, 120]
     # deeper solves lower the median residual on a double well
     assert report["depth"][-1]["residual_median"] < report["depth"][0]["residual_median"]
