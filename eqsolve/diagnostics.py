@@ -11,7 +11,8 @@ The public entry points, re-exported from the flat modules that implement them:
 - `auroc`, `residual_auroc`, `accuracy_vs_residual`, `halting_threshold`
   (`eqsolve.diagnostics_calibration`): the residual as a correctness signal;
 - `spectral_radius` (`eqsolve.diagnostics_spectral`): matrix-free local stability;
-- figures (`eqsolve.diagnostics_plots`).
+- cycle / oscillation detection (`eqsolve.diagnostics_orbits`), the census records
+  (`eqsolve.diagnostics_records`) and the figures (`eqsolve.diagnostics_plots`).
 
 This module adds `summarize` (census -> JSON report), `write_figures`, `eqr_system` (the EqR
 reasoner as a `FixedPointSystem`) and `run_diagnose`, the body of `eqsolve diagnose`.
