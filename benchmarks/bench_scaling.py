@@ -153,7 +153,9 @@ def markdown(report: dict[str, Any]) -> str:
         nfe = entry["nfe_to_target"]
         ratio = "-" if nfe is None else f"{nfe / a['depth']:.2f}×"
         lines.append(f"| {name} | {accs} | {nfe if nfe is not None else 'not reached'} | {ratio} |")
-    lines += ["", f"Target: plain iteration's accuracy at depth {a['depth']} = {100 * target:.1f}%.", "",
+    lines += ["", f"Target: plain iteration's accuracy at depth {a['depth']} = {100 * target:.1f}%."
+              + (" Plain iteration solves nothing here, so sections 1 and 2 are not meaningful." if target == 0
+                 else ""), "",
               f"## 2. Halting (plain iteration, budget {a['depth']} NFE)", "",
               "| rule | accuracy | mean NFE | NFE saved |", "|---|---|---|---|"]
     for row in report["halting"]["rows"]:
