@@ -394,6 +394,12 @@ class Unrolled(GradientStrategy):
     def __call__(self, f: FixedPointFn, z0: Tensor, *args: Tensor, solver: Any = "anderson",
                  tol: float = 1e-4, stop: str = "rel", max_iter: int = 50,
                  **solver_options: Any) -> tuple[Tensor, GradSolution]:
+        if stop not in ("rel", "abs"):
+            raise ValueError(f"Unrolled: stop must be 'rel' or 'abs', got {stop!r}")
+        if not (isinstance(max_iter, int) and max_iter >= 0):
+            raise ValueError(f"Unrolled: max_iter must be an int >= 0, got {max_iter!r}")
+        if not isinstance(solver, str) and solver_options:
+            raise ValueError(f"Unrolled: solver options {sorted(solver_options)} given with a solver object")
         solver_obj = get_solver(solver, **solver_options) if isinstance(solver, str) else solver
         return _unrolled_solve(f, z0, args, solver_obj, tol=tol, stop=stop, max_iter=max_iter,
                                last_k=self.k)

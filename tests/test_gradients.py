@@ -256,6 +256,11 @@ def test_registry_by_name_and_errors() -> None:
         Phantom(k=0)
     with pytest.raises(ValueError, match="tau must be"):
         Phantom(tau=1.5)
+    z0, x = torch.zeros(2, 5, dtype=D), torch.zeros(2, 3, dtype=D)
+    with pytest.raises(ValueError, match="stop"):
+        Unrolled()(Cell(), z0, x, stop="relative")
+    with pytest.raises(ValueError, match="unknown option"):
+        Unrolled()(Cell(), z0, x, solver="anderson", not_an_option=1)
 
 
 def test_forward_solution_is_reported() -> None:
