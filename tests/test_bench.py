@@ -129,3 +129,19 @@ def test_halting_on_residual_saves_nfe(puzzle_csv):
 def test_unknown_aggregation_is_an_error_naming_the_valid_ones(puzzle_csv):
     with pytest.raises(ValueError, match="min_residual"):
         bench.make_cells(tiny_cfg(puzzle_csv, "bench.aggregate=best"))
+
+
+def test_load_model_reads_official_and_native_checkpoints(tmp_path):
+    from eqsolve.models import EqR, EqRConfig
+
+    torch.manual_seed(0)
+    model = EqR(EqRConfig(hidden_size=16, H_cycles=1, L_cycles=1, L_layers=1))
+    arch = {"hidden_size": 16, "H_cycles": 1, "L_cycles": 1, "L_layers": 1, "expansion": 4, "num_heads": 2,
+            "mlp_t": True, "lambda_": 0.95, "noise_scale": 0.01, "H_init_std": 1.0, "L_init_std": 1.0}
+    torch.save({"model": {f"_orig_mod.model.inner.{k}": v for k, v in model.state_dict().items()},
+                "config": {"arch": arch}}, tmp_path / "eqr.pth")
+    model.save_checkpoint(tmp_path / "native.pt")
+    for name in ("eqr.pth", "native.pt"):
+        loaded = bench.load_model(compose("config_bench", [f"checkpoint={tmp_path / name}"]))
+        assert not loaded.training
+        assert torch.equal(loaded.lm_head.weight, model.lm_head.weight), name
