@@ -167,13 +167,15 @@ def solve(
         res = rel_r if stop == "rel" else abs_r
         best_res = best_rel if stop == "rel" else best_abs
         finite = torch.isfinite(res)
-        live = ~done
-        improved = live & finite & (res < best_res)
+        # Without freezing, every row still in the batch is live: skip the masking ops.
+        live = ~done if freeze else None
+        ok = finite if live is None else live & finite
+        improved = ok & (res < best_res)
         best_z = torch.where(improved[:, None], state.z, best_z)
         best_abs = torch.where(improved, abs_r, best_abs)
         best_rel = torch.where(improved, rel_r, best_rel)
         best_res = best_rel if stop == "rel" else best_abs
-        min_abs = torch.where(live & finite, torch.minimum(min_abs, abs_r), min_abs)
+        min_abs = torch.where(ok, torch.minimum(min_abs, abs_r), min_abs)
         progress = best_res < _PROGRESS * ref_res
         ref_res = torch.where(progress, best_res, ref_res)
         ref_step = torch.where(progress, torch.full_like(ref_step, k), ref_step)
@@ -184,10 +186,11 @@ def solve(
             new_status = torch.where(abs_r > diverge_factor * min_abs, int(Status.DIVERGED), new_status)
         new_status = torch.where(finite & (res <= tol), int(Status.CONVERGED), new_status)
         new_status = torch.where(finite, new_status, int(Status.NONFINITE))
-        stops = live & (new_status >= 0)
+        stops = new_status >= 0 if live is None else live & (new_status >= 0)
         status = torch.where(stops, new_status, status)
         for kind, buf in trace_bufs.items():
-            buf[idx, k] = torch.where(live, (abs_r if kind == "abs" else rel_r), math.nan)
+            value = abs_r if kind == "abs" else rel_r
+            buf[idx, k] = value if live is None else torch.where(live, value, math.nan)
         done = done | stops
 
         if k in snap_steps:
@@ -216,7 +219,7 @@ def solve(
         # --- one step of the solver on the active rows ---
         new_state = algo.step(g, state, active_args)
         state = select_rows(done, state, new_state) if freeze else new_state
-        nstep = nstep + (~done).to(idx_dtype)
+        nstep = nstep + (~done).to(idx_dtype) if freeze else nstep + 1
         k += 1
 
     flush()

@@ -27,7 +27,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._base import FlatMap, Solver, SolverState, check_int, check_real, option, write_slot
+from ._base import (
+    FlatMap,
+    Solver,
+    SolverState,
+    batched_combine,
+    batched_dot,
+    check_int,
+    check_real,
+    option,
+    write_slot,
+)
 
 __all__ = ["Anderson", "AndersonState"]
 
@@ -41,6 +51,8 @@ class AndersonState(SolverState):
         dX: ``(B, m, n)`` ring buffer of ``dz_i + beta * dg_i`` (the update directions).
         gram: ``(B, m, m)`` ``dG dG^T`` (entries of invalid slots are meaningless).
         valid: ``(B, m)`` bool, which slots hold usable history for the row.
+        dGg: ``(B, m)`` ``dG g`` for the current residual ``g = fz - z`` (cached: it is both the
+            next right-hand side and, differenced, the next Gram column).
         slot: ring position the next difference is written to (shared by all rows).
     """
 
@@ -48,6 +60,7 @@ class AndersonState(SolverState):
     dX: Tensor
     gram: Tensor
     valid: Tensor
+    dGg: Tensor
     slot: int = 0
 
 
@@ -75,7 +88,7 @@ class Anderson(Solver):
 
     m: int = option(20, "history size: number of stored (dz, dg) differences per row")
     beta: float = option(1.0, "mixing in (0, 1]: z+ = z + beta g - (dZ + beta dG) gamma")
-    ridge: float = option(1e-7, "Tikhonov ridge relative to the Gram diagonal (scale-free)")
+    ridge: float = option(1e-6, "Tikhonov ridge relative to the Gram diagonal (scale-free)")
     max_cond: float | None = option(None, "drop dependent history columns beyond this condition (None: 1e-2/eps)")
 
     def __post_init__(self) -> None:
@@ -93,61 +106,66 @@ class Anderson(Solver):
             z=z0, fz=fz, nfe=torch.ones(b, dtype=torch.int64, device=z0.device),
             dG=z0.new_zeros(b, self.m, n), dX=z0.new_zeros(b, self.m, n),
             gram=z0.new_zeros(b, self.m, self.m),
-            valid=torch.zeros(b, self.m, dtype=torch.bool, device=z0.device), slot=0,
+            valid=torch.zeros(b, self.m, dtype=torch.bool, device=z0.device), dGg=z0.new_zeros(b, self.m), slot=0,
         )
 
-    def coefficients(self, state: AndersonState) -> tuple[Tensor, Tensor]:
-        """Solve the regularised least-squares problem for ``gamma``.
+    def coefficients(self, state: AndersonState, rhs: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Solve the regularised least-squares problem ``min ||g - dG gamma||`` for ``gamma``.
+
+        Args:
+            state: the Anderson state.
+            rhs: ``dG v`` for the vector to fit (default: the cached ``dG g`` of the state).
 
         Returns:
-            ``(gamma, valid)``: ``(B, m)`` coefficients (0 on unused slots) and the ``(B, m)``
-            history mask after dropping dependent columns and restarting singular rows.
+            ``(gamma, valid)``: ``(B, m)`` coefficients (0 on unused slots, all 0 for a row whose
+            system is singular or non-finite) and the ``(B, m)`` history mask for the next steps:
+            without numerically dependent columns, empty for rows that restart.
         """
-        g = state.fz - state.z
         valid = state.valid
-        rhs = torch.einsum("bmn,bn->bm", state.dG, g)
+        rhs = state.dGg if rhs is None else rhs
         # The small m x m systems are solved in float64: cheap, and it keeps the pivots honest.
         gram, rhs = state.gram.double(), rhs.double()
         eps = torch.finfo(state.z.dtype).eps
         max_cond = self.max_cond if self.max_cond is not None else 1e-2 / eps
-        for _ in range(2):  # second pass only matters for rows that dropped columns
-            vv = valid[:, :, None] & valid[:, None, :]
-            diag = torch.diagonal(gram, dim1=1, dim2=2)
-            scale = torch.where(valid & (diag > 0), diag, 1.0).rsqrt()
-            eye = torch.eye(self.m, dtype=gram.dtype, device=gram.device)
-            scaled = torch.where(vv, gram * scale[:, :, None] * scale[:, None, :], 0.0)
-            scaled = scaled + eye * torch.where(valid, self.ridge, 1.0)[:, None, :]
-            chol, info = torch.linalg.cholesky_ex(scaled)
-            pivots = torch.diagonal(chol, dim1=1, dim2=2) ** 2
-            singular = (info != 0) | ~torch.isfinite(pivots).all(dim=1)
-            dependent = valid & (pivots < (1.0 + self.ridge) / max_cond)
-            valid = valid & ~dependent & ~singular[:, None]
-        rhs_scaled = torch.where(valid, rhs * scale, 0.0)
-        chol = torch.where(singular[:, None, None], eye, chol)
-        y = torch.cholesky_solve(rhs_scaled[:, :, None], chol)[:, :, 0]
-        gamma = torch.where(valid, y * scale, 0.0)
-        ok = torch.isfinite(gamma).all(dim=1)
-        valid = valid & ok[:, None]
-        gamma = torch.where(valid, gamma, 0.0)
-        return gamma.to(state.z.dtype), valid
+        diag = torch.diagonal(gram, dim1=1, dim2=2)
+        scale = torch.where(valid & (diag > 0), diag, 1.0).rsqrt()
+        vv = valid[:, :, None] & valid[:, None, :]
+        # Jacobi scaling makes the ridge relative to each column's norm; unused slots get a 1.
+        scaled = torch.where(vv, gram * (scale[:, :, None] * scale[:, None, :]), 0.0)
+        scaled = scaled + torch.diag_embed(torch.where(valid, self.ridge, 1.0))
+        chol, info = torch.linalg.cholesky_ex(scaled)
+        pivots = torch.diagonal(chol, dim1=1, dim2=2) ** 2
+        singular = (info != 0) | ~torch.isfinite(pivots).all(dim=1)
+        chol = torch.where(singular[:, None, None], torch.eye(self.m, dtype=chol.dtype, device=chol.device), chol)
+        y = torch.cholesky_solve(torch.where(valid, rhs * scale, 0.0).unsqueeze(2), chol).squeeze(2)
+        gamma = torch.where(valid & ~singular[:, None], y * scale, 0.0)
+        ok = torch.isfinite(gamma).all(dim=1) & ~singular
+        gamma = torch.where(ok[:, None], gamma, 0.0)
+        # Restart rows whose system failed; drop columns that are numerically dependent on the
+        # others (tiny Cholesky pivot) from the next steps on. This step's solve is still sound:
+        # the ridge bounds the pivots from below.
+        keep = valid & ok[:, None] & (pivots >= (1.0 + self.ridge) / max_cond)
+        return gamma.to(state.z.dtype), keep
 
     def step(self, f: FlatMap, state: AndersonState, args: Sequence[Any]) -> AndersonState:
         """One Anderson step (one evaluation of ``f``), then push the new difference."""
         g = state.fz - state.z
         gamma, valid = self.coefficients(state)
-        z = state.z + self.beta * g - torch.einsum("bm,bmn->bn", gamma, state.dX)
+        z = state.z + self.beta * g - batched_combine(gamma, state.dX)
         fz = f(z, *args)
-        dg, dz = (fz - z) - g, z - state.z
+        g_new = fz - z
+        dg, dz = g_new - g, z - state.z
         # Push the new pair into the ring buffer and its Gram row/column.
         hot = torch.arange(self.m, device=z.device) == state.slot
+        dGg_old = torch.where(hot, (dg * g).sum(dim=1, keepdim=True), state.dGg)  # new dG times old g
         dG = write_slot(state.dG, state.slot, dg)
         dX = write_slot(state.dX, state.slot, dz + self.beta * dg)
-        col = torch.einsum("bmn,bn->bm", dG, dg)
+        dGg = batched_dot(dG, g_new)  # the one pass over the history for the next step
+        col = torch.where(hot, (dg * dg).sum(dim=1, keepdim=True), dGg - dGg_old)  # dG dg = dG g_new - dG g
         gram = torch.where(hot[None, :, None], col[:, None, :], state.gram)
         gram = torch.where(hot[None, None, :], col[:, :, None], gram)
-        valid = valid | hot[None, :]
         return AndersonState(
-            z=z, fz=fz, nfe=state.nfe + 1, dG=dG, dX=dX, gram=gram, valid=valid,
+            z=z, fz=fz, nfe=state.nfe + 1, dG=dG, dX=dX, gram=gram, valid=valid | hot[None, :], dGg=dGg,
             slot=(state.slot + 1) % self.m,
         )
 
@@ -157,6 +175,5 @@ class Anderson(Solver):
         ``H v = -beta v + (dZ + beta dG) (dG^T dG + ridge)^{-1} dG^T v`` over the usable history;
         with ``ridge=0``, ``H dg_i = dz_i`` for every stored pair (the secant conditions).
         """
-        probe = type(state)(**{**state.__dict__, "z": state.z.new_zeros(state.z.shape), "fz": v})
-        gamma, _ = self.coefficients(probe)
-        return -self.beta * v + torch.einsum("bm,bmn->bn", gamma, state.dX)
+        gamma, _ = self.coefficients(state, batched_dot(state.dG, v))
+        return -self.beta * v + batched_combine(gamma, state.dX)

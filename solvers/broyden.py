@@ -33,7 +33,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._base import FlatMap, Solver, SolverState, check_int, check_real, option, write_slot
+from ._base import (
+    FlatMap,
+    Solver,
+    SolverState,
+    batched_combine,
+    batched_dot,
+    check_int,
+    check_real,
+    option,
+    write_slot,
+)
 
 __all__ = ["Broyden", "BroydenState"]
 
@@ -127,14 +137,14 @@ class Broyden(Solver):
 
     def apply_h(self, state: BroydenState, v: Tensor, factors: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
         """``H v`` for a ``(B, n)`` batch of vectors (pass ``factor(state)`` to reuse it)."""
-        return self._apply_h(state, v, torch.einsum("bmn,bn->bm", state.S, v), factors)
+        return self._apply_h(state, v, batched_dot(state.S, v), factors)
 
     def _apply_h(self, state: BroydenState, v: Tensor, stv: Tensor,
                  factors: tuple[Tensor, Tensor, Tensor] | None) -> Tensor:
         lu, piv, ok = factors if factors is not None else self.factor(state)
         coef = torch.linalg.lu_solve(lu, piv, stv.double()[:, :, None])[:, :, 0]
         coef = torch.where(ok[:, None] & (state.stamp >= 0), coef, 0.0).to(v.dtype)
-        return -v + torch.einsum("bm,bmn->bn", coef, state.W)
+        return -v + batched_combine(coef, state.W)
 
     def _line_search(self, f: FlatMap, z: Tensor, p: Tensor, g_norm: Tensor, z_new: Tensor,
                      fz_new: Tensor, nfe: Tensor, args: Sequence[Any]) -> tuple[Tensor, Tensor, Tensor]:
@@ -156,7 +166,7 @@ class Broyden(Solver):
         """One Broyden step (one evaluation of ``f``; more with the line search), then update."""
         factors = self.factor(state)
         g = state.fz - state.z
-        stg = torch.einsum("bmn,bn->bm", state.S, g)
+        stg = batched_dot(state.S, g)
         p = -self._apply_h(state, g, stg, factors)
         z = state.z + p
         fz = f(z, *args)
@@ -173,7 +183,7 @@ class Broyden(Solver):
         fz = torch.where(reject[:, None], state.fz, fz)
         g_new = torch.where(reject[:, None], g, g_new)
         s, y = z - state.z, g_new - g
-        sty = torch.einsum("bmn,bn->bm", state.S, g_new) - stg  # S^T y without another pass
+        sty = batched_dot(state.S, g_new) - stg  # S^T y without another pass
         h_y = self._apply_h(state, y, sty, factors)
         denom = (s * h_y).sum(dim=1)
         scale = torch.linalg.vector_norm(s, dim=1) * torch.linalg.vector_norm(h_y, dim=1)
@@ -185,9 +195,9 @@ class Broyden(Solver):
         # Rows that skip this pair keep their old slot content (and its time stamp).
         S = write_slot(state.S, slot, torch.where(keep, s, state.S[:, slot]))
         W = write_slot(state.W, slot, torch.where(keep, s + y, state.W[:, slot]))
-        ss = torch.einsum("bmn,bn->bm", S, s)
+        ss = batched_dot(S, s)
         sy_col = torch.where(hot, (s * y).sum(dim=1, keepdim=True), sty)  # s_i . y (new column)
-        sy_row = torch.einsum("bmn,bn->bm", W, s) - ss  # s . y_j = s . (w_j - s_j) (new row)
+        sy_row = batched_dot(W, s) - ss  # s . y_j = s . (w_j - s_j) (new row)
         SY = torch.where(keep[:, :, None], _write_sym(state.SY, hot, sy_row, sy_col), state.SY)
         SS = torch.where(keep[:, :, None], _write_sym(state.SS, hot, ss, ss), state.SS)
         stamp = torch.where(hot[None, :] & keep, state.count, state.stamp)
