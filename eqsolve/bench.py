@@ -97,6 +97,9 @@ def load_model(cfg: Any) -> torch.nn.Module:
     """
     from eqsolve.models.eqr import EqR, EqRConfig
 
+    device = torch.device(cfg.device)  # a malformed name raises here, before any loading
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={cfg.device!r} but CUDA is not available on this machine; use --device cpu")
     model_overrides = dict(cfg.model or {})
     if cfg.checkpoint == "random":
         torch.manual_seed(int(cfg.seed))
@@ -112,7 +115,7 @@ def load_model(cfg: Any) -> torch.nn.Module:
             what = "the shipped reasoner" if not cfg.checkpoint else "checkpoint"
             raise FileNotFoundError(f"{what} not found at {path}; pass --checkpoint PATH (or 'random')")
         model = _load_checkpoint(path)
-    return model.to(cfg.device).eval()
+    return model.to(device).eval()
 
 
 def _load_checkpoint(path: Path) -> torch.nn.Module:

@@ -145,3 +145,9 @@ def test_load_model_reads_official_and_native_checkpoints(tmp_path):
         loaded = bench.load_model(compose("config_bench", [f"checkpoint={tmp_path / name}"]))
         assert not loaded.training
         assert torch.equal(loaded.lm_head.weight, model.lm_head.weight), name
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+def test_cuda_device_without_cuda_is_a_clear_error():
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        bench.load_model(compose("config_bench", ["device=cuda", "checkpoint=random"]))
