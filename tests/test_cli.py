@@ -159,3 +159,20 @@ def test_bare_resume_before_overrides_keeps_the_override(monkeypatch, tmp_path):
     assert cli.main(["train", "--resume", "train.steps=5"]) == 0
     cfg = compose("config_train", seen["o"])
     assert cfg.train.resume is True and cfg.train.steps == 5
+
+
+def test_data_fetch_calls_the_hub_download(monkeypatch, tmp_path, capsys):
+    from eqsolve.tasks import sudoku
+
+    calls = []
+    monkeypatch.setattr(sudoku, "fetch_sudoku_extreme",
+                        lambda dest, split: calls.append((dest, split)) or dest / f"{split}.csv")
+    assert cli.main(["data", "fetch", "sudoku-extreme", "--out", str(tmp_path), "--split", "train"]) == 0
+    assert calls == [(tmp_path, "train")] and "train.csv" in capsys.readouterr().out
+
+    def no_hub(dest, split):
+        raise ImportError("downloading Sudoku-Extreme needs huggingface_hub")
+
+    monkeypatch.setattr(sudoku, "fetch_sudoku_extreme", no_hub)
+    assert cli.main(["data", "fetch", "sudoku-extreme", "--out", str(tmp_path)]) == 1
+    assert "huggingface_hub" in capsys.readouterr().err
