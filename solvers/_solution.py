@@ -69,9 +69,9 @@ class Solution:
     Examples:
         >>> import torch
         >>> from eqsolve.solvers import solve
-        >>> sol = solve(lambda z: 0.5 * z + 1.0, torch.zeros(3, 2), tol=1e-6)
-        >>> bool(sol.converged.all()), sol.z[0].tolist()
-        (True, [2.0, 2.0])
+        >>> sol = solve(lambda z: 0.5 * z + 1.0, torch.zeros(3, 2, dtype=torch.float64), tol=1e-10)
+        >>> bool(sol.converged.all()), sol.z[0].round(decimals=6).tolist(), sol.status.tolist()
+        (True, [2.0, 2.0], [0, 0, 0])
     """
 
     z: Tensor

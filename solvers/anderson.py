@@ -79,7 +79,7 @@ class Anderson(Solver):
     Examples:
         >>> import torch
         >>> from eqsolve.solvers import solve
-        >>> A = torch.diag(torch.linspace(-1.5, 0.9, 20))  # plain iteration diverges here
+        >>> A = torch.diag(torch.linspace(-1.5, 0.9, 20, dtype=torch.float64))  # plain iteration diverges
         >>> sol = solve(lambda z: z @ A + 1.0, torch.zeros(4, 20, dtype=torch.float64),
         ...             solver=Anderson(m=20), tol=1e-8, max_iter=60)
         >>> bool(sol.converged.all())
