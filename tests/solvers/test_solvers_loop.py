@@ -288,3 +288,25 @@ def test_steps_are_differentiable_when_unrolled(solver):
         with torch.no_grad():
             fd.view(-1)[i] = (unrolled(x0 + e) - unrolled(x0 - e)) / (2 * eps)
     torch.testing.assert_close(grad, fd, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_host_syncs_at_most_once_per_check(solver):
+    import warnings
+
+    w = _contraction(d=32, q=0.9).cuda().float()
+    x = torch.randn(16, 32, device="cuda")
+    f = lambda z, x: torch.tanh(z @ w.T + x)  # noqa: E731
+    kw = dict(solver=solver, tol=0.0, max_iter=40, check_every=10, stall_window=None, diverge_factor=None)
+    solve(f, torch.zeros(16, 32, device="cuda"), x, **kw)  # warm-up: lazy CUDA/linalg initialisation
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            sol = solve(f, torch.zeros(16, 32, device="cuda"), x, **kw)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert (sol.nstep == 40).all()
+    syncs = [c for c in caught if "synchroniz" in str(c.message).lower()]
+    assert len(syncs) <= 40 // 10 + 1, [str(c.message) for c in syncs]
