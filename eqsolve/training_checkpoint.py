@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from eqsolve.training_config import RESUMABLE_CHANGES
+from eqsolve.training_config import RESUMABLE_CHANGES, TrainConfig
 
 __all__ = [
     "TRAIN_STATE_VERSION",
@@ -123,9 +123,11 @@ def check_compatible(ckpt: dict[str, Any], model_config: dict[str, Any],
     diffs = [f"model.{k}: checkpoint {ckpt['config'].get(k)!r} != run {v!r}"
              for k, v in model_config.items() if ckpt["config"].get(k) != v]
     saved = ckpt["train"]["train_config"]
-    diffs += [f"train.{k}: checkpoint {saved.get(k)!r} != run {v!r}"
+    # a key added to TrainConfig after the checkpoint was written is compatible at its default
+    defaults = TrainConfig().to_dict()
+    diffs += [f"train.{k}: checkpoint {saved.get(k, defaults.get(k))!r} != run {v!r}"
               for k, v in train_config.items()
-              if k not in RESUMABLE_CHANGES and saved.get(k) != v]
+              if k not in RESUMABLE_CHANGES and saved.get(k, defaults.get(k)) != v]
     if ckpt["train"]["pool_fingerprint"] != pool_fingerprint:
         diffs.append("training pool differs from the one the checkpoint was trained on")
     if diffs:

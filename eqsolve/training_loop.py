@@ -100,6 +100,16 @@ class Trainer:
                           reveal_prob=cfg.reveal_prob, augment=cfg.augment)
         return to_tokens(q, a, self.device)
 
+    def deq_batch(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Tokens, labels and initial states of this step's batch in the DEQ modes.
+
+        The draw is keyed by ``(seed, step, global row)``, so calling it twice (e.g. to get a
+        reference gradient on the same batch) returns the same rows.
+        """
+        keys = [(_DEQ_DRAW, self.step, g) for g in self._global_rows()]
+        tokens, labels = self._draw(keys)
+        return tokens, labels, self._init_rows(keys)
+
     def _new_carry(self) -> dict[str, Tensor]:
         b, mc, dev = self.local_batch, self.model.config, self.device
         long = {"dtype": torch.long, "device": dev}
@@ -170,10 +180,8 @@ class Trainer:
             s_new, logits, halt, info = self.forward(c["s"], c["tokens"], cfg.noise, self.noise_gen)
             labels, tokens = c["labels"], c["tokens"]
         else:
-            keys = [(_DEQ_DRAW, self.step, g) for g in self._global_rows()]
-            tokens, labels = self._draw(keys)
-            s_new, logits, halt, info = self.forward(self._init_rows(keys), tokens, cfg.noise,
-                                                     self.noise_gen)
+            tokens, labels, s0 = self.deq_batch()
+            s_new, logits, halt, info = self.forward(s0, tokens, cfg.noise, self.noise_gen)
         loss, stats = reasoning_loss(logits, labels, halt if cfg.halt_weight > 0 else None,
                                      kind=cfg.loss, halt_weight=cfg.halt_weight,
                                      blank_mask=tokens == 1)

@@ -1,0 +1,318 @@
+"""``eqsolve compare-grads``: implicit vs unrolled (and phantom, one-step) training side by side.
+
+Every mode starts from the same initial weights (same seed) and sees the same batches in the
+same order (the DEQ-mode draw is keyed by step), with path noise off so that the only
+difference is the gradient. For each mode it records loss and accuracy against step and wall
+time, the peak memory of the training process, and every ``cosine_every`` steps the cosine
+between the mode's gradient and the full unrolled gradient (backprop through all ``depth``
+forward iterations) at the current weights on the current batch. Each mode runs in a fresh
+process (``spawn``) so that peak memory (max RSS, or CUDA peak) is its own. Output:
+``compare_grads.json`` and ``compare_grads.png`` in the run folder.
+
+Modes are names of :data:`eqsolve.training_config.GRAD_MODES` other than ``sot`` (whose data
+order differs by design), optionally with a parameter: ``unrolled:4`` (last 4 iterations),
+``phantom:3`` (k = 3).
+
+Examples:
+    >>> parse_mode("unrolled:4")
+    ('unrolled', {'unroll_k': 4})
+    >>> CompareConfig(modes=["sot"])
+    Traceback (most recent call last):
+    ...
+    ValueError: compare mode 'sot' invalid; use implicit, phantom[:k], onestep, unrolled[:k]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing as mp
+import os
+import resource
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from eqsolve.models.eqr import EqRConfig
+from eqsolve.training_config import TrainConfig, dataclass_from_dict
+
+__all__ = ["CompareConfig", "parse_mode", "run", "run_compare"]
+
+
+def parse_mode(mode: str) -> tuple[str, dict[str, int]]:
+    """Split ``"name[:k]"`` into the gradient name and TrainConfig overrides.
+
+    Args:
+        mode: e.g. ``"implicit"``, ``"unrolled"``, ``"unrolled:4"``, ``"phantom:3"``.
+
+    Returns:
+        ``(grad, overrides)``.
+    """
+    name, _, arg = str(mode).partition(":")
+    ok = name in ("implicit", "onestep", "phantom", "unrolled") and (
+        not arg or (name in ("phantom", "unrolled") and arg.isdigit() and int(arg) >= 1))
+    if not ok:
+        raise ValueError(f"compare mode {mode!r} invalid; use implicit, phantom[:k], onestep, "
+                         "unrolled[:k]")
+    if not arg:
+        return name, {}
+    return name, {"unroll_k" if name == "unrolled" else "phantom_k": int(arg)}
+
+
+@dataclass
+class CompareConfig:
+    """Options of ``eqsolve compare-grads`` (the ``compare`` config section).
+
+    Attributes:
+        modes: gradient modes to compare (see :func:`parse_mode`).
+        cosine_every: steps between gradient-cosine measurements (0 disables).
+        eval_size: held-out puzzles scored at the end of each mode (0 disables).
+        isolate: run each mode in a fresh process (needed for a per-mode peak memory).
+    """
+
+    modes: list[str] = field(default_factory=lambda: ["unrolled", "implicit", "phantom",
+                                                      "onestep"])
+    cosine_every: int = 10
+    eval_size: int = 64
+    isolate: bool = True
+
+    def __post_init__(self) -> None:
+        self.modes = list(self.modes)
+        if not self.modes:
+            raise ValueError("compare: modes is empty")
+        for mode in self.modes:
+            parse_mode(mode)
+        if self.cosine_every < 0 or self.eval_size < 0:
+            raise ValueError(f"compare: cosine_every={self.cosine_every} and "
+                             f"eval_size={self.eval_size} must be >= 0")
+
+
+def _flat_grad(trainer: Any, strategy: Any) -> torch.Tensor:
+    """Gradient of this step's loss under ``strategy`` at the current weights (no update)."""
+    from eqsolve.training_losses import reasoning_loss
+    from eqsolve.training_steps import DeqForward
+
+    cfg = trainer.cfg
+    forward = DeqForward(trainer.model, strategy, solver=cfg.solver, tol=cfg.tol, depth=cfg.depth)
+    tokens, labels, s0 = trainer.deq_batch()
+    _, logits, halt, _ = forward(s0, tokens, cfg.noise)
+    loss, _ = reasoning_loss(logits, labels, halt if cfg.halt_weight > 0 else None,
+                             kind=cfg.loss, halt_weight=cfg.halt_weight)
+    params = [p for p in trainer.model.parameters()]
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return torch.cat([(g if g is not None else torch.zeros_like(p)).flatten()
+                      for g, p in zip(grads, params)])
+
+
+def _current_rss_mb() -> float:
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _run_mode(model: dict[str, Any], train: dict[str, Any], compare: dict[str, Any], mode: str,
+              pool_path: str) -> dict[str, Any]:
+    """Train one mode from the shared initial weights; returns its curves and measurements."""
+    from eqsolve.gradients import get_gradient
+    from eqsolve.training_data import PuzzlePool
+    from eqsolve.training_eval import default_eval_set, evaluate
+    from eqsolve.training_loop import Trainer
+
+    if train.get("threads"):
+        torch.set_num_threads(int(train["threads"]))
+    grad, overrides = parse_mode(mode)
+    cfg = TrainConfig.from_dict({**train, "grad": grad, **overrides})
+    trainer = Trainer(EqRConfig.from_dict(model), cfg, PuzzlePool.load(Path(pool_path)))
+    cuda = cfg.device.startswith("cuda")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    base_mb = _current_rss_mb()
+    reference = get_gradient("unrolled", k=None)
+    curves: dict[str, list[float]] = {k: [] for k in ("step", "wall_s", "loss", "cell_acc",
+                                                         "exact", "nfe", "residual")}
+    cosine: dict[str, list[float]] = {"step": [], "cosine": [], "rel_norm": []}
+    wall = 0.0
+    every = int(compare["cosine_every"])
+    snapshots: list[tuple[int, dict[str, torch.Tensor]]] = []
+    while trainer.step < cfg.steps:
+        if every and trainer.step % every == 0:
+            snapshots.append((trainer.step, {k: v.detach().clone()
+                                             for k, v in trainer.model.state_dict().items()}))
+        t0 = time.perf_counter()
+        metrics = trainer.train_step()
+        wall += time.perf_counter() - t0
+        for key in curves:
+            curves[key].append(trainer.step if key == "step" else
+                               wall if key == "wall_s" else metrics[key])
+    # peak memory of training alone: read before the (memory-hungry) reference gradients
+    peak_mb = (torch.cuda.max_memory_allocated() / 2**20 if cuda
+               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    final_state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    final_step = trainer.step
+    for step, state in snapshots:  # same weights and batch as when the mode trained on it
+        trainer.model.load_state_dict(state)
+        trainer.step = step
+        g_ref = _flat_grad(trainer, reference)
+        g_mode = _flat_grad(trainer, trainer.forward.strategy)
+        cosine["step"].append(step)
+        cosine["cosine"].append(float(torch.nn.functional.cosine_similarity(g_mode, g_ref, dim=0)))
+        cosine["rel_norm"].append(float(g_mode.norm() / (g_ref.norm() + 1e-30)))
+    trainer.model.load_state_dict(final_state)
+    trainer.step = final_step
+    out = {"mode": mode, "curves": curves, "cosine": cosine, "wall_s": wall,
+           "s_per_step": wall / max(cfg.steps, 1), "peak_mb": peak_mb,
+           "peak_over_start_mb": peak_mb - (0.0 if cuda else base_mb),
+           "memory_kind": "cuda_max_allocated" if cuda else "max_rss"}
+    eval_set = default_eval_set() if compare["eval_size"] else None
+    if eval_set is not None:
+        model_eval = trainer.ema_model()
+        out["eval"] = evaluate(model_eval, eval_set.head(int(compare["eval_size"])),
+                               depth=cfg.depth, seed=cfg.seed)
+    return out
+
+
+def _worker(args: tuple, queue: Any) -> None:
+    try:
+        queue.put(("ok", _run_mode(*args)))
+    except BaseException as err:  # report, never hang the parent
+        queue.put(("error", f"{type(err).__name__}: {err}"))
+
+
+def _wait(proc: Any, queue: Any, mode: str) -> tuple[str, Any]:
+    """The worker's report; a worker that died without one is an error, never a hang."""
+    import queue as queue_module
+
+    while True:
+        try:
+            item = queue.get(timeout=1.0)
+            proc.join()
+            return item
+        except queue_module.Empty:
+            if not proc.is_alive():
+                return "error", (f"worker for {mode!r} exited with code {proc.exitcode} and no "
+                                 "report (a script that calls run() needs an "
+                                 "`if __name__ == '__main__':` guard for spawn)")
+
+
+def _plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
+    for mode, res in result["modes"].items():
+        c = res["curves"]
+        label = f"{mode} ({res['peak_over_start_mb']:.0f} MB)"
+        axes[0].plot(c["step"], c["loss"], label=label)
+        axes[1].plot(c["wall_s"], c["loss"], label=label)
+        axes[2].plot(c["step"], c["cell_acc"], label=label)
+        if res["cosine"]["step"]:
+            axes[3].plot(res["cosine"]["step"], res["cosine"]["cosine"], marker="o", label=mode)
+    titles = [("step", "training loss"), ("wall time [s]", "training loss"),
+              ("step", "cell accuracy (blanks)"), ("step", "cosine with full unrolled grad")]
+    for ax, (xlabel, ylabel) in zip(axes, titles):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, title="mode (peak mem over start)", title_fontsize=8)
+    axes[3].legend(fontsize=8)
+    fig.suptitle(f"compare-grads: same init and data, depth {result['train']['depth']}, "
+                 f"batch {result['train']['batch_size']}")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def run_compare(model: EqRConfig, train: TrainConfig, compare: CompareConfig) -> dict[str, Any]:
+    """Train every mode of ``compare.modes`` from the same start; write JSON + figure.
+
+    Args:
+        model: architecture (small, so that full unrolling fits).
+        train: shared training options (``grad`` is replaced per mode; ``noise`` is forced to 0
+            so that all modes see the same map; ``out`` is the output folder).
+        compare: modes and measurement options.
+
+    Returns:
+        The result dict (also written to ``<out>/compare_grads.json``), with per-mode curves,
+        cosines, wall time, peak memory and final evaluation, and a ``summary`` table.
+    """
+    from eqsolve.training_data import build_pool
+
+    out = Path(train.out)
+    out.mkdir(parents=True, exist_ok=True)
+    train = dataclasses.replace(train, noise=0.0, ema_decay=0.0, resume=False)
+    pool_path = out / "pool.npz"
+    if not pool_path.is_file():
+        build_pool(train.data, limit=train.data_limit, gen_easy=train.gen_easy,
+                   gen_hard=train.gen_hard, seed=train.seed).save(pool_path)
+    args_common = (model.to_dict(), train.to_dict(), dataclasses.asdict(compare))
+    result: dict[str, Any] = {"schema": "eqsolve.compare_grads/1", "model": model.to_dict(),
+                              "train": train.to_dict(), "compare": dataclasses.asdict(compare),
+                              "torch_threads": train.threads or torch.get_num_threads(),
+                              "modes": {}}
+    ctx = mp.get_context("spawn")
+    for mode in compare.modes:
+        args = (*args_common, mode, str(pool_path))
+        if not compare.isolate:
+            result["modes"][mode] = _run_mode(*args)
+            continue
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_worker, args=(args, queue))
+        proc.start()
+        status, payload = _wait(proc, queue, mode)
+        if status != "ok":
+            raise RuntimeError(f"compare-grads: mode {mode!r} failed: {payload}")
+        result["modes"][mode] = payload
+    result["summary"] = {
+        mode: {"final_loss": res["curves"]["loss"][-1],
+               "final_cell_acc": res["curves"]["cell_acc"][-1],
+               "mean_cosine": (sum(res["cosine"]["cosine"]) / len(res["cosine"]["cosine"])
+                               if res["cosine"]["cosine"] else None),
+               "s_per_step": res["s_per_step"], "peak_over_start_mb": res["peak_over_start_mb"],
+               "eval_exact": res.get("eval", {}).get("exact"),
+               "eval_cell_acc": res.get("eval", {}).get("cell_acc")}
+        for mode, res in result["modes"].items()}
+    tmp = out / ".compare_grads.json.tmp"
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, out / "compare_grads.json")
+    _plot(result, out / "compare_grads.png")
+    return result
+
+
+def run(cfg: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """CLI entry point: ``cfg`` holds groups ``model``, ``train`` and optional ``compare``.
+
+    Missing groups default to the presets ``model/tiny`` and ``train/compare`` (sized to run
+    in under 10 minutes on 2 CPU cores).
+
+    Args:
+        cfg: composed configuration (dict or DictConfig).
+
+    Returns:
+        The ``summary`` and output paths (the full curves are in the JSON file).
+    """
+    from eqsolve.train import load_preset
+
+    cfg = dict(cfg or {})
+    unknown = sorted(set(cfg) - {"model", "train", "compare"})
+    if unknown:
+        raise ValueError(f"unknown config group(s) {unknown}; valid: model, train, compare")
+    model = dataclass_from_dict(EqRConfig, dict(cfg.get("model") or load_preset("model", "tiny")),
+                                "model")
+    train = TrainConfig.from_dict(dict(cfg.get("train") or load_preset("train", "compare")))
+    compare = dataclass_from_dict(CompareConfig, dict(cfg.get("compare") or {}), "compare")
+    result = run_compare(model, train, compare)
+    return {"summary": result["summary"], "json": str(Path(train.out) / "compare_grads.json"),
+            "figure": str(Path(train.out) / "compare_grads.png")}
