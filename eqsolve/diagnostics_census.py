@@ -11,9 +11,12 @@ outcome:
 
 Converged end states are clustered into attractors by decoded answer (when the system has a
 decoder) and by latent distance (single linkage at `eps = max(latent_rtol x median end-state
-norm, latent_atol)`); cycles are clustered likewise by their orbits. Each attractor gets its
-basin fraction (members / starts), mean residual, correctness, and local stability: the spectral
-radius of the Jacobian of the map (of the p-fold map for a p-cycle) at its lowest-residual member.
+norm, latent_atol)`); cycles and oscillations are clustered likewise by their orbits (an
+oscillating start whose decoded answer stays put is, for a reasoner, an attractor too, only not
+a low-residual one). Each attractor gets its basin fraction (members / starts), mean residual
+(on the orbit for cycles and oscillations), correctness (at every orbit point), and local
+stability: the spectral radius of the Jacobian of the map (of the p-fold map for a p-cycle) at
+its lowest-residual member.
 
 Example:
     >>> import torch
@@ -129,7 +132,7 @@ class _Probe:
 
 def _probe_unconverged(system: FixedPointSystem, rows: _Rows, x_rows: Tensor, t_rows: Any,
                        stop: str, options: dict[str, Any], generator: torch.Generator | None) -> _Probe:
-    """Sorts unconverged rows into cycle / oscillating / ...; moves cycle rows onto their orbit."""
+    """Sorts unconverged rows into cycle / oscillating / ...; moves those onto their orbit."""
     n_rows = rows.z.shape[0]
     outcome = np.full(n_rows, "not_converged", dtype=object)
     period = np.zeros(n_rows, dtype=np.int64)
@@ -150,18 +153,28 @@ def _probe_unconverged(system: FixedPointSystem, rows: _Rows, x_rows: Tensor, t_
     out.nfe = todo.numel() * options["probe_steps"]
     p_out, p_per = classify_orbits(y, step, options["cycle_rtol"], options["revisit_rtol"],
                                    options["stagnation"])
+    half = options["probe_steps"] // 2
+    moved = []
     for j, row in enumerate(todo.tolist()):
         outcome[row], period[row] = p_out[j], p_per[j]
-        if p_out[j] != "cycle":
+        if p_out[j] not in ("cycle", "oscillating"):
             continue
-        out.orbit[row] = y[j, -p_per[j]:]
-        # a cycle's end state, residual and correctness are taken on its orbit
+        # an orbit is its last period (cycle) or the second half of the probe (oscillation);
+        # its end state, residual and correctness are taken on the orbit
+        first = -p_per[j] if p_out[j] == "cycle" else half
+        out.orbit[row] = y[j, first:]
         rows.z[row] = s_end[j].to(rows.z.dtype)
-        last = float(step[j, -1])
-        rows.residual[row] = last if stop == "abs" else last / (float(s_end[j].norm()) + 1e-8)
+        moved.append(j)
+        size = float(step[j, -1] if p_out[j] == "cycle" else step[j, half:].median())
+        # relative residual of an orbit point, with |s| standing in for |f(s)| (same orbit)
+        rows.residual[row] = size if stop == "abs" else size / (float(s_end[j].norm()) + 1e-8)
         if ok is not None:
-            out.orbit_correct[row] = bool(ok[j, -p_per[j]:].all())
+            out.orbit_correct[row] = bool(ok[j, first:].all())
             rows.correct[row] = out.orbit_correct[row]
+    if moved and rows.answer is not None:
+        with torch.no_grad():
+            idx = torch.tensor(moved, device=rows.z.device)
+            rows.answer[dev[idx]] = system.decode(s_end[idx]).to(rows.answer.dtype)
     return out
 
 
@@ -184,16 +197,20 @@ def _cluster(points: Tensor, groups: list[Any], eps: float, orbits: Tensor | Non
     return connected_components(adj.numpy(), directed=False)[1]
 
 
+# attractor kind <- start outcome; an oscillation is a bounded, revisiting orbit without a period
+_KINDS = (("fixed_point", "converged"), ("cycle", "cycle"), ("oscillation", "oscillating"))
+
+
 def _attractors_of_problem(rows: _Rows, probe: _Probe, sel_rows: np.ndarray, flat: Tensor,
                            eps: float, cluster_by: str) -> list[Attractor]:
     """Clusters one problem's converged and cycling starts into attractors."""
     first, n_starts = int(sel_rows[0]), sel_rows.size
     attractors = []
-    for kind, outcome in (("fixed_point", "converged"), ("cycle", "cycle")):
+    for kind, outcome in _KINDS:
         sel = sel_rows[probe.outcome[sel_rows] == outcome]
         if sel.size == 0:
             continue
-        by_answer = cluster_by != "latent" and rows.answer is not None and kind == "fixed_point"
+        by_answer = cluster_by != "latent" and rows.answer is not None and kind != "cycle"
         groups = ([rows.answer[r].cpu().numpy().tobytes() for r in sel] if by_answer
                   else [int(probe.period[r]) for r in sel])
         if by_answer and cluster_by == "answer":
@@ -340,7 +357,8 @@ def run_census(
         label = np.full(n_starts, -1, dtype=np.int64)
         for k, a in enumerate(attractors):
             label[a.members] = k
-            reps.append((i * n_starts + a.representative, a))
+            if a.kind != "oscillation":  # no local stability for an aperiodic orbit
+                reps.append((i * n_starts + a.representative, a))
         censuses.append(Census(
             attractors=attractors, outcome=probe.outcome[sel], period=probe.period[sel],
             label=label, residual=rows.residual[sel].numpy(), nfe=rows.nfe[sel].numpy(),

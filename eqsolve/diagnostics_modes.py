@@ -2,7 +2,8 @@
 
 The rule (applied in this order to one problem's `Census`; thresholds in `ModeRule`):
 
-1. ``not_converged`` — no start reached an attractor (no converged start, no cycle).
+1. ``not_converged`` — no start reached an attractor (no converged start, no cycle, no
+   oscillation).
 2. ``a_no_correct`` — attractors exist but none is correct (majority of its members decode to
    the right answer). Neither depth nor breadth helps; the model lacks the answer.
 3. ``b_spurious`` — a correct attractor exists and so does a *spurious low-residual* one: an
@@ -14,8 +15,9 @@ The rule (applied in this order to one problem's `Census`; thresholds in `ModeRu
    the basin), depth only weakly.
 5. ``d_broad`` — the correct basin holds at least `broad_basin` of the starts. Depth helps.
 
-Limit cycles never count as "low residual" (their residual stays at the step size), so a
-problem whose only rival of the correct fixed point is a cycle is (c) or (d), not (b).
+Limit cycles and oscillations never count as "low residual" (their residual stays at the step
+size), so a problem whose only rival of the correct attractor is a cycle is (c) or (d), not (b).
+An oscillation that decodes to the right answer at every probed point is a correct attractor.
 
 Example:
     >>> import numpy as np

@@ -123,11 +123,12 @@ def plot_residual_traces(run: CensusRun, path: str | os.PathLike,
 
 
 def basin_breakdown(run: CensusRun) -> np.ndarray:
-    """(N, 4) share of starts per problem: correct basins, spurious fixed points, cycles, none."""
+    """(N, 4) share of starts per problem: correct attractors, spurious fixed points, wrong
+    cycles/oscillations, no attractor."""
     out = np.zeros((len(run.censuses), 4))
     for i, c in enumerate(run.censuses):
         for a in c.attractors:
-            col = 2 if a.kind == "cycle" else (0 if a.correct else 1)
+            col = 0 if a.correct else (1 if a.kind == "fixed_point" else 2)
             out[i, col] += a.basin_fraction
         out[i, 3] = 1.0 - out[i, :3].sum()
     return out
@@ -148,7 +149,8 @@ def plot_basin_fractions(run: CensusRun, modes: Sequence[str], path: str | os.Pa
     order = sorted(range(len(modes)), key=lambda i: (MODES.index(modes[i]), -parts[i, 0]))
     fig, ax = plt.subplots(figsize=(max(5.0, 0.25 * len(order) + 2), 3.5))
     bottom = np.zeros(len(order))
-    labels = ("correct basin", "spurious fixed points", "cycles", "no attractor")
+    labels = ("correct attractors", "spurious fixed points", "wrong cycles / oscillations",
+              "no attractor")
     colors = (_OK, _BAD, "tab:orange", "lightgray")
     for col, (label, color) in enumerate(zip(labels, colors)):
         ax.bar(np.arange(len(order)), parts[order, col], bottom=bottom, color=color, label=label,

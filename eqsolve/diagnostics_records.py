@@ -44,17 +44,19 @@ class FixedPointSystem:
 
 @dataclass
 class Attractor:
-    """One attractor of one problem (fixed point or limit cycle), as seen by the starts.
+    """One attractor of one problem, as seen by the starts.
 
     Attributes:
-        kind: "fixed_point" or "cycle".
-        period: 1 for a fixed point, p for a p-cycle.
+        kind: "fixed_point", "cycle" (period p >= 2) or "oscillation" (a bounded orbit that
+            revisits itself without an exact period, residual flat).
+        period: 1 for a fixed point, p for a p-cycle, 0 for an oscillation.
         members: indices of the starts that ended in it.
         basin_fraction: len(members) / n_starts.
         mean_residual: mean end residual (of the solve's `stop` kind) over members.
         correct: majority correctness of members (None without `is_correct`).
         correct_fraction: fraction of members whose answer is correct (None without check).
-        spectral_radius: max |eig| of the Jacobian of the (p-fold) map at `representative`.
+        spectral_radius: max |eig| of the Jacobian of the (p-fold) map at `representative`
+            (None for oscillations, which have no local linear stability).
         representative: member with the lowest residual.
     """
 

@@ -254,3 +254,22 @@ def test_damped_spiral_is_still_converging_unless_the_residual_is_flat(contracti
                                  steps=32)
     outcome, period = classify_orbits(y, step)
     assert outcome.tolist() == [expected] * 2 and period.tolist() == [0, 0]
+
+
+def test_oscillation_that_keeps_the_right_answer_is_a_correct_attractor():
+    # neutral rotation about (3, 0): orbits never settle but stay in x > 0, the "answer"
+    th = 0.9
+    turn = torch.tensor([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]])
+    centre = torch.tensor([3.0, 0.0])
+    system = FixedPointSystem(
+        map=lambda s, x: (s - centre) @ turn.T + centre,
+        init_state=lambda n, g: centre + 0.5 * torch.randn(n, 2, generator=g).clamp(-3, 3) / 3,
+        decode=lambda s: (s[:, :1] > 0).long(),
+        is_correct=lambda a, t: a[:, 0] == 1,
+    )
+    c = census(system, 32, max_iter=20, probe_steps=32).censuses[0]
+    assert (c.outcome == "oscillating").all()
+    assert {a.kind for a in c.attractors} == {"oscillation"}
+    assert all(a.correct and a.period == 0 and a.spectral_radius is None for a in c.attractors)
+    assert sum(a.basin_fraction for a in c.attractors) == pytest.approx(1.0)
+    assert classify(c) == "d_broad"
