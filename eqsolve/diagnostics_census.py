@@ -37,7 +37,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.sparse.csgraph import connected_components
 from torch import Tensor
 
 from eqsolve.diagnostics_orbits import classify_orbits, probe_orbits, random_projection
@@ -193,8 +192,23 @@ def _cluster(points: Tensor, groups: list[Any], eps: float, orbits: Tensor | Non
         d = torch.minimum(d, d.transpose(0, 1))
     keys = {k: i for i, k in enumerate(dict.fromkeys(groups))}
     g = torch.tensor([keys[k] for k in groups])
-    adj = (d <= eps) & (g[:, None] == g[None, :])
-    return connected_components(adj.numpy(), directed=False)[1]
+    adj = ((d <= eps) & (g[:, None] == g[None, :])).numpy()
+    return _components(adj | adj.T)
+
+
+def _components(adj: np.ndarray) -> np.ndarray:
+    """Connected-component labels 0..k-1 of a symmetric boolean adjacency with self-loops.
+
+    Label propagation (each node takes the smallest label among its neighbours) converges in
+    at most diameter + 1 sweeps; m is a census's start count, so this stays small.
+    """
+    m = adj.shape[0]
+    labels = np.arange(m)
+    while True:
+        new = np.where(adj, labels[None, :], m).min(axis=1)
+        if np.array_equal(new, labels):
+            return np.unique(labels, return_inverse=True)[1]
+        labels = new
 
 
 # attractor kind <- start outcome; an oscillation is a bounded, revisiting orbit without a period

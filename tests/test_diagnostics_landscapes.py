@@ -273,3 +273,19 @@ def test_oscillation_that_keeps_the_right_answer_is_a_correct_attractor():
     assert all(a.correct and a.period == 0 and a.spectral_radius is None for a in c.attractors)
     assert sum(a.basin_fraction for a in c.attractors) == pytest.approx(1.0)
     assert classify(c) == "d_broad"
+
+
+def test_connected_components_match_scipy():
+    csgraph = pytest.importorskip("scipy.sparse.csgraph")
+    from eqsolve.diagnostics_census import _components
+
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        m = int(rng.integers(1, 40))
+        adj = rng.random((m, m)) < rng.random() * 0.15
+        adj = adj | adj.T | np.eye(m, dtype=bool)
+        ours = _components(adj)
+        ref = csgraph.connected_components(adj, directed=False)[1]
+        # the same partition: labels correspond one to one
+        assert len(set(zip(ours, ref))) == len(set(ours)) == len(set(ref))
+        assert set(ours) == set(range(len(set(ours))))
