@@ -44,7 +44,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from eqsolve.solvers import Solution, Status, get_solver, solve
-from eqsolve.solvers._base import flat_map, select_rows
+from eqsolve.solvers._base import flat_map, select_rows, take_rows
 
 __all__ = [
     "BackwardStats",
@@ -458,17 +458,26 @@ def get_gradient(name: str | GradientStrategy, **options: Any) -> GradientStrate
 
 def _unrolled_solve(f: FixedPointFn, z0: Tensor, args: tuple, solver: Any, *, tol: float, stop: str,
                     max_iter: int, last_k: int | None) -> tuple[Tensor, GradSolution]:
-    """The :class:`Unrolled` loop: full graph (``last_k=None``) or no-graph run + replay."""
+    """The :class:`Unrolled` loop: full graph (``last_k=None``) or no-graph run + replay.
+
+    For ``last_k``, rows that stop at the same step form one replay group, restarted from a
+    copy of the solver state ``min(k, n)`` steps before their stop: copies, because solvers
+    may update history buffers in place without a graph, and groups, because a state's
+    non-tensor fields (e.g. Anderson's ring position) are shared by all its rows.
+    """
     batch, shape = z0.shape[0], z0.shape[1:]
     g = flat_map(f, shape)
     z0_flat = z0.detach().reshape(batch, -1)
     keep_all = last_k is None
     nstep = torch.zeros(batch, dtype=torch.int64, device=z0.device)
+    groups: list[tuple[Tensor, Any, int]] = []  # (rows, restart state of those rows, steps to replay)
     with torch.enable_grad() if keep_all else torch.no_grad():
         state = solver.init(g, z0_flat, args)
         done = _stopped(state, stop, tol)
-        ring = deque([state], maxlen=(last_k or 0) + 1)  # states t-k..t, for the replay start
-        restart = state
+        ring = deque([_copy_state(state)], maxlen=(last_k or 0) + 1)  # states t-k..t
+        if not keep_all and bool(done.any()):
+            groups.append((done.nonzero().flatten(), take_rows(ring[-1], done.nonzero().flatten()), 0))
+        t = 0
         for t in range(1, max_iter + 1):
             if bool(done.all()):
                 break
@@ -477,18 +486,27 @@ def _unrolled_solve(f: FixedPointFn, z0: Tensor, args: tuple, solver: Any, *, to
             newly = ~done & _stopped(state, stop, tol)
             done = done | newly
             if not keep_all:
-                ring.append(state)
-                restart = select_rows(newly, ring[-1 - min(last_k, t)], restart)
-        if not keep_all:  # rows still running when the budget ran out
-            restart = select_rows(~done, ring[-1 - min(last_k, int(nstep.max()))], restart)
+                ring.append(_copy_state(state))
+                if bool(newly.any()):
+                    rows = newly.nonzero().flatten()
+                    back = min(last_k, t)
+                    groups.append((rows, take_rows(ring[-1 - back], rows), back))
+        if not keep_all and not bool(done.all()):  # rows still running when the budget ran out
+            rows = (~done).nonzero().flatten()
+            back = min(last_k, t)
+            groups.append((rows, take_rows(ring[-1 - back], rows), back))
     final, out, nfe = state, state.fz, state.nfe
     if not keep_all:
-        replay = nstep.clamp(max=last_k)
+        out, replayed = final.fz.detach(), torch.zeros_like(nfe)
         with torch.enable_grad():
-            state = restart
-            for i in range(int(replay.max()) if batch else 0):
-                state = select_rows(replay > i, solver.step(g, state, args), state)
-        out, nfe = state.fz, nfe + replay
+            for rows, restart, steps in groups:
+                restart = _as_leaves(restart)
+                rows_args = tuple(a[rows] if isinstance(a, Tensor) else a for a in args)
+                for _ in range(steps):
+                    restart = solver.step(g, restart, rows_args)
+                out = out.index_copy(0, rows, restart.fz)
+                replayed[rows] = steps
+        nfe = nfe + replayed
     abs_res, rel_res = _residuals(final)
     res = rel_res if stop == "rel" else abs_res
     status = torch.full_like(nstep, int(Status.MAX_ITER))
@@ -497,6 +515,25 @@ def _unrolled_solve(f: FixedPointFn, z0: Tensor, args: tuple, solver: Any, *, to
     sol = GradSolution(z=final.z.detach().view(batch, *shape), abs_residual=abs_res, rel_residual=rel_res,
                        nfe=nfe, nstep=nstep, status=status, trace=None, stop=stop, tol=tol)
     return out.view(batch, *shape), sol
+
+
+def _as_leaves(state: Any) -> Any:
+    """Floating tensors of ``state`` as grad-requiring leaves.
+
+    A solver may update a history buffer in place when neither the buffer nor the new row
+    requires grad; on the first replayed step that would overwrite a tensor autograd saved.
+    As leaves they are updated out of place (their own gradients are never used).
+    """
+    return dataclasses.replace(state, **{f.name: getattr(state, f.name).detach().requires_grad_()
+                                         for f in dataclasses.fields(state)
+                                         if isinstance(getattr(state, f.name), Tensor)
+                                         and getattr(state, f.name).is_floating_point()})
+
+
+def _copy_state(state: Any) -> Any:
+    """A state whose tensors are copies (safe from later in-place history updates)."""
+    return dataclasses.replace(state, **{f.name: getattr(state, f.name).clone() for f in dataclasses.fields(state)
+                                         if isinstance(getattr(state, f.name), Tensor)})
 
 
 def _residuals(state: Any) -> tuple[Tensor, Tensor]:
