@@ -129,7 +129,7 @@ def test_run_diagnose_end_to_end(tmp_path):
     csv.write_text("\n".join(rows) + "\n")
     cfg = compose("config_diagnose", [
         "checkpoint=random", f"task.data={csv}", "solver=fixed_point", "diagnose.depth=4",
-        "diagnose.starts=3", "diagnose.spectral_iters=3", "model.hidden_size=16",
+        "diagnose.starts=3", "diagnose.spectral_iters=3", "diagnose.threads=1", "model.hidden_size=16",
         "model.H_cycles=1", "model.L_cycles=1", "model.L_layers=1", "model.num_heads=2",
     ])
     summary = run_diagnose(cfg, tmp_path)
@@ -160,3 +160,4 @@ def test_spectral_radius_on_an_eqr_state_matches_dense_eigvals():
              .reshape(144, 144) for i in range(2)]
     ref = torch.stack([torch.linalg.eigvals(j).abs().max() for j in dense]).detach()
     torch.testing.assert_close(est.double(), ref, rtol=1e-3, atol=1e-6)
+    assert torch.get_num_threads() == 1  # the test asked for one thread
