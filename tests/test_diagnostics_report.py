@@ -140,6 +140,7 @@ def test_run_diagnose_end_to_end(tmp_path):
     assert report["settings"]["checkpoints"] == [1, 2, 4]
     for path in summary["figures"].values():
         assert (tmp_path / path.split("/")[-1]).is_file()
+    assert torch.get_num_threads() == 1  # the config asked for one thread
 
 
 def test_spectral_radius_on_an_eqr_state_matches_dense_eigvals():
@@ -160,4 +161,3 @@ def test_spectral_radius_on_an_eqr_state_matches_dense_eigvals():
              .reshape(144, 144) for i in range(2)]
     ref = torch.stack([torch.linalg.eigvals(j).abs().max() for j in dense]).detach()
     torch.testing.assert_close(est.double(), ref, rtol=1e-3, atol=1e-6)
-    assert torch.get_num_threads() == 1  # the test asked for one thread
