@@ -135,7 +135,7 @@ class _TrajectoryRecorder:
 
     def __call__(self, z: Tensor, *args: Tensor) -> Tensor:
         *inner, rows = args
-        self.calls.append((rows, z.detach()))
+        self.calls.append((rows, z.detach().clone()))  # a copy: solvers may reuse buffers in place
         return self.f(z, *inner)
 
     def sample(self, count: int, like: Tensor) -> list[Tensor]:
