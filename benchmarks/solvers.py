@@ -11,7 +11,8 @@ counted by a wrapper around ``f`` (rows passed to f, divided by the batch size),
 from a solver's own report. Residuals of the returned ``z`` are recomputed here, in float64. A
 solver "solves" a problem when every row's recomputed residual is within the tolerance (1%
 slack for float32 round-off) and ``z`` is finite. Wall time is the median of ``--runs`` runs after
-one warm-up; threads are pinned to 1 (torch, BLAS). The physical limit on the linear problems
+one warm-up, the solvers of a problem timed round-robin (so load from other processes hits
+them alike); threads are pinned to 1 (torch, BLAS). The physical limit on the linear problems
 is the number of matrix-vector products scipy's GMRES (no restart) needs per row on
 ``(I - A) z = b`` to the same absolute residual. The issue's target ratios are computed at the
 end and printed as pass/fail.
@@ -209,24 +210,30 @@ def gmres_matvecs(p: Problem) -> float:
     return float(np.mean(counts))
 
 
-def measure(run: Callable, p: Problem, runs: int) -> dict:
-    z, rows = run()  # warm-up run also gives the (deterministic) counts
-    times = []
+def measure(runs_by_label: dict[str, Callable], p: Problem, runs: int) -> dict:
+    """Warm up every solver once (that run gives the deterministic counts), then time them
+    round-robin, so that a burst of load from other processes hits all solvers alike."""
+    first = {label: run() for label, run in runs_by_label.items()}
+    times: dict[str, list[float]] = {label: [] for label in runs_by_label}
     for _ in range(runs):
-        t = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t)
-    res = residuals(p, z)
-    finite = bool(torch.isfinite(z).all())
-    max_res = float(res.max()) if finite else math.inf
-    return {
-        "nfe_per_row": rows / p.z_star.shape[0],
-        "wall_s_median": statistics.median(times),
-        "wall_s_runs": times,
-        "max_rel_residual": max_res if math.isfinite(max_res) else None,
-        "finite_z": finite,
-        "solved": finite and max_res <= TOL * SLACK,
-    }
+        for label, run in runs_by_label.items():
+            t = time.perf_counter()
+            run()
+            times[label].append(time.perf_counter() - t)
+    out = {}
+    for label, (z, rows) in first.items():
+        res = residuals(p, z)
+        finite = bool(torch.isfinite(z).all())
+        max_res = float(res.max()) if finite else math.inf
+        out[label] = {
+            "nfe_per_row": rows / p.z_star.shape[0],
+            "wall_s_median": statistics.median(times[label]),
+            "wall_s_runs": times[label],
+            "max_rel_residual": max_res if math.isfinite(max_res) else None,
+            "finite_z": finite,
+            "solved": finite and max_res <= TOL * SLACK,
+        }
+    return out
 
 
 def targets(results: dict) -> list[dict]:
@@ -286,7 +293,7 @@ def to_markdown(results: dict) -> str:
         f"torch {m['torch']}, torchdeq {m['torchdeq']}, scipy {m['scipy']}, python {m['python']}, "
         f"{m['platform']}; torch threads {m['torch_threads']}, BLAS threads {m['blas_threads']}; commit {m['commit']}.  ",
         f"Relative tolerance {m['tol']} (`||f(z)-z|| / ||f(z)||`), float32, start z0 = 0, max_iter {m['max_iter']}; "
-        f"wall time: median of {m['runs']} runs after a warm-up. NFE = rows passed to f / batch (counted by a wrapper); "
+        f"wall time: median of {m['runs']} runs after a warm-up, the solvers of a problem timed round-robin. NFE = rows passed to f / batch (counted by a wrapper); "
         "residuals recomputed by the harness in float64. Solvers run with their default options.",
         "",
     ]
@@ -363,16 +370,17 @@ def main(argv: list[str] | None = None) -> dict:
     }, "problems": {}}
     for p in problems:
         t0 = time.perf_counter()
-        r = {}
+        fns: dict[str, Callable] = {}
         for s in EQSOLVE:
-            r[f"eqsolve.{s}"] = measure(lambda s=s, p=p: run_eqsolve(p, s, a.max_iter), p, a.runs)
+            fns[f"eqsolve.{s}"] = lambda s=s, p=p: run_eqsolve(p, s, a.max_iter)
             if p.name == "mixed_easy_hard":
-                r[f"eqsolve.{s}.compact=False"] = measure(lambda s=s, p=p: run_eqsolve(p, s, a.max_iter, compact=False), p, a.runs)
+                fns[f"eqsolve.{s}.compact=False"] = lambda s=s, p=p: run_eqsolve(p, s, a.max_iter, compact=False)
         for s in TORCHDEQ:
-            r[f"torchdeq.{s}"] = measure(lambda s=s, p=p: run_torchdeq(p, s, a.max_iter), p, a.runs)
+            fns[f"torchdeq.{s}"] = lambda s=s, p=p: run_torchdeq(p, s, a.max_iter)
         if p.small:
             for s in SCIPY:
-                r[f"scipy.{s}"] = measure(lambda s=s, p=p: run_scipy(p, s, a.max_iter), p, a.runs)
+                fns[f"scipy.{s}"] = lambda s=s, p=p: run_scipy(p, s, a.max_iter)
+        r = measure(fns, p, a.runs)
         entry = {"info": {k: v for k, v in p.info.items() if not k.startswith("_")}, "results": r}
         entry["gmres_matvecs"] = gmres_matvecs(p)
         entry["gmres_kind"] = "exact" if p.linear is not None else "linearised at z*"

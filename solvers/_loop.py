@@ -169,22 +169,22 @@ def solve(
         finite = torch.isfinite(res)
         # Without freezing, every row still in the batch is live: skip the masking ops.
         live = ~done if freeze else None
-        ok = finite if live is None else live & finite
-        improved = ok & (res < best_res)
+        improved = res < best_res  # False for NaN
+        improved = improved if live is None else live & improved
         best_z = torch.where(improved[:, None], state.z, best_z)
         best_abs = torch.where(improved, abs_r, best_abs)
         best_rel = torch.where(improved, rel_r, best_rel)
         best_res = best_rel if stop == "rel" else best_abs
-        min_abs = torch.where(ok, torch.minimum(min_abs, abs_r), min_abs)
+        min_abs = torch.fmin(min_abs, abs_r) if live is None else torch.where(live, torch.fmin(min_abs, abs_r), min_abs)
         progress = best_res < _PROGRESS * ref_res
         ref_res = torch.where(progress, best_res, ref_res)
-        ref_step = torch.where(progress, torch.full_like(ref_step, k), ref_step)
+        ref_step = torch.where(progress, k, ref_step)
         new_status = torch.full_like(status, -1)
         if stall_window is not None:
-            new_status = torch.where(k - ref_step >= stall_window, int(Status.STAGNATED), new_status)
+            new_status = torch.where(ref_step <= k - stall_window, int(Status.STAGNATED), new_status)
         if diverge_factor is not None:
             new_status = torch.where(abs_r > diverge_factor * min_abs, int(Status.DIVERGED), new_status)
-        new_status = torch.where(finite & (res <= tol), int(Status.CONVERGED), new_status)
+        new_status = torch.where(res <= tol, int(Status.CONVERGED), new_status)  # False for NaN
         new_status = torch.where(finite, new_status, int(Status.NONFINITE))
         stops = new_status >= 0 if live is None else live & (new_status >= 0)
         status = torch.where(stops, new_status, status)
