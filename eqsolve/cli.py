@@ -46,6 +46,8 @@ class RunCommand:
         out_key: Config key of the run folder (``--out``).
         seed_key: Config key of the seed (``--seed``), recorded in ``meta.json``.
         resumable: The run folder may already hold results (training resumes in place).
+        drop_keys: Bulky entries of the entry's return value left out of ``results.json``
+            (the entry keeps them elsewhere in the run folder).
     """
 
     config: str
@@ -53,12 +55,15 @@ class RunCommand:
     out_key: str = "out"
     seed_key: str = "seed"
     resumable: bool = False
+    drop_keys: tuple[str, ...] = ()
 
 
 RUN_COMMANDS: dict[str, RunCommand] = {
     "bench": RunCommand("config_bench", "eqsolve.bench:run_bench"),
     "diagnose": RunCommand("config_diagnose", "eqsolve.diagnostics:run_diagnose"),
-    "train": RunCommand("config_train", "eqsolve.train:main", "train.out", "train.seed", resumable=True),
+    # per-step losses are in the run's metrics.jsonl
+    "train": RunCommand("config_train", "eqsolve.train:main", "train.out", "train.seed", resumable=True,
+                        drop_keys=("losses",)),
     "compare-grads": RunCommand("config_compare_grads", "eqsolve.compare_grads:run", "train.out", "train.seed"),
 }
 
@@ -133,6 +138,8 @@ def _flag_overrides(command: str, args: argparse.Namespace) -> list[str]:
                        else f"{key}={_quote(str(value))}")
     if getattr(args, "grad", None):
         out.append(f"train.grad={_quote(args.grad)}")
+    if getattr(args, "modes", None):
+        out.append(f"compare.modes={_quote([m.strip() for m in args.modes.split(',') if m.strip()])}")
     if section is not None:
         for flag in ("depth", "breadth", "starts"):
             value = getattr(args, flag, None)
@@ -201,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare = sub.add_parser("compare-grads", help="implicit vs unrolled training side by side")
     _add_common(compare, model_flags=False)
+    compare.add_argument("--modes", help="gradient modes, e.g. unrolled,implicit,phantom,onestep,unrolled:4")
 
     data = sub.add_parser("data", help="fetch or generate puzzle data")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="action")
@@ -312,7 +320,7 @@ def run_command(command: str, overrides: Sequence[str]) -> tuple[Path | None, di
                 _set_dotted(plain, spec.out_key, str(run_dir))
             payload = entry(plain)
         if run_dir is not None and payload is not None:
-            runs.write_results(run_dir, command, payload)
+            runs.write_results(run_dir, command, {k: v for k, v in payload.items() if k not in spec.drop_keys})
     finally:
         if handler is not None:
             runs.finish_run(handler)

@@ -31,6 +31,7 @@ CONF_DIR = Path(__file__).resolve().parent / "conf"
 EXTERNAL_SCHEMAS: dict[str, str] = {
     "model": "eqsolve.models.eqr:EqRConfig",
     "train": "eqsolve.train:TrainConfig",
+    "compare": "eqsolve.compare_grads:CompareConfig",
 }
 
 
@@ -184,7 +185,7 @@ class DiagnoseRoot:
 
 @dataclass
 class TrainRoot:
-    """Top level of ``config_train.yaml`` and ``config_compare_grads.yaml``.
+    """Top level of ``config_train.yaml``.
 
     Everything (seed, device, data, out, resume) lives in ``train``, validated against
     ``eqsolve.train.TrainConfig``; ``model`` is validated against ``EqRConfig``.
@@ -194,12 +195,22 @@ class TrainRoot:
     train: Any = None
 
 
+@dataclass
+class CompareRoot:
+    """Top level of ``config_compare_grads.yaml``: ``model``, ``train`` (as for training) and
+    ``compare`` (validated against ``eqsolve.compare_grads.CompareConfig``)."""
+
+    model: Any = None
+    train: Any = None
+    compare: Any = None
+
+
 #: Primary config name → root schema.
 SCHEMAS: dict[str, type] = {
     "config_bench": BenchRoot,
     "config_diagnose": DiagnoseRoot,
     "config_train": TrainRoot,
-    "config_compare_grads": TrainRoot,
+    "config_compare_grads": CompareRoot,
 }
 
 

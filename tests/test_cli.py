@@ -176,3 +176,18 @@ def test_data_fetch_calls_the_hub_download(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(sudoku, "fetch_sudoku_extreme", no_hub)
     assert cli.main(["data", "fetch", "sudoku-extreme", "--out", str(tmp_path)]) == 1
     assert "huggingface_hub" in capsys.readouterr().err
+
+
+def test_compare_grads_config_validates_the_compare_section(tmp_path):
+    cfg = compose("config_compare_grads", overrides_for(["compare-grads", "--modes", "implicit, unrolled:4",
+                                                         "--out", str(tmp_path), "compare.cosine_every=2"]))
+    assert list(cfg.compare.modes) == ["implicit", "unrolled:4"] and cfg.compare.cosine_every == 2
+    assert cfg.train.out == str(tmp_path) and cfg.compare.eval_size >= 0  # defaults filled from CompareConfig
+    with pytest.raises(ValueError, match="did you mean 'modes'"):
+        compose("config_compare_grads", ["compare.mode=[implicit]"])
+
+
+def test_train_results_leave_out_per_step_losses(monkeypatch, tmp_path):
+    monkeypatch.setattr(cli, "load_entry", lambda spec: lambda cfg: {"step": 2, "losses": [1.0, 0.5]})
+    run_dir, _ = cli.run_command("train", [f"train.out={tmp_path / 't'}"])
+    assert json.loads((run_dir / "results.json").read_text())["results"] == {"step": 2}
