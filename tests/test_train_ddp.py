@@ -43,6 +43,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("grad", ["sot", "onestep"])
 def test_two_process_ddp_matches_single_process(tmp_path, grad):
     single = run_training(_cfg(tmp_path / "one", grad), EqRConfig(**TINY))

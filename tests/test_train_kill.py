@@ -1,0 +1,61 @@
+"""A training process killed with SIGKILL resumes from its last checkpoint with identical losses."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from eqsolve.models.eqr import EqRConfig
+from eqsolve.train import run_training
+from eqsolve.training_checkpoint import load_training_checkpoint
+from eqsolve.training_config import TrainConfig
+
+MODEL = dict(hidden_size=16, num_heads=2, H_cycles=1, L_cycles=2, L_layers=1, mixer="sudoku_pool")
+TRAIN = dict(steps=12, batch_size=4, gen_easy=6, sup_steps=3, checkpoint_every=2, log_every=1,
+             eval_size=2, eval_depth=1, progress=False, warmup_steps=2, reveal_start=0.5,
+             reveal_end=0.1, curriculum_steps=8, threads=1)
+
+CHILD = """
+import sys, time
+from eqsolve.models.eqr import EqRConfig
+from eqsolve.train import run_training
+from eqsolve.training_config import TrainConfig
+cfg = TrainConfig(**{train!r}, out={out!r})
+import eqsolve.training_loop as loop
+step = loop.Trainer.train_step
+def slow_step(self):  # slow the child down so that the kill lands mid-run
+    time.sleep(0.3)
+    return step(self)
+loop.Trainer.train_step = slow_step
+run_training(cfg, EqRConfig(**{model!r}))
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_matches_uninterrupted_run(tmp_path):
+    full = run_training(TrainConfig(**TRAIN, out=str(tmp_path / "full")), EqRConfig(**MODEL))
+    out = tmp_path / "killed"
+    code = CHILD.format(train=TRAIN, out=str(out), model=MODEL)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env)
+    try:
+        deadline = time.time() + 240
+        while not (out / "ckpt_0000004.pt").exists():
+            assert proc.poll() is None, "training child exited before its 2nd checkpoint"
+            assert time.time() < deadline, "no checkpoint within 240 s"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    saved = load_training_checkpoint(out / "last.pt")["train"]["step"]
+    assert 4 <= saved < TRAIN["steps"]  # killed mid-run, with at most checkpoint_every lost
+    rest = run_training(TrainConfig(**TRAIN, out=str(out), resume=True), EqRConfig(**MODEL))
+    assert rest["losses"] == full["losses"][saved:]
