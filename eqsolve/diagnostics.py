@@ -292,6 +292,8 @@ def run_diagnose(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
     report = summarize(run, rule, float(_opt(d, "target_accuracy", 0.95)))
     report["settings"].update(solver=str(cfg.solver.name), checkpoint=cfg.checkpoint,
                               data=cfg.task.data, seed=int(cfg.seed), n_puzzles=len(data.questions))
+    for problem, rating in zip(report["problems"], np.asarray(data.ratings).tolist()):
+        problem["rating"] = rating  # difficulty (backtrack count) of the puzzle
     report["figures"] = write_figures(run, report["modes"], run_dir)
     report["seconds"] = time.perf_counter() - t0
     report["cpu_seconds"] = time.process_time() - cpu0  # all threads of this process
