@@ -162,11 +162,12 @@ def batched_combine(coef: Tensor, buf: Tensor) -> Tensor:
 def write_slot(buf: Tensor, slot: int, rows: Tensor) -> Tensor:
     """``buf[:, slot] = rows`` for a ring buffer ``buf`` of shape ``(B, m, ...)``.
 
-    Writes in place when autograd is not recording through the tensors (the normal case of a
-    solve under ``torch.no_grad()``: no copy of the whole buffer per step); otherwise returns an
-    out-of-place copy so that unrolled steps stay differentiable.
+    Writes in place only when autograd is off (the normal case of a solve under
+    ``torch.no_grad()``: no copy of the whole buffer per step). With grad enabled it returns an
+    out-of-place copy, even if neither tensor requires grad yet: an earlier step may have saved
+    ``buf`` for backward (unrolling from a state computed without a graph).
     """
-    if torch.is_grad_enabled() and (buf.requires_grad or rows.requires_grad):
+    if torch.is_grad_enabled():
         return buf.index_copy(1, torch.tensor([slot], device=buf.device), rows.unsqueeze(1))
     buf[:, slot] = rows
     return buf

@@ -310,3 +310,21 @@ def test_host_syncs_at_most_once_per_check(solver):
     assert (sol.nstep == 40).all()
     syncs = [c for c in caught if "synchroniz" in str(c.message).lower()]
     assert len(syncs) <= 40 // 10 + 1, [str(c.message) for c in syncs]
+
+
+@pytest.mark.parametrize("solver", [Anderson(m=3), Broyden(memory=3)])
+def test_unrolling_from_a_state_computed_without_grad(solver):
+    # Unrolled(k) gradients: the state comes from a no-grad solve, the last steps record a graph.
+    from eqsolve.solvers import flat_map
+
+    w = torch.nn.Parameter(_contraction(d=5, q=0.7))
+    x = torch.randn(2, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    f = flat_map(lambda z: torch.tanh(z @ w.T + x), (5,))
+    with torch.no_grad():
+        state = solver.init(f, torch.zeros(2, 5, dtype=torch.float64), ())
+        for _ in range(4):
+            state = solver.step(f, state, ())
+    for _ in range(2):
+        state = solver.step(f, state, ())
+    state.z.sum().backward()
+    assert w.grad is not None and torch.isfinite(w.grad).all()
