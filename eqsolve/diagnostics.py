@@ -292,8 +292,14 @@ def run_diagnose(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
     report = summarize(run, rule, float(_opt(d, "target_accuracy", 0.95)))
     report["settings"].update(solver=str(cfg.solver.name), checkpoint=cfg.checkpoint,
                               data=cfg.task.data, seed=int(cfg.seed), n_puzzles=len(data.questions))
+    from eqsolve.tasks.sudoku import bucket
+
+    by_bucket: dict[str, list[str]] = {}
     for problem, rating in zip(report["problems"], np.asarray(data.ratings).tolist()):
         problem["rating"] = rating  # difficulty (backtrack count) of the puzzle
+        by_bucket.setdefault(bucket(rating), []).append(problem["mode"])
+    report["mode_shares_by_difficulty"] = {
+        b: {"n": len(m), **mode_shares(m)} for b, m in sorted(by_bucket.items())}
     report["figures"] = write_figures(run, report["modes"], run_dir)
     report["seconds"] = time.perf_counter() - t0
     report["cpu_seconds"] = time.process_time() - cpu0  # all threads of this process

@@ -139,6 +139,7 @@ def test_run_diagnose_end_to_end(tmp_path):
     assert sum(summary["mode_shares"].values()) == pytest.approx(1.0)
     assert report["settings"]["checkpoints"] == [1, 2, 4]
     assert all(isinstance(p["rating"], int) for p in report["problems"])
+    assert sum(v["n"] for v in report["mode_shares_by_difficulty"].values()) == 2
     for path in summary["figures"].values():
         assert (tmp_path / path.split("/")[-1]).is_file()
     assert torch.get_num_threads() == 1  # the config asked for one thread
