@@ -9,8 +9,11 @@ names the offending key and lists the valid ones; a value of the wrong type is a
 naming the key. Nothing is silently ignored.
 
 Sections whose schema belongs to another module (``model`` → ``EqRConfig`` of
-:mod:`eqsolve.models.eqr`, ``train`` → ``TrainConfig`` of :mod:`eqsolve.train`) are checked
-against that dataclass, imported lazily.
+:mod:`eqsolve.models.eqr`, ``train`` → ``TrainConfig`` of :mod:`eqsolve.train`, ``compare`` →
+``CompareConfig`` of :mod:`eqsolve.compare_grads`) are checked against that dataclass, imported
+lazily. Where a root holds the whole section (training commands), the owner's defaults are
+filled in, so ``config.yaml`` of a run shows every field; the bench's ``model`` holds only
+overrides (for ``checkpoint=random``).
 """
 
 from __future__ import annotations
