@@ -1,0 +1,192 @@
+"""Export a trained reasoner and measure it for its model card (depth × breadth, by difficulty).
+
+Usage (the shipped reasoner's card was made with these)::
+
+    python -m eqsolve.training_report export runs/reasoner-small/last.pt eqsolve/assets/reasoner.pt
+    python -m eqsolve.training_report measure eqsolve/assets/reasoner.pt \\
+        --sets eval:300,magictour:100,forum:100 --grid 16x1,64x1,32x4 --out runs/reasoner-card.json
+
+``eval`` is the shipped evaluation set; ``magictour`` and ``forum`` are the real lists in
+``../shared/data/sudoku/`` (random subsample with ``--seed``; skipped when absent). Exact
+accuracy uses the project checker; answers of the real lists come from the classical solver.
+
+Examples:
+    >>> parse_grid("16x1,32x4")
+    [(16, 1), (32, 4)]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["export_reasoner", "load_sets", "measure", "parse_grid"]
+
+REAL_LISTS = {"magictour": "magictour_top1465.txt", "forum": "forum_hardest_1905_11plus.txt"}
+
+
+def parse_grid(text: str) -> list[tuple[int, int]]:
+    """``"16x1,64x8"`` -> ``[(16, 1), (64, 8)]`` (depth × breadth)."""
+    out = []
+    for item in text.split(","):
+        depth, _, breadth = item.strip().partition("x")
+        if not (depth.isdigit() and breadth.isdigit()) or int(depth) < 1 or int(breadth) < 1:
+            raise ValueError(f"grid item {item!r} is not DEPTHxBREADTH (positive ints)")
+        out.append((int(depth), int(breadth)))
+    return out
+
+
+def export_reasoner(checkpoint: str | os.PathLike, dest: str | os.PathLike, *,
+                    use_ema: bool = True) -> dict[str, Any]:
+    """Write the weights of a training checkpoint as a small native EqR file (no optimizer).
+
+    Args:
+        checkpoint: training checkpoint (``last.pt``).
+        dest: output file (atomic write), loadable with ``EqR.from_checkpoint``.
+        use_ema: ship the EMA weights (the ones evaluated during training).
+
+    Returns:
+        The provenance stored under ``extra`` (step, seed, commit, wall time, configs, pool).
+    """
+    from eqsolve.models.checkpoint import save_checkpoint
+    from eqsolve.models.eqr import EqR, EqRConfig
+    from eqsolve.training_checkpoint import load_training_checkpoint
+
+    ckpt = load_training_checkpoint(checkpoint)
+    model = EqR(EqRConfig.from_dict(ckpt["config"]))
+    model.load_state_dict(ckpt["ema"] if use_ema and ckpt.get("ema") else ckpt["model"])
+    train = ckpt["train"]
+    extra = {"step": train["step"], "weights": "ema" if use_ema and ckpt.get("ema") else "live",
+             "commit": ckpt["extra"].get("commit"), "elapsed_s": train.get("elapsed_s"),
+             "train_config": train["train_config"], "world": train.get("world", 1),
+             "pool_fingerprint": train["pool_fingerprint"], "source": str(checkpoint)}
+    save_checkpoint(model, dest, extra=extra)
+    return extra
+
+
+def _subsample_lines(path: Path, n: int, seed: int) -> Path:
+    lines = [x for x in path.read_text().splitlines() if x.strip()]
+    picked = sorted(random.Random(seed).sample(range(len(lines)), min(n, len(lines))))
+    fd, tmp = tempfile.mkstemp(suffix=".txt")
+    with os.fdopen(fd, "w") as handle:
+        handle.write("".join(lines[i] + "\n" for i in picked))
+    return Path(tmp)
+
+
+def load_sets(spec: str, seed: int = 0) -> dict[str, Any]:
+    """``"eval:300,magictour:100"`` -> {name: SudokuSet}; absent real lists are skipped."""
+    from eqsolve.tasks.sudoku_io import default_eval_set, load_lines
+
+    shared = Path(os.environ.get("EQSOLVE_SHARED_DATA",
+                                 Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+    out = {}
+    for item in spec.split(","):
+        name, _, count = item.strip().partition(":")
+        n = int(count) if count else None
+        if name == "eval":
+            out[name] = default_eval_set(subsample=n, seed=seed) if n else default_eval_set()
+        elif name in REAL_LISTS:
+            path = shared / "sudoku" / REAL_LISTS[name]
+            if not path.is_file():
+                print(f"skipping {name}: {path} not present")
+                continue
+            tmp = _subsample_lines(path, n or 10**9, seed)
+            try:
+                out[name] = load_lines(tmp)
+            finally:
+                tmp.unlink()
+        else:
+            raise ValueError(f"unknown set {name!r}; valid: eval, {', '.join(REAL_LISTS)}")
+    return out
+
+
+@torch.no_grad()
+def measure(model: Any, data: Any, grid: list[tuple[int, int]], *, noise: float | None = 0.0,
+            seed: int = 0) -> list[dict[str, Any]]:
+    """Exact accuracy (overall and by bucket) of ``model`` on ``data`` for each depth × breadth.
+
+    Args:
+        model: an EqR.
+        data: a SudokuSet (questions, answers, ratings).
+        grid: ``(depth, breadth)`` pairs; plain fixed-point iteration, ``min_residual`` choice.
+        noise: path noise at test time (0: off; None: the model's default).
+        seed: seed of the random initial states.
+
+    Returns:
+        One row per grid point.
+    """
+    from eqsolve.scaling import solve_many
+    from eqsolve.tasks.sudoku_board import bucket, check_batch, encode_tokens
+
+    questions = np.asarray(data.questions)
+    ratings = np.asarray(data.ratings)
+    names = np.array([bucket(int(r)) for r in ratings])
+    tokens = encode_tokens(questions)
+    rows = []
+    for depth, breadth in grid:
+        t0 = time.perf_counter()
+        res = solve_many(model, tokens, depth=depth, breadth=breadth, solver="fixed_point",
+                         noise=noise, init="random", aggregate="min_residual", seed=seed)
+        wall = time.perf_counter() - t0
+        ok = check_batch(res.predictions.cpu().numpy(), questions)
+        row = {"depth": depth, "breadth": breadth, "n": len(ok), "exact": float(ok.mean()),
+               "nfe_per_puzzle": float(res.nfe.float().mean()),
+               "residual": float(res.residual.float().mean()), "puzzles_per_s": len(ok) / wall}
+        for name in ("easy", "medium", "hard"):
+            mask = names == name
+            row[f"exact_{name}"] = float(ok[mask].mean()) if mask.any() else None
+            row[f"n_{name}"] = int(mask.sum())
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: ``export CKPT DEST`` or ``measure WEIGHTS --sets ... --grid ...``."""
+    parser = argparse.ArgumentParser(prog="python -m eqsolve.training_report")
+    sub = parser.add_subparsers(dest="command", required=True)
+    exp = sub.add_parser("export", help="training checkpoint -> small weights file")
+    exp.add_argument("checkpoint")
+    exp.add_argument("dest")
+    exp.add_argument("--live", action="store_true", help="ship the live weights, not the EMA")
+    mea = sub.add_parser("measure", help="accuracy by difficulty over a depth x breadth grid")
+    mea.add_argument("weights")
+    mea.add_argument("--sets", default="eval:300,magictour:100,forum:100")
+    mea.add_argument("--grid", default="16x1,64x1,32x4")
+    mea.add_argument("--noise", type=float, default=0.0)
+    mea.add_argument("--seed", type=int, default=0)
+    mea.add_argument("--threads", type=int, default=1)
+    mea.add_argument("--out", default=None, help="JSON file for the results")
+    args = parser.parse_args(argv)
+    if args.command == "export":
+        print(json.dumps(export_reasoner(args.checkpoint, args.dest, use_ema=not args.live),
+                         indent=1, default=str))
+        return
+    from eqsolve.models.eqr import EqR
+
+    torch.set_num_threads(args.threads)
+    model = EqR.from_checkpoint(args.weights).eval()
+    grid = parse_grid(args.grid)
+    result = {"weights": args.weights, "noise": args.noise, "seed": args.seed, "sets": {}}
+    for name, data in load_sets(args.sets, seed=args.seed).items():
+        print(f"== {name} ({len(data.questions)} puzzles)", flush=True)
+        result["sets"][name] = measure(model, data, grid, noise=args.noise, seed=args.seed)
+    if args.out:
+        path = Path(args.out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(result, indent=1))
+        tmp.replace(path)
+
+
+if __name__ == "__main__":
+    main()

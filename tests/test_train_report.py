@@ -1,0 +1,45 @@
+"""Exporting shipped weights from a training checkpoint, and the model-card measurement."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from eqsolve.models.eqr import EqR, EqRConfig
+from eqsolve.train import run_training
+from eqsolve.training_checkpoint import load_training_checkpoint
+from eqsolve.training_config import TrainConfig
+from eqsolve.training_report import export_reasoner, measure, parse_grid
+
+TINY = EqRConfig(hidden_size=16, num_heads=2, H_cycles=1, L_cycles=1, L_layers=1,
+                 mixer="sudoku_pool")
+
+
+def test_export_ships_ema_weights_without_training_state(tmp_path):
+    run_training(TrainConfig(steps=2, batch_size=4, gen_easy=4, out=str(tmp_path), progress=False,
+                             checkpoint_every=2, eval_size=2, eval_depth=1), TINY)
+    extra = export_reasoner(tmp_path / "last.pt", tmp_path / "reasoner.pt")
+    assert extra["step"] == 2 and extra["weights"] == "ema"
+    model = EqR.from_checkpoint(tmp_path / "reasoner.pt")
+    ema = load_training_checkpoint(tmp_path / "last.pt")["ema"]
+    assert all(torch.equal(v, ema[k]) for k, v in model.state_dict().items())
+    shipped = torch.load(tmp_path / "reasoner.pt", weights_only=False)
+    assert "train" not in shipped and shipped["extra"]["train_config"]["steps"] == 2
+
+
+def test_measure_rows_and_grid_parsing():
+    from eqsolve.tasks.sudoku_generator import generate_easy
+    from eqsolve.tasks.sudoku_io import SudokuSet
+
+    items = generate_easy(3, seed=5)
+    q = np.stack([i[0] for i in items])
+    a = np.stack([i[1] for i in items])
+    data = SudokuSet(q, a, np.array([i[2] for i in items]), ["gen"] * 3)
+    torch.manual_seed(0)
+    rows = measure(EqR(TINY), data, parse_grid("2x1,2x2"))
+    assert [(r["depth"], r["breadth"]) for r in rows] == [(2, 1), (2, 2)]
+    assert rows[1]["nfe_per_puzzle"] == 4.0 and rows[0]["exact"] == 0.0  # untrained: no luck
+    assert sum(r["n_easy"] + r["n_medium"] + r["n_hard"] for r in rows[:1]) == 3
+    with pytest.raises(ValueError, match="DEPTHxBREADTH"):
+        parse_grid("16")
