@@ -163,10 +163,22 @@ def worker(case: str, depth: int, out: Path) -> None:
         if step == 1:
             first = torch.cat([g.double().reshape(-1) for g in grads])
         del z, loss, grads
+    # Exact complement to the RSS numbers: bytes autograd saves for backward in one forward
+    # (each storage once; excludes the backward's own transient buffers, e.g. the adjoint solve).
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        z = forward(case, block, x, depth)
+    del z
     median = statistics.median
     torch.save({"grads": first, "rss_before_mib": median(before_all), "mem_method": method,
-                "mem_delta_mib": median(mem), "forward_s": median(forward_s),
-                "backward_s": median(backward_s), "backward_cpu_s": median(backward_cpu_s)}, out)
+                "mem_delta_mib": median(mem), "graph_saved_mib": sum(seen.values()) / 2**20,
+                "forward_s": median(forward_s), "backward_s": median(backward_s),
+                "backward_cpu_s": median(backward_cpu_s)}, out)
 
 
 def exact_gradient() -> tuple[torch.Tensor, dict[str, float]]:
@@ -218,7 +230,8 @@ def main(depths: list[int], out_dir: Path) -> dict:
             rel = ((grads - exact).norm() / exact.norm()).item()
             rows.append({"case": case, "depth": depth, "cosine": cos, "rel_err": rel, **r})
             print(f"depth {depth:4d} {case:21s} cos {cos:.6f} rel {rel:.2e} bwd {r['backward_s'] * 1e3:7.1f} ms "
-                  f"(cpu {r['backward_cpu_s'] * 1e3:7.1f} ms) mem +{r['mem_delta_mib']:6.1f} MiB", flush=True)
+                  f"(cpu {r['backward_cpu_s'] * 1e3:7.1f} ms) mem +{r['mem_delta_mib']:6.1f} MiB "
+                  f"graph {r['graph_saved_mib']:6.2f} MiB", flush=True)
     targets = evaluate_targets(rows, depths)
     for t in targets:
         print(f"[{'PASS' if t['pass'] else 'FAIL'}] {t['target']}: {t['measured']}")
@@ -267,14 +280,15 @@ def to_markdown(result: dict) -> str:
         f"Unrolled(k={s['unroll_k']}). One thread, one fresh process per case; memory = peak-RSS increase over "
         "one forward+backward after a warm-up step; times and memory = median of 3 steps. The time targets use "
         "CPU time (the process is single-threaded; wall time on the shared machine is also shown). "
-        "`*_anderson`: adjoint solved with Anderson.", "",
-        "| depth | strategy | cosine | rel. err | backward ms (wall) | backward ms (CPU) | forward ms | mem + MiB |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
+        "`*_anderson`: adjoint solved with Anderson. graph MiB = bytes autograd saves for backward in one forward "
+        "(exact; excludes the backward's transient buffers such as the adjoint solve).", "",
+        "| depth | strategy | cosine | rel. err | backward ms (wall) | backward ms (CPU) | forward ms | mem + MiB | graph MiB |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
         lines.append(f"| {r['depth']} | {r['case']} | {r['cosine']:.6f} | {r['rel_err']:.2e} | "
                      f"{r['backward_s'] * 1e3:.1f} | {r['backward_cpu_s'] * 1e3:.1f} | {r['forward_s'] * 1e3:.1f} | "
-                     f"{r['mem_delta_mib']:.1f} |")
+                     f"{r['mem_delta_mib']:.1f} | {r['graph_saved_mib']:.2f} |")
     lines += ["", "## Targets", ""]
     lines += [f"- {'PASS' if t['pass'] else 'FAIL'}: {t['target']} — {t['measured']}" for t in result["targets"]]
     lines += ["", f"Wall time {result['wall_s']:.0f} s; torch {s['torch']}.", ""]
