@@ -500,7 +500,6 @@ def _unrolled_solve(f: FixedPointFn, z0: Tensor, args: tuple, solver: Any, *, to
         out, replayed = final.fz.detach(), torch.zeros_like(nfe)
         with torch.enable_grad():
             for rows, restart, steps in groups:
-                restart = _as_leaves(restart)
                 rows_args = tuple(a[rows] if isinstance(a, Tensor) else a for a in args)
                 for _ in range(steps):
                     restart = solver.step(g, restart, rows_args)
@@ -515,19 +514,6 @@ def _unrolled_solve(f: FixedPointFn, z0: Tensor, args: tuple, solver: Any, *, to
     sol = GradSolution(z=final.z.detach().view(batch, *shape), abs_residual=abs_res, rel_residual=rel_res,
                        nfe=nfe, nstep=nstep, status=status, trace=None, stop=stop, tol=tol)
     return out.view(batch, *shape), sol
-
-
-def _as_leaves(state: Any) -> Any:
-    """Floating tensors of ``state`` as grad-requiring leaves.
-
-    A solver may update a history buffer in place when neither the buffer nor the new row
-    requires grad; on the first replayed step that would overwrite a tensor autograd saved.
-    As leaves they are updated out of place (their own gradients are never used).
-    """
-    return dataclasses.replace(state, **{f.name: getattr(state, f.name).detach().requires_grad_()
-                                         for f in dataclasses.fields(state)
-                                         if isinstance(getattr(state, f.name), Tensor)
-                                         and getattr(state, f.name).is_floating_point()})
 
 
 def _copy_state(state: Any) -> Any:
