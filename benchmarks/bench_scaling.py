@@ -48,6 +48,23 @@ from eqsolve.tasks.sudoku import check_batch, encode_tokens
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def parse_solver_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"anderson:m=5:beta=0.5"`` → ``("anderson", {"m": 5, "beta": 0.5})``.
+
+    Examples:
+        >>> parse_solver_spec("anderson:m=5:beta=0.5")
+        ('anderson', {'m': 5, 'beta': 0.5})
+    """
+    name, *pairs = spec.split(":")
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, _, text = pair.partition("=")
+        if not key or not text:
+            raise ValueError(f"solver spec {spec!r}: expected name:key=value:..., got {pair!r}")
+        options[key] = int(text) if text.lstrip("-").isdigit() else float(text)
+    return name, options
+
+
 def anytime_curves(model: Any, questions: np.ndarray, solver: str, depth: int, init: torch.Tensor,
                    batch_size: int = 64) -> dict[str, np.ndarray]:
     """Answers' correctness, relative residual and halting logit after every NFE.
@@ -55,7 +72,7 @@ def anytime_curves(model: Any, questions: np.ndarray, solver: str, depth: int, i
     Args:
         model: EqR.
         questions: ``(N, 81)`` digits.
-        solver: Registered solver name.
+        solver: Solver spec (``name`` or ``name:key=value:...``, see :func:`parse_solver_spec`).
         depth: NFE per puzzle.
         init: ``(N, 2, 81, d)`` initial states (shared by all solvers).
         batch_size: Rows per solve.
@@ -64,7 +81,8 @@ def anytime_curves(model: Any, questions: np.ndarray, solver: str, depth: int, i
         ``correct`` (N, depth) bool, ``residual`` (N, depth) float, ``halt_logit`` (N, depth),
         ``digits`` (N, depth, 81) int8 answers.
     """
-    algo = get_solver(solver)
+    name, options = parse_solver_spec(solver)
+    algo = get_solver(name, **options)
     out = {k: np.zeros((len(questions), depth)) for k in ("correct", "residual", "halt_logit")}
     out["digits"] = np.zeros((len(questions), depth, questions.shape[1]), dtype=np.int8)
     shape = tuple(init.shape[1:])
@@ -108,9 +126,10 @@ def consistency_check(model: Any, questions: np.ndarray, init: torch.Tensor, cur
     checks = []
     tokens = encode_tokens(questions)
     for depth in depths:
+        name, options = parse_solver_spec(solver)
         with torch.no_grad():
-            res = solve_many(model, tokens, depth=depth, breadth=1, solver=solver, noise=0.0, init=init,
-                             residual="rel")
+            res = solve_many(model, tokens, depth=depth, breadth=1, solver=get_solver(name, **options), noise=0.0,
+                             init=init, residual="rel")
         same = (res.predictions.numpy() == curves["digits"][:, depth - 1]).all(axis=1)
         checks.append({"solver": solver, "depth": depth, "agree": float(same.mean())})
     return checks
@@ -145,14 +164,17 @@ def markdown(report: dict[str, Any]) -> str:
               f"torch {report['meta']['versions']['torch']}, {a['threads']} thread(s), "
               f"{report['n_puzzles']} puzzles of {a['data'] or 'the shipped eval set'}, noise 0, random starts "
               f"(seed {a['seed']}).", "", f"## 1. NFE to reach plain iteration's depth-{a['depth']} accuracy", "",
-              "| solver | accuracy at depth 4 / 16 / 64 | NFE to reach target | ratio vs plain |", "|---|---|---|---|"]
+              f"| solver | accuracy at depth 4 / 16 / {a['depth']} | NFE to reach target | "
+              f"ratio vs {a['depth']} | ratio vs plain's first reach |", "|---|---|---|---|---|"]
     target = report["solver_nfe"]["target_accuracy"]
+    plain_first = report["solver_nfe"]["solvers"]["fixed_point"]["nfe_to_target"]
     for name, entry in report["solver_nfe"]["solvers"].items():
         acc = entry["accuracy_at"]
-        accs = " / ".join(f"{100 * acc[str(d)]:.1f}%" if str(d) in acc else "-" for d in (4, 16, 64))
+        accs = " / ".join(f"{100 * acc[str(d)]:.1f}%" if str(d) in acc else "-" for d in (4, 16, a["depth"]))
         nfe = entry["nfe_to_target"]
         ratio = "-" if nfe is None else f"{nfe / a['depth']:.2f}×"
-        lines.append(f"| {name} | {accs} | {nfe if nfe is not None else 'not reached'} | {ratio} |")
+        vs_first = "-" if nfe is None or not plain_first else f"{nfe / plain_first:.2f}×"
+        lines.append(f"| {name} | {accs} | {nfe if nfe is not None else 'not reached'} | {ratio} | {vs_first} |")
     lines += ["", f"Target: plain iteration's accuracy at depth {a['depth']} = {100 * target:.1f}%."
               + (" Plain iteration solves nothing here, so sections 1 and 2 are not meaningful." if target == 0
                  else ""), "",
@@ -185,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--throughput-depth", type=int, default=8)
     p.add_argument("--throughput-puzzles", type=int, default=8)
-    p.add_argument("--solvers", default="anderson,broyden")
+    p.add_argument("--solvers", default="anderson,anderson:m=5,anderson:m=5:beta=0.5,broyden",
+                   help="comma-separated solver specs name[:key=value...] compared with plain iteration")
     p.add_argument("--out", default=str(RESULTS / "bench_scaling"), help="output path without suffix")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -212,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, c in curves.items():
         acc = c["correct"].mean(0)
         report["solver_nfe"]["solvers"][name] = {
-            "accuracy_at": {str(d): float(acc[d - 1]) for d in (1, 2, 4, 8, 16, 32, 48, 64) if d <= args.depth},
+            "accuracy_at": {str(d): float(acc[d - 1])
+                            for d in sorted({1, 2, 4, 8, 16, 32, 48, 64, args.depth}) if d <= args.depth},
             "accuracy_curve": acc.tolist(), "mean_residual_curve": c["residual"].mean(0).tolist(),
             "nfe_to_target": first_depth_reaching(acc, target) if target > 0 else None, "seconds": seconds[name]}
 
@@ -228,8 +252,8 @@ def main(argv: list[str] | None = None) -> int:
                          else None}
 
     checks = consistency_check(model, questions, init, plain, "fixed_point", sorted({4, args.depth}))
-    checks += consistency_check(model, questions, init, curves[args.solvers.split(",")[0]],
-                                args.solvers.split(",")[0], [min(16, args.depth)])
+    first = args.solvers.split(",")[0]
+    checks += consistency_check(model, questions, init, curves[first], first, [min(16, args.depth)])
     report["consistency"] = checks
     report["breadth"] = breadth_throughput(model, questions[: args.throughput_puzzles], args.throughput_depth,
                                            (1, 16), repeats=3)

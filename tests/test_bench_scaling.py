@@ -52,3 +52,10 @@ def test_anytime_curves_match_solve_many_answers(bs):
                 result = solve_many(model, encode_tokens(questions), depth=depth, solver=solver, noise=0.0,
                                     init=init, residual="rel")
             np.testing.assert_array_equal(result.predictions.numpy(), curves["digits"][:, depth - 1])
+
+
+def test_parse_solver_spec(bs):
+    assert bs.parse_solver_spec("broyden") == ("broyden", {})
+    assert bs.parse_solver_spec("anderson:m=5:beta=0.5") == ("anderson", {"m": 5, "beta": 0.5})
+    with pytest.raises(ValueError, match="key=value"):
+        bs.parse_solver_spec("anderson:m")
