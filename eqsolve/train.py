@@ -199,6 +199,11 @@ def run_training(cfg: TrainConfig, model_config: EqRConfig | None = None) -> dic
             elapsed = elapsed0 + time.perf_counter() - t_start
             if trainer.step % cfg.log_every == 0 or trainer.step == cfg.steps:
                 last_metrics = {k: sum(v) / len(v) for k, v in window.items()}
+                if dist.is_initialized():  # log the global batch, not rank 0's slice
+                    keys = sorted(last_metrics)
+                    values = torch.tensor([last_metrics[k] for k in keys], dtype=torch.float64)
+                    dist.all_reduce(values)
+                    last_metrics = dict(zip(keys, (values / world).tolist()))
                 last_metrics.update(step=trainer.step, elapsed_s=round(elapsed, 2),
                                     steps_per_s=n_window / (time.perf_counter() - t_window))
                 if cfg.eval_every and trainer.step % cfg.eval_every == 0 and eval_set is not None:

@@ -143,3 +143,23 @@ def test_checkpoint_loads_as_a_model_for_bench(tmp_path):
     ckpt = load_training_checkpoint(tmp_path / "last.pt")
     assert all(torch.equal(v, ckpt["ema"][k]) for k, v in model.state_dict().items())
     assert ckpt["extra"]["commit"] and ckpt["train"]["train_config"]["steps"] == 2
+
+
+def test_trains_on_a_user_csv_and_rejects_a_missing_file(tmp_path):
+    import numpy as np
+
+    from eqsolve.tasks.sudoku_generator import generate_easy
+    from eqsolve.tasks.sudoku_io import SudokuSet, save_csv
+
+    items = generate_easy(3, seed=7)
+    data = SudokuSet(np.stack([i[0] for i in items]), np.stack([i[1] for i in items]),
+                     np.array([i[2] for i in items]), ["gen"] * 3)
+    save_csv(data, tmp_path / "train.csv")
+    cfg = tiny_cfg(tmp_path / "run", data=str(tmp_path / "train.csv"), steps=1, gen_easy=0)
+    assert run_training(cfg, TINY)["step"] == 1
+    from eqsolve.training_data import PuzzlePool
+
+    pool = PuzzlePool.load(tmp_path / "run" / "pool.npz")
+    assert np.array_equal(pool.questions, data.questions) and "train.csv" in pool.source
+    with pytest.raises(ValueError, match="training data file not found"):
+        run_training(tiny_cfg(tmp_path / "run2", data=str(tmp_path / "nope.csv")), TINY)
