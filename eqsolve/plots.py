@@ -54,17 +54,21 @@ def plot_accuracy_vs_nfe(rows: Sequence[Row], path: str | os.PathLike) -> Path:
     """
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
-    for solver in _solvers(rows):
-        breadths = sorted({int(r["breadth"]) for r in rows if r["solver"] == solver})
-        for breadth in breadths:
+    styles = ["-", "--", ":", "-."]
+    all_breadths = sorted({int(r["breadth"]) for r in rows})
+    for index, solver in enumerate(_solvers(rows)):
+        color = f"C{index}"  # one colour per solver, one line style per breadth
+        for breadth in sorted({int(r["breadth"]) for r in rows if r["solver"] == solver}):
             line = sorted(
                 (r for r in rows if r["solver"] == solver and int(r["breadth"]) == breadth),
                 key=lambda r: float(r["nfe_mean"]),
             )
             ax.plot(
                 [float(r["nfe_mean"]) for r in line], [100 * float(r["accuracy"]) for r in line],
-                marker="o", linestyle="-" if breadth == 1 else "--", label=f"{solver}, B={breadth}",
+                marker="o", color=color, linestyle=styles[all_breadths.index(breadth) % len(styles)],
+                label=f"{solver}, B={breadth}",
             )
+    _accuracy_axis(ax, rows)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("mean NFE per puzzle (all starts)")
     ax.set_ylabel("exact accuracy (%)")
@@ -92,13 +96,20 @@ def plot_accuracy_vs_residual(rows: Sequence[Row], path: str | os.PathLike) -> P
             [float(r["residual_mean"]) for r in cells], [100 * float(r["accuracy"]) for r in cells],
             label=solver, s=[12 + 6 * int(r["breadth"]) for r in cells], alpha=0.7,
         )
+    _accuracy_axis(ax, rows)
     ax.set_xscale("log")
-    ax.set_xlabel("mean final relative residual (chosen start)")
+    ax.set_xlabel("mean final residual (chosen start)")
     ax.set_ylabel("exact accuracy (%)")
     ax.set_title("Accuracy vs residual (marker size ~ breadth)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
     return _save(fig, path)
+
+
+def _accuracy_axis(ax: Any, rows: Sequence[Row]) -> None:
+    """Accuracy axis from 0, with head room (and a visible range when everything is 0)."""
+    top = max((100 * float(r["accuracy"]) for r in rows), default=0.0)
+    ax.set_ylim(0, min(100, max(5.0, 1.1 * top)))
 
 
 def _positive(value: Any) -> bool:
@@ -123,8 +134,8 @@ def plot_depth_breadth_heatmap(rows: Sequence[Row], path: str | os.PathLike) -> 
     solvers = _solvers(rows)
     depths = sorted({int(r["depth"]) for r in rows})
     breadths = sorted({int(r["breadth"]) for r in rows})
-    fig = Figure(figsize=(3.2 * len(solvers) + 1, 0.5 * len(depths) + 2.2))
-    axes = fig.subplots(1, len(solvers), squeeze=False)[0]
+    fig = Figure(figsize=(3.2 * len(solvers) + 1.2, 0.5 * len(depths) + 2.2), layout="constrained")
+    axes = fig.subplots(1, len(solvers), squeeze=False, sharey=True)[0]
     image = None
     for ax, solver in zip(axes, solvers):
         grid = [[math.nan] * len(breadths) for _ in depths]
@@ -140,8 +151,8 @@ def plot_depth_breadth_heatmap(rows: Sequence[Row], path: str | os.PathLike) -> 
         ax.set_xticks(range(len(breadths)), [str(b) for b in breadths])
         ax.set_yticks(range(len(depths)), [str(d) for d in depths])
         ax.set_xlabel("breadth (starts)")
-        ax.set_ylabel("depth (NFE per start)")
         ax.set_title(solver)
+    axes[0].set_ylabel("depth (NFE per start)")
     if image is not None:
         fig.colorbar(image, ax=list(axes), label="exact accuracy (%)")
     return _save(fig, path)
