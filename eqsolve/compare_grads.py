@@ -108,15 +108,39 @@ def _flat_grad(trainer: Any, strategy: Any) -> torch.Tensor:
                       for g, p in zip(grads, params)])
 
 
-def _current_rss_mb() -> float:
+def _status_mb(field_name: str) -> float:
+    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``) in MiB, NaN if unavailable."""
     try:
         with open("/proc/self/status") as handle:
             for line in handle:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field_name + ":"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
     return float("nan")
+
+
+def _reset_peak_rss() -> float:
+    """Reset the process's RSS high-water mark (Linux) and return the current RSS in MiB.
+
+    ``ru_maxrss`` survives fork+exec, so a spawned worker would report its parent's peak;
+    writing 5 to ``/proc/self/clear_refs`` resets ``VmHWM`` instead. Freed heap is trimmed
+    first so that earlier allocations do not hide the training's own growth.
+    """
+    try:
+        import ctypes
+        import ctypes.util
+
+        ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
+        Path("/proc/self/clear_refs").write_text("5")
+    except (OSError, AttributeError):
+        pass
+    return _status_mb("VmRSS")
+
+
+def _peak_rss_mb() -> float:
+    peak = _status_mb("VmHWM")
+    return peak if peak == peak else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _run_mode(model: dict[str, Any], train: dict[str, Any], compare: dict[str, Any], mode: str,
@@ -135,7 +159,7 @@ def _run_mode(model: dict[str, Any], train: dict[str, Any], compare: dict[str, A
     cuda = cfg.device.startswith("cuda")
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    base_mb = _current_rss_mb()
+    base_mb = _reset_peak_rss()
     reference = get_gradient("unrolled", k=None)
     curves: dict[str, list[float]] = {k: [] for k in ("step", "wall_s", "loss", "cell_acc",
                                                          "exact", "nfe", "residual")}
@@ -154,8 +178,7 @@ def _run_mode(model: dict[str, Any], train: dict[str, Any], compare: dict[str, A
             curves[key].append(trainer.step if key == "step" else
                                wall if key == "wall_s" else metrics[key])
     # peak memory of training alone: read before the (memory-hungry) reference gradients
-    peak_mb = (torch.cuda.max_memory_allocated() / 2**20 if cuda
-               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    peak_mb = torch.cuda.max_memory_allocated() / 2**20 if cuda else _peak_rss_mb()
     final_state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
     final_step = trainer.step
     for step, state in snapshots:  # same weights and batch as when the mode trained on it
@@ -171,7 +194,7 @@ def _run_mode(model: dict[str, Any], train: dict[str, Any], compare: dict[str, A
     out = {"mode": mode, "curves": curves, "cosine": cosine, "wall_s": wall,
            "s_per_step": wall / max(cfg.steps, 1), "peak_mb": peak_mb,
            "peak_over_start_mb": peak_mb - (0.0 if cuda else base_mb),
-           "memory_kind": "cuda_max_allocated" if cuda else "max_rss"}
+           "memory_kind": "cuda_max_allocated" if cuda else "VmHWM (peak RSS, reset at start)"}
     eval_set = default_eval_set() if compare["eval_size"] else None
     if eval_set is not None:
         model_eval = trainer.ema_model()
