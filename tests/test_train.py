@@ -106,10 +106,11 @@ def test_sot_replaces_rows_after_sup_steps(tmp_path):
 
 @pytest.mark.parametrize("grad", ["sot", "implicit"])
 def test_resume_reproduces_uninterrupted_losses(tmp_path, grad):
-    full = run_training(tiny_cfg(tmp_path / "full", grad=grad), TINY)
-    part = run_training(tiny_cfg(tmp_path / "part", grad=grad, steps=3), TINY)
+    opts = {"grad": grad, "backward_max_iter": 5}
+    full = run_training(tiny_cfg(tmp_path / "full", **opts), TINY)
+    part = run_training(tiny_cfg(tmp_path / "part", steps=3, **opts), TINY)
     assert part["losses"] == full["losses"][:3]
-    rest = run_training(tiny_cfg(tmp_path / "part", grad=grad, resume=True), TINY)
+    rest = run_training(tiny_cfg(tmp_path / "part", resume=True, **opts), TINY)
     assert rest["losses"] == full["losses"][3:]  # exactly, not approximately
     a = load_training_checkpoint(tmp_path / "full" / "last.pt")
     b = load_training_checkpoint(tmp_path / "part" / "last.pt")
