@@ -183,7 +183,7 @@ def run_training(cfg: TrainConfig, model_config: EqRConfig | None = None) -> dic
         bar = tqdm(total=cfg.steps, initial=trainer.step, desc=f"train[{cfg.grad}]",
                    dynamic_ncols=True)
     losses: list[float] = []
-    window: dict[str, list[float]] = {}
+    window: dict[str, list[float]] = {}  # key -> [sum, count] since the last log line
     t_start = t_window = time.perf_counter()
     n_window, last_metrics, evaluation = 0, {}, {}
     try:
@@ -191,19 +191,21 @@ def run_training(cfg: TrainConfig, model_config: EqRConfig | None = None) -> dic
             metrics = trainer.train_step()
             losses.append(metrics["loss"])
             for key, value in metrics.items():
-                window.setdefault(key, []).append(value)
+                total = window.setdefault(key, [0.0, 0.0])
+                if value == value:  # NaN means "no such event this step" (e.g. nobody halted)
+                    total[0] += value
+                    total[1] += 1
             n_window += 1
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['cell_acc']:.3f}")
             elapsed = elapsed0 + time.perf_counter() - t_start
             if trainer.step % cfg.log_every == 0 or trainer.step == cfg.steps:
-                last_metrics = {k: sum(v) / len(v) for k, v in window.items()}
+                keys = sorted(window)  # the same keys on every rank: train_step's
+                sums = torch.tensor([window[k] for k in keys], dtype=torch.float64)
                 if dist.is_initialized():  # log the global batch, not rank 0's slice
-                    keys = sorted(last_metrics)
-                    values = torch.tensor([last_metrics[k] for k in keys], dtype=torch.float64)
-                    dist.all_reduce(values)
-                    last_metrics = dict(zip(keys, (values / world).tolist()))
+                    dist.all_reduce(sums)
+                last_metrics = {k: (s / n if n else None) for k, (s, n) in zip(keys, sums.tolist())}
                 last_metrics.update(step=trainer.step, elapsed_s=round(elapsed, 2),
                                     steps_per_s=n_window / (time.perf_counter() - t_window))
                 if cfg.eval_every and trainer.step % cfg.eval_every == 0 and eval_set is not None:

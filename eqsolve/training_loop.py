@@ -199,6 +199,9 @@ class Trainer:
                 halted |= (halt.detach() > 0) & (c["steps"] >= c["min_halt"])
             c["halted"] = halted
             out["halted"] = float(halted.float().mean())
+            # accuracy of the answers rows leave with (what evaluation would see)
+            out["exact_at_halt"] = (float(stats["exact"][halted].float().mean())
+                                    if halted.any() else float("nan"))
             out["halt_steps"] = float(c["steps"][halted].float().mean()) if halted.any() else 0.0
         return out
 
