@@ -289,7 +289,9 @@ def to_markdown(result: dict) -> str:
         lines.append(f"| {r['depth']} | {r['case']} | {r['cosine']:.6f} | {r['rel_err']:.2e} | "
                      f"{r['backward_s'] * 1e3:.1f} | {r['backward_cpu_s'] * 1e3:.1f} | {r['forward_s'] * 1e3:.1f} | "
                      f"{r['mem_delta_mib']:.1f} | {r['graph_saved_mib']:.2f} |")
-    lines += ["", "## Targets", ""]
+    lines += ["", "## Targets", "",
+              "Single run on a shared machine: CPU-time ratios close to 1 and RSS deltas of a few MiB move "
+              "between runs (see graph MiB for the exact, noise-free memory of the graph).", ""]
     lines += [f"- {'PASS' if t['pass'] else 'FAIL'}: {t['target']} — {t['measured']}" for t in result["targets"]]
     lines += ["", f"Wall time {result['wall_s']:.0f} s; torch {s['torch']}.", ""]
     return "\n".join(lines)
