@@ -4,9 +4,10 @@ Examples:
     >>> import torch
     >>> from eqsolve.deq import DEQ
     >>> from eqsolve.gradients import Implicit
+    >>> _ = torch.manual_seed(0)
     >>> cell = torch.nn.Linear(8, 8)
     >>> f = lambda z, x: torch.tanh(0.5 * cell(z) + x)
-    >>> deq = DEQ(f, solver="anderson", grad=Implicit(tol=1e-8), max_iter=40, tol=1e-6)
+    >>> deq = DEQ(f, solver="anderson", grad=Implicit(tol=1e-5), max_iter=40, tol=1e-5)
     >>> x = torch.randn(4, 8)
     >>> z, sol = deq(torch.zeros(4, 8), x)
     >>> z.pow(2).sum().backward()
