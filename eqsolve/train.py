@@ -98,7 +98,8 @@ def _get_pool(cfg: TrainConfig, out: Path, rank: int) -> PuzzlePool:
     return PuzzlePool.load(cache)
 
 
-def _checkpoint(trainer: Trainer, out: Path, elapsed: float, metrics: dict[str, Any]) -> None:
+def _checkpoint(trainer: Trainer, out: Path, elapsed: float, metrics: dict[str, Any],
+                commit: str) -> None:
     states = trainer.gather_local_states()  # collective: every rank calls it
     if trainer.rank != 0:
         return
@@ -108,7 +109,7 @@ def _checkpoint(trainer: Trainer, out: Path, elapsed: float, metrics: dict[str, 
         "model": {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()},
         "ema": None if trainer.ema is None else {k: v.cpu() for k, v in trainer.ema.items()},
         "extra": {"step": trainer.step, "seed": trainer.cfg.seed, "grad": trainer.cfg.grad,
-                  "commit": git_commit(), "elapsed_s": elapsed, "metrics": metrics},
+                  "commit": commit, "elapsed_s": elapsed, "metrics": metrics},
         "train": {"version": TRAIN_STATE_VERSION, "step": trainer.step,
                   "optimizer": trainer.optimizer.state_dict(),
                   "train_config": trainer.cfg.to_dict(), "rng": capture_global_rng(),
@@ -168,9 +169,10 @@ def run_training(cfg: TrainConfig, model_config: EqRConfig | None = None) -> dic
         elapsed0 = float(tr.get("elapsed_s", 0.0))
         if rank == 0:
             _truncate_metrics(out / "metrics.jsonl", trainer.step)
+    commit = git_commit()  # the code this process runs (HEAD may move while it trains)
     if rank == 0:
         (out / "config.json").write_text(json.dumps(
-            {"model": model_config.to_dict(), "train": cfg.to_dict(), "commit": git_commit(),
+            {"model": model_config.to_dict(), "train": cfg.to_dict(), "commit": commit,
              "world": world, "pool": pool.source, "torch": torch.__version__}, indent=2))
     stop = {"flag": False}
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True)) \
@@ -223,7 +225,7 @@ def run_training(cfg: TrainConfig, model_config: EqRConfig | None = None) -> dic
                 stop["flag"] = bool(flag.item())
             if (trainer.step % cfg.checkpoint_every == 0 or trainer.step == cfg.steps
                     or stop["flag"] or over_time):
-                _checkpoint(trainer, out, elapsed, last_metrics)
+                _checkpoint(trainer, out, elapsed, last_metrics, commit)
             if stop["flag"] or over_time:
                 break
         if eval_set is not None:

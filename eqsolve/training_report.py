@@ -65,8 +65,12 @@ def export_reasoner(checkpoint: str | os.PathLike, dest: str | os.PathLike, *,
     model = EqR(EqRConfig.from_dict(ckpt["config"]))
     model.load_state_dict(ckpt["ema"] if use_ema and ckpt.get("ema") else ckpt["model"])
     train = ckpt["train"]
+    commit = ckpt["extra"].get("commit")
+    run_record = Path(checkpoint).with_name("config.json")  # written when the run started
+    if run_record.is_file():
+        commit = json.loads(run_record.read_text()).get("commit", commit)
     extra = {"step": train["step"], "weights": "ema" if use_ema and ckpt.get("ema") else "live",
-             "commit": ckpt["extra"].get("commit"), "elapsed_s": train.get("elapsed_s"),
+             "commit": commit, "elapsed_s": train.get("elapsed_s"),
              "train_config": train["train_config"], "world": train.get("world", 1),
              "pool_fingerprint": train["pool_fingerprint"], "source": str(checkpoint)}
     save_checkpoint(model, dest, extra=extra)
