@@ -18,7 +18,7 @@ is the global batch and each rank trains on its slice of the same global rows.
 Examples:
     >>> cfg = load_preset("train", "small")
     >>> sorted(cfg)[:3]
-    ['augment', 'batch_size', 'checkpoint_every']
+    ['augment', 'batch_size', 'beta1']
 """
 
 from __future__ import annotations

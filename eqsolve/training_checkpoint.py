@@ -10,11 +10,11 @@ fingerprint, the git commit and the elapsed wall time.
 Examples:
     >>> import tempfile, os
     >>> path = os.path.join(tempfile.mkdtemp(), "x.pt")
-    >>> atomic_torch_save({"format": "eqsolve.eqr/1"}, path)
-    >>> load_training_checkpoint(path)
+    >>> atomic_torch_save({"format": "eqsolve.eqr/1", "config": {}, "model": {}}, path)
+    >>> load_training_checkpoint(path)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: ... is not a training checkpoint (no 'train' state); ...
+    ValueError: ... is not a training checkpoint (no 'train' state); weights-only files ...
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ Examples:
     >>> mc = EqRConfig(hidden_size=16, num_heads=2, H_cycles=1, L_cycles=1, L_layers=1)
     >>> trainer = Trainer(mc, TrainConfig(steps=2, batch_size=2, augment=False), pool)
     >>> sorted(trainer.train_step())[:3]
-    ['cell_acc', 'ce', 'exact']
+    ['ce', 'cell_acc', 'exact']
 """
 
 from __future__ import annotations
