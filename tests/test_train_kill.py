@@ -59,3 +59,24 @@ def test_kill_9_then_resume_matches_uninterrupted_run(tmp_path):
     assert 4 <= saved < TRAIN["steps"]  # killed mid-run, with at most checkpoint_every lost
     rest = run_training(TrainConfig(**TRAIN, out=str(out), resume=True), EqRConfig(**MODEL))
     assert rest["losses"] == full["losses"][saved:]
+
+
+@pytest.mark.slow
+def test_sigterm_stops_cleanly_with_a_checkpoint_at_the_current_step(tmp_path):
+    out = tmp_path / "term"
+    code = CHILD.format(train=dict(TRAIN, steps=200), out=str(out), model=MODEL)
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.time() + 240
+        while not (out / "ckpt_0000002.pt").exists():
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    step = load_training_checkpoint(out / "last.pt")["train"]["step"]
+    assert 2 <= step < 200
+    logged = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(logged) == step  # log_every=1: the checkpoint is at the last logged step
