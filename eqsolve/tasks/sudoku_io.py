@@ -386,6 +386,7 @@ def save_csv(data: SudokuSet, path: str | os.PathLike) -> None:
                         int(data.ratings[k]),
                     ]
                 )
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; data files are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
