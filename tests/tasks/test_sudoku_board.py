@@ -98,7 +98,12 @@ def test_checker_shape_errors():
 
 def test_buckets():
     assert [bucket(r) for r in (0, 2, 3, 20, 21, 500)] == [
-        "easy", "easy", "medium", "medium", "hard", "hard"
+        "easy",
+        "easy",
+        "medium",
+        "medium",
+        "hard",
+        "hard",
     ]
     with pytest.raises(ValueError):
         bucket(-1)
