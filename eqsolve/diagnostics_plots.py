@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")  # files only; never a display
 import matplotlib.pyplot as plt  # noqa: E402
@@ -76,6 +77,7 @@ def plot_accuracy_vs_residual(run: CensusRun, path: str | os.PathLike, n_bins: i
         color = cmap(norm(max(nfe[k], 1)))
         ax.plot(b["mean_residual"], b["accuracy"], "o-", color=color, ms=4, lw=1)
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # labels overlap otherwise
     ax.set_xlabel("residual at the end state (binned)")
     ax.set_ylabel("accuracy of starts")
     ax.set_ylim(-0.03, 1.03)
@@ -113,6 +115,7 @@ def plot_residual_traces(run: CensusRun, path: str | os.PathLike,
         # one collection per panel: far faster than one line artist per start
         ax.add_collection(LineCollection(lines, colors=colors, linewidths=0.7, alpha=0.6))
         ax.set_yscale("log")
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.autoscale()
         ax.set_title(f"problem {i}", fontsize=9)
         ax.set_xlabel("iteration")
