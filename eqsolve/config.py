@@ -108,7 +108,7 @@ class BenchConfig:
     noise: float | None = 0.0
     init: str = "random"
     batch_size: int = 24
-    threads: int = 2
+    threads: int = 1
     limit: int | None = 48
 
 
