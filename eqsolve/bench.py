@@ -310,7 +310,7 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
         >>> print(format_table([{"solver": "anderson", "depth": 4, "breadth": 1, "nfe_mean": 4.0,
         ...     "accuracy": 0.5, "accuracy_by_bucket": {"easy": 1.0, "medium": None, "hard": 0.0},
         ...     "residual_mean": 0.01, "puzzles_per_s": 12.5}]).splitlines()[2])
-        anderson       4      1     4.0   50.0  100.0      -    0.0   1.00e-02     12.5
+        anderson         4       1     4.0   50.0  100.0      -    0.0   1.00e-02     12.5
     """
     header = (f"{'solver':<12} {'depth':>5} {'breadth':>7} {'NFE':>7} {'acc%':>6} {'easy%':>6} "
               f"{'med%':>6} {'hard%':>6} {'residual':>10} {'puz/s':>8}")
