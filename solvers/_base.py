@@ -28,7 +28,7 @@ from torch import Tensor
 
 __all__ = [
     "FlatMap", "Solver", "SolverState", "batched_combine", "batched_dot", "flat_map", "option", "select_rows",
-    "take_rows", "write_slot",
+    "take_rows", "write_slot", "write_sym_slot",
 ]
 
 StateT = TypeVar("StateT", bound="SolverState")
@@ -171,3 +171,17 @@ def write_slot(buf: Tensor, slot: int, rows: Tensor) -> Tensor:
         return buf.index_copy(1, torch.tensor([slot], device=buf.device), rows.unsqueeze(1))
     buf[:, slot] = rows
     return buf
+
+
+def write_sym_slot(gram: Tensor, slot: int, col: Tensor) -> Tensor:
+    """``gram[:, slot, :] = gram[:, :, slot] = col`` for a ``(B, m, m)`` symmetric Gram matrix.
+
+    In place when autograd is off, out of place otherwise (see :func:`write_slot`).
+    """
+    if torch.is_grad_enabled():
+        at = torch.tensor([slot], device=gram.device)
+        gram = gram.index_copy(1, at, col.unsqueeze(1))
+        return gram.index_copy(2, at, col.unsqueeze(2))
+    gram[:, slot, :] = col
+    gram[:, :, slot] = col
+    return gram

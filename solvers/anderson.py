@@ -37,6 +37,7 @@ from ._base import (
     check_real,
     option,
     write_slot,
+    write_sym_slot,
 )
 
 __all__ = ["Anderson", "AndersonState"]
@@ -136,9 +137,11 @@ class Anderson(Solver):
         chol, info = torch.linalg.cholesky_ex(scaled)
         pivots = torch.diagonal(chol, dim1=1, dim2=2) ** 2
         singular = (info != 0) | ~torch.isfinite(pivots).all(dim=1)
-        chol = torch.where(singular[:, None, None], torch.eye(self.m, dtype=chol.dtype, device=chol.device), chol)
+        # A singular row's (partial) factor only spoils its own solution, which is zeroed below,
+        # so it needs no replacing. On a regular row the unused slots form an identity block with
+        # a zero right-hand side, so their coefficients come out exactly 0 without a mask.
         y = torch.cholesky_solve(torch.where(valid, rhs * scale, 0.0).unsqueeze(2), chol).squeeze(2)
-        gamma = torch.where(valid & ~singular[:, None], y * scale, 0.0)
+        gamma = y * scale
         ok = torch.isfinite(gamma).all(dim=1) & ~singular
         gamma = torch.where(ok[:, None], gamma, 0.0)
         # Restart rows whose system failed; drop columns that are numerically dependent on the
@@ -151,22 +154,22 @@ class Anderson(Solver):
         """One Anderson step (one evaluation of ``f``), then push the new difference."""
         g = state.fz - state.z
         gamma, valid = self.coefficients(state)
-        z = state.z + self.beta * g - batched_combine(gamma, state.dX)
+        z = (state.z + g if self.beta == 1.0 else state.z + self.beta * g) - batched_combine(gamma, state.dX)
         fz = f(z, *args)
         g_new = fz - z
         dg, dz = g_new - g, z - state.z
         # Push the new pair into the ring buffer and its Gram row/column.
-        hot = torch.arange(self.m, device=z.device) == state.slot
-        dGg_old = torch.where(hot, (dg * g).sum(dim=1, keepdim=True), state.dGg)  # new dG times old g
-        dG = write_slot(state.dG, state.slot, dg)
-        dX = write_slot(state.dX, state.slot, dz + self.beta * dg)
+        slot = state.slot
+        dGg_old = write_slot(state.dGg, slot, (dg * g).sum(dim=1))  # new dG times old g
+        dG = write_slot(state.dG, slot, dg)
+        dX = write_slot(state.dX, slot, dz + self.beta * dg if self.beta != 1.0 else dz + dg)
         dGg = batched_dot(dG, g_new)  # the one pass over the history for the next step
-        col = torch.where(hot, (dg * dg).sum(dim=1, keepdim=True), dGg - dGg_old)  # dG dg = dG g_new - dG g
-        gram = torch.where(hot[None, :, None], col[:, None, :], state.gram)
-        gram = torch.where(hot[None, None, :], col[:, :, None], gram)
+        col = write_slot(dGg - dGg_old, slot, (dg * dg).sum(dim=1))  # dG dg = dG g_new - dG g
+        gram = write_sym_slot(state.gram, slot, col)
+        valid[:, slot] = True  # a fresh mask from coefficients(), never recorded by autograd
         return AndersonState(
-            z=z, fz=fz, nfe=state.nfe + 1, dG=dG, dX=dX, gram=gram, valid=valid | hot[None, :], dGg=dGg,
-            slot=(state.slot + 1) % self.m,
+            z=z, fz=fz, nfe=state.nfe + 1, dG=dG, dX=dX, gram=gram, valid=valid, dGg=dGg,
+            slot=(slot + 1) % self.m,
         )
 
     def inverse_jacobian_vp(self, state: AndersonState, v: Tensor) -> Tensor:
