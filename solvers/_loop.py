@@ -29,6 +29,32 @@ def _residuals(z: Tensor, fz: Tensor) -> tuple[Tensor, Tensor]:
     return diff, diff / (torch.linalg.vector_norm(fz, dim=1) + 1e-8)
 
 
+def _status_codes(res: Tensor, abs_r: Tensor, min_abs: Tensor, ref_step: Tensor, k: int, tol: float,
+                  diverge_factor: float | None, stall_window: int | None) -> Tensor:
+    """Why each row stops at step ``k`` (a :class:`Status` value), -1 for a row that goes on.
+
+    Priority, highest first: NONFINITE, CONVERGED, DIVERGED, STAGNATED.
+    """
+    code = torch.full_like(ref_step, -1)
+    if stall_window is not None:
+        code = torch.where(ref_step <= k - stall_window, int(Status.STAGNATED), code)
+    if diverge_factor is not None:
+        code = torch.where(abs_r > diverge_factor * min_abs, int(Status.DIVERGED), code)
+    code = torch.where(res <= tol, int(Status.CONVERGED), code)  # False for NaN
+    return torch.where(torch.isfinite(res), code, int(Status.NONFINITE))
+
+
+def _going(res: Tensor, abs_r: Tensor, min_abs: Tensor, ref_step: Tensor, k: int, tol: float,
+           diverge_factor: float | None, stall_window: int | None) -> Tensor:
+    """``_status_codes(...) < 0`` (the rows that go on) in fewer ops: the per-step test."""
+    going = (res > tol) & (res < math.inf)  # False for converged rows, NaN and inf
+    if diverge_factor is not None:
+        going &= abs_r <= diverge_factor * min_abs  # a NaN residual already stops the row
+    if stall_window is not None:
+        going &= ref_step > k - stall_window
+    return going
+
+
 def _check_inputs(z0: Any, args: tuple, stop: str, tol: Any, max_iter: Any, check_every: Any,
                   diverge_factor: Any, stall_window: Any) -> None:
     if not isinstance(z0, Tensor):
@@ -166,7 +192,6 @@ def solve(
         abs_r, rel_r = _residuals(state.z.detach(), state.fz.detach())
         res = rel_r if stop == "rel" else abs_r
         best_res = best_rel if stop == "rel" else best_abs
-        finite = torch.isfinite(res)
         # Without freezing, every row still in the batch is live: skip the masking ops.
         live = ~done if freeze else None
         improved = res < best_res  # False for NaN
@@ -175,23 +200,27 @@ def solve(
         best_abs = torch.where(improved, abs_r, best_abs)
         best_rel = torch.where(improved, rel_r, best_rel)
         best_res = best_rel if stop == "rel" else best_abs
-        min_abs = torch.fmin(min_abs, abs_r) if live is None else torch.where(live, torch.fmin(min_abs, abs_r), min_abs)
-        progress = best_res < _PROGRESS * ref_res
-        ref_res = torch.where(progress, best_res, ref_res)
-        ref_step = torch.where(progress, k, ref_step)
-        new_status = torch.full_like(status, -1)
-        if stall_window is not None:
-            new_status = torch.where(ref_step <= k - stall_window, int(Status.STAGNATED), new_status)
+        # min_abs and the progress reference only feed the divergence and stall tests.
         if diverge_factor is not None:
-            new_status = torch.where(abs_r > diverge_factor * min_abs, int(Status.DIVERGED), new_status)
-        new_status = torch.where(res <= tol, int(Status.CONVERGED), new_status)  # False for NaN
-        new_status = torch.where(finite, new_status, int(Status.NONFINITE))
-        stops = new_status >= 0 if live is None else live & (new_status >= 0)
-        status = torch.where(stops, new_status, status)
+            lowest = torch.fmin(min_abs, abs_r)
+            min_abs = lowest if live is None else torch.where(live, lowest, min_abs)
+        if stall_window is not None:
+            progress = best_res < _PROGRESS * ref_res
+            ref_res = torch.where(progress, best_res, ref_res)
+            ref_step = torch.where(progress, k, ref_step)
+        if freeze:
+            # Rows may stop between host looks: record their status now.
+            code = _status_codes(res, abs_r, min_abs, ref_step, k, tol, diverge_factor, stall_window)
+            stops = live & (code >= 0)
+            status = torch.where(stops, code, status)
+            done = done | stops
+        else:
+            # The host looks at this very step: find the rows that go on with few ops, and
+            # work out why the others stopped only when some did (rare).
+            going = _going(res, abs_r, min_abs, ref_step, k, tol, diverge_factor, stall_window)
         for kind, buf in trace_bufs.items():
             value = abs_r if kind == "abs" else rel_r
             buf[idx, k] = value if live is None else torch.where(live, value, math.nan)
-        done = done | stops
 
         if k in snap_steps:
             snap = out_z.clone()
@@ -201,8 +230,11 @@ def solve(
         # --- host look: drop finished rows, or leave when none is left ---
         if k % check_every == 0 or k == max_iter:
             if compact:
-                keep = (~done).nonzero().flatten()  # the one host sync of this check
+                keep = (going if not freeze else ~done).nonzero().flatten()  # the one host sync of this check
                 if keep.numel() < idx.numel():
+                    if not freeze:
+                        code = _status_codes(res, abs_r, min_abs, ref_step, k, tol, diverge_factor, stall_window)
+                        status = torch.where(code >= 0, code, status)
                     flush()
                     if keep.numel() == 0:
                         break
