@@ -176,10 +176,12 @@ def write_slot(buf: Tensor, slot: int, rows: Tensor) -> Tensor:
 def write_sym_slot(gram: Tensor, slot: int, col: Tensor) -> Tensor:
     """``gram[:, slot, :] = gram[:, :, slot] = col`` for a ``(B, m, m)`` symmetric Gram matrix.
 
+    ``col`` is cast to the dtype of ``gram`` (exactly, when ``gram`` is the wider one).
+
     In place when autograd is off, out of place otherwise (see :func:`write_slot`).
     """
     if torch.is_grad_enabled():
-        at = torch.tensor([slot], device=gram.device)
+        at, col = torch.tensor([slot], device=gram.device), col.to(gram.dtype)
         gram = gram.index_copy(1, at, col.unsqueeze(1))
         return gram.index_copy(2, at, col.unsqueeze(2))
     gram[:, slot, :] = col

@@ -50,7 +50,8 @@ class AndersonState(SolverState):
     Attributes:
         dG: ``(B, m, n)`` ring buffer of residual differences ``g_{i+1} - g_i``.
         dX: ``(B, m, n)`` ring buffer of ``dz_i + beta * dg_i`` (the update directions).
-        gram: ``(B, m, m)`` ``dG dG^T`` (entries of invalid slots are meaningless).
+        gram: ``(B, m, m)`` ``dG dG^T``, float64 holding the dot products of the dtype of ``z``
+            (entries of invalid slots are meaningless).
         valid: ``(B, m)`` bool, which slots hold usable history for the row.
         dGg: ``(B, m)`` ``dG g`` for the current residual ``g = fz - z`` (cached: it is both the
             next right-hand side and, differenced, the next Gram column).
@@ -106,7 +107,7 @@ class Anderson(Solver):
         return AndersonState(
             z=z0, fz=fz, nfe=torch.ones(b, dtype=torch.int64, device=z0.device),
             dG=z0.new_zeros(b, self.m, n), dX=z0.new_zeros(b, self.m, n),
-            gram=z0.new_zeros(b, self.m, self.m),
+            gram=z0.new_zeros(b, self.m, self.m, dtype=torch.float64),
             valid=torch.zeros(b, self.m, dtype=torch.bool, device=z0.device), dGg=z0.new_zeros(b, self.m), slot=0,
         )
 
@@ -133,7 +134,7 @@ class Anderson(Solver):
         vv = valid[:, :, None] & valid[:, None, :]
         # Jacobi scaling makes the ridge relative to each column's norm; unused slots get a 1.
         scaled = torch.where(vv, gram * (scale[:, :, None] * scale[:, None, :]), 0.0)
-        scaled = scaled + torch.diag_embed(torch.where(valid, self.ridge, 1.0))
+        scaled.diagonal(dim1=1, dim2=2).add_(torch.where(valid, self.ridge, 1.0))  # scaled is a fresh tensor
         chol, info = torch.linalg.cholesky_ex(scaled)
         pivots = torch.diagonal(chol, dim1=1, dim2=2) ** 2
         singular = (info != 0) | ~torch.isfinite(pivots).all(dim=1)
