@@ -184,7 +184,8 @@ def solve(
     def flush() -> None:
         out_z[idx] = best_z.detach().to(out_z.dtype)
         out_abs[idx], out_rel[idx] = best_abs.detach(), best_rel.detach()
-        out_nfe[idx], out_nstep[idx], out_status[idx] = state.nfe, nstep, status
+        # Without freezing, every row in the batch has taken all k steps so far.
+        out_nfe[idx], out_nstep[idx], out_status[idx] = state.nfe, nstep if freeze else k, status
 
     k = 0
     while True:
@@ -251,7 +252,8 @@ def solve(
         # --- one step of the solver on the active rows ---
         new_state = algo.step(g, state, active_args)
         state = select_rows(done, state, new_state) if freeze else new_state
-        nstep = nstep + (~done).to(idx_dtype) if freeze else nstep + 1
+        if freeze:
+            nstep = nstep + (~done).to(idx_dtype)
         k += 1
 
     flush()

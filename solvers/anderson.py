@@ -130,20 +130,20 @@ class Anderson(Solver):
         eps = torch.finfo(state.z.dtype).eps
         max_cond = self.max_cond if self.max_cond is not None else 1e-2 / eps
         diag = torch.diagonal(gram, dim1=1, dim2=2)
-        scale = torch.where(valid & (diag > 0), diag, 1.0).rsqrt()
+        # Unused slots need no special scale: every product with it is masked or exactly 0 below.
+        scale = torch.where(diag > 0, diag, 1.0).rsqrt()
         vv = valid[:, :, None] & valid[:, None, :]
         # Jacobi scaling makes the ridge relative to each column's norm; unused slots get a 1.
         scaled = torch.where(vv, gram * (scale[:, :, None] * scale[:, None, :]), 0.0)
         scaled.diagonal(dim1=1, dim2=2).add_(torch.where(valid, self.ridge, 1.0))  # scaled is a fresh tensor
         chol, info = torch.linalg.cholesky_ex(scaled)
         pivots = torch.diagonal(chol, dim1=1, dim2=2) ** 2
-        singular = (info != 0) | ~torch.isfinite(pivots).all(dim=1)
         # A singular row's (partial) factor only spoils its own solution, which is zeroed below,
         # so it needs no replacing. On a regular row the unused slots form an identity block with
         # a zero right-hand side, so their coefficients come out exactly 0 without a mask.
         y = torch.cholesky_solve(torch.where(valid, rhs * scale, 0.0).unsqueeze(2), chol).squeeze(2)
         gamma = y * scale
-        ok = torch.isfinite(gamma).all(dim=1) & ~singular
+        ok = (info == 0) & torch.isfinite(pivots).all(dim=1) & torch.isfinite(gamma).all(dim=1)
         gamma = torch.where(ok[:, None], gamma, 0.0)
         # Restart rows whose system failed; drop columns that are numerically dependent on the
         # others (tiny Cholesky pivot) from the next steps on. This step's solve is still sound:
