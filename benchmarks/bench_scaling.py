@@ -37,12 +37,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from eqsolve.solvers import flat_map, get_solver
 
 from eqsolve.bench import SHIPPED_REASONER, load_model, load_puzzles
 from eqsolve.config import compose
 from eqsolve.runs import atomic_write_json, atomic_write_text, run_metadata
 from eqsolve.scaling import solve_many
+from eqsolve.solvers import flat_map, get_solver
 from eqsolve.tasks.sudoku import check_batch, encode_tokens
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -183,9 +183,8 @@ def worker(case: str, depth: int, out: Path) -> None:
 
 def exact_gradient() -> tuple[torch.Tensor, dict[str, float]]:
     """Float64 implicit gradient at the true fixed point via a dense (I - Jᵀ) solve per sample."""
-    from eqsolve.solvers import solve
-
     from eqsolve.jacobian import spectral_radius
+    from eqsolve.solvers import solve
 
     block, x, target = problem(torch.float64)
     sol = solve(block, torch.zeros_like(x), x, solver="anderson", tol=1e-14, max_iter=500)

@@ -44,8 +44,9 @@ import scipy.optimize  # noqa: E402
 import scipy.sparse.linalg  # noqa: E402
 import torch  # noqa: E402
 import torchdeq  # noqa: E402
-from eqsolve.solvers import solve  # noqa: E402
 from torchdeq.solver import get_solver as torchdeq_get_solver  # noqa: E402
+
+from eqsolve.solvers import solve  # noqa: E402
 
 TOL = 1e-5
 SLACK = 1.01

@@ -8,11 +8,11 @@ from __future__ import annotations
 import argparse
 
 import torch
-from eqsolve.solvers import solve
 from torch import nn
 
 from eqsolve.deq import DEQ
 from eqsolve.gradients import Implicit
+from eqsolve.solvers import solve
 
 
 class MyCell(nn.Module):

@@ -14,10 +14,11 @@ from __future__ import annotations
 import argparse
 import time
 
-import eqsolve.solvers.torchdeq  # noqa: F401  (registers eqsolve_* solvers in torchdeq)
 import torch
 from torch import nn
 from torchdeq import get_deq
+
+import eqsolve.solvers.torchdeq  # noqa: F401  (registers eqsolve_* solvers in torchdeq)
 
 PAIRS = [("fixed_point_iter", "eqsolve_fixed_point"), ("anderson", "eqsolve_anderson"), ("broyden", "eqsolve_broyden")]
 TOL = 1e-4

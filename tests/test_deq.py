@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from eqsolve.solvers import Status
 from torch import nn
 
 from eqsolve.deq import DEQ, correction_loss
 from eqsolve.gradients import GradSolution, Implicit, OneStep, Phantom, Unrolled
+from eqsolve.solvers import Status
 
 D = torch.float64
 

@@ -6,7 +6,6 @@ import warnings
 
 import pytest
 import torch
-from eqsolve.solvers import Status, available_solvers, solve
 from torch import nn
 
 from eqsolve.gradients import (
@@ -19,6 +18,7 @@ from eqsolve.gradients import (
     available_gradients,
     get_gradient,
 )
+from eqsolve.solvers import Status, available_solvers, solve
 
 D = torch.float64
 

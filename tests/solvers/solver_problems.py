@@ -11,8 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from eqsolve.solvers import Status
 from torch import Tensor
+
+from eqsolve.solvers import Status
 
 SOLVERS = ("fixed_point", "anderson", "broyden")
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from eqsolve.solvers import Status, solve
 from solver_problems import SOLVERS, problems
+
+from eqsolve.solvers import Status, solve
 
 CASES = [(p, s) for p in problems() for s in SOLVERS]
 

@@ -7,10 +7,11 @@ import math
 
 import pytest
 import torch
-from eqsolve.solvers import Anderson, Broyden, FixedPointIteration, Status, flat_map, solve
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from solver_problems import SOLVERS, by_name
+
+from eqsolve.solvers import Anderson, Broyden, FixedPointIteration, Status, flat_map, solve
 
 
 def _linear(d: int, batch: int, seed: int, spread: float = 0.5):

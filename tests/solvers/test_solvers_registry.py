@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import eqsolve.solvers as solvers
 import pytest
 import torch
+
+import eqsolve.solvers as solvers
 from eqsolve.solvers import (
     Anderson,
     Broyden,

@@ -7,8 +7,9 @@ import torch
 
 torchdeq = pytest.importorskip("torchdeq")
 
-import eqsolve.solvers.torchdeq as adapter  # noqa: E402
 from torchdeq.solver import get_solver as torchdeq_get_solver  # noqa: E402
+
+import eqsolve.solvers.torchdeq as adapter  # noqa: E402
 
 NAMES = ("eqsolve_fixed_point", "eqsolve_anderson", "eqsolve_broyden")
 
