@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import multiprocessing as mp
-import os
 import resource
 import time
 from collections.abc import Mapping
@@ -37,6 +36,7 @@ from typing import Any
 
 import torch
 
+from eqsolve._atomic import atomic_write
 from eqsolve.models.eqr import EqRConfig
 from eqsolve.training_config import TrainConfig, dataclass_from_dict
 
@@ -307,9 +307,7 @@ def run_compare(model: EqRConfig, train: TrainConfig, compare: CompareConfig) ->
                "eval_exact": res.get("eval", {}).get("exact"),
                "eval_cell_acc": res.get("eval", {}).get("cell_acc")}
         for mode, res in result["modes"].items()}
-    tmp = out / ".compare_grads.json.tmp"
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, out / "compare_grads.json")
+    atomic_write(out / "compare_grads.json", lambda handle: handle.write(json.dumps(result, indent=1).encode()))
     _plot(result, out / "compare_grads.png")
     return result
 

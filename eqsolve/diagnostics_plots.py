@@ -32,6 +32,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.collections import LineCollection  # noqa: E402
 
+from eqsolve._atomic import atomic_write  # noqa: E402
 from eqsolve.diagnostics_calibration import accuracy_vs_residual  # noqa: E402
 from eqsolve.diagnostics_modes import MODES  # noqa: E402
 from eqsolve.diagnostics_records import CensusRun  # noqa: E402
@@ -41,13 +42,10 @@ _OK, _BAD, _UNKNOWN = "tab:green", "tab:red", "tab:gray"
 
 def _save(fig: plt.Figure, path: str | os.PathLike) -> Path:
     """Write atomically (temp file in the same folder, then rename) and close the figure."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        return atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=110, bbox_inches="tight"))
+    finally:
+        plt.close(fig)
 
 
 def plot_accuracy_vs_residual(run: CensusRun, path: str | os.PathLike, n_bins: int = 6) -> Path:

@@ -17,6 +17,8 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from eqsolve._atomic import atomic_write
+
 Row = Mapping[str, Any]
 
 
@@ -24,10 +26,8 @@ def _save(fig: Figure, path: str | os.PathLike) -> Path:
     """Render with the Agg canvas and write atomically (temp name + rename)."""
     path = Path(path)
     FigureCanvasAgg(fig)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
-    return path
+    fmt = path.suffix.lstrip(".") or "png"
+    return atomic_write(path, lambda handle: fig.savefig(handle, format=fmt, dpi=120, bbox_inches="tight"))
 
 
 def _solvers(rows: Sequence[Row]) -> list[str]:

@@ -21,11 +21,12 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from eqsolve._atomic import atomic_write
 
 #: Schema tag of ``results.json``. Bump the version on any incompatible change of its layout.
 RESULTS_SCHEMA = "eqsolve.results/1"
@@ -38,7 +39,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` atomically (temp file in the same folder + ``os.replace``).
 
     Args:
-        path: Destination file. Its parent folder must exist.
+        path: Destination file (missing parent folders are created).
         text: Content to write (UTF-8).
 
     Returns:
@@ -50,19 +51,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
         >>> atomic_write_text(d / "a.txt", "hi").read_text()
         'hi'
     """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        # Never leave a stray temp file behind when the write fails half-way.
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:

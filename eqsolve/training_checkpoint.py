@@ -22,13 +22,13 @@ from __future__ import annotations
 import os
 import random
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from eqsolve._atomic import atomic_torch_save  # noqa: F401  (re-exported: training code saves through it)
 from eqsolve.training_config import RESUMABLE_CHANGES, TrainConfig
 
 __all__ = [
@@ -44,29 +44,6 @@ __all__ = [
 TRAIN_STATE_VERSION = 1
 _REQUIRED_TRAIN_KEYS = ("version", "step", "optimizer", "train_config", "rng", "carry",
                         "pool_fingerprint")
-
-
-def atomic_torch_save(payload: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temp file in the same folder, fsync, then ``os.replace``.
-
-    A crash (even ``kill -9``) leaves either the old file or the new one, never a torn file.
-
-    Args:
-        payload: anything ``torch.save`` accepts.
-        path: destination.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

@@ -17,7 +17,6 @@ Native format (``save_checkpoint`` / ``load_checkpoint``): ``{"format": "eqsolve
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from eqsolve._atomic import atomic_torch_save
 from eqsolve.models.eqr import EqR, EqRConfig
 
 __all__ = [
@@ -256,14 +256,7 @@ def save_checkpoint(
         "ema": None if ema is None else {k: v.detach().cpu() for k, v in ema.items()},
         "extra": dict(extra or {}),
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_torch_save(payload, path)
 
 
 def load_checkpoint(path: Any, *, prefer_ema: bool = True) -> EqR:
