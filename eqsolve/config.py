@@ -150,7 +150,20 @@ class DiagnoseConfig:
 
 
 @dataclass
-class BenchRoot:
+class _ReasonerRunRoot:
+    """Keys shared by every command that loads a reasoner and a puzzle set (bench, diagnose)."""
+
+    seed: int = 0
+    device: str = "cpu"
+    out: str | None = None
+    checkpoint: str | None = None
+    model: dict[str, Any] = field(default_factory=dict)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+
+
+@dataclass
+class BenchRoot(_ReasonerRunRoot):
     """Top level of ``config_bench.yaml``.
 
     Attributes:
@@ -162,27 +175,13 @@ class BenchRoot:
         model: ``EqRConfig`` fields for ``checkpoint: random``.
     """
 
-    seed: int = 0
-    device: str = "cpu"
-    out: str | None = None
-    checkpoint: str | None = None
-    model: dict[str, Any] = field(default_factory=dict)
-    task: TaskConfig = field(default_factory=TaskConfig)
-    solver: SolverConfig = field(default_factory=SolverConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
 
 
 @dataclass
-class DiagnoseRoot:
+class DiagnoseRoot(_ReasonerRunRoot):
     """Top level of ``config_diagnose.yaml`` (same model/data rules as bench)."""
 
-    seed: int = 0
-    device: str = "cpu"
-    out: str | None = None
-    checkpoint: str | None = None
-    model: dict[str, Any] = field(default_factory=dict)
-    task: TaskConfig = field(default_factory=TaskConfig)
-    solver: SolverConfig = field(default_factory=SolverConfig)
     diagnose: DiagnoseConfig = field(default_factory=DiagnoseConfig)
 
 
