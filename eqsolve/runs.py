@@ -141,7 +141,10 @@ def git_commit(repo: str | os.PathLike | None = None) -> str | None:
 
     Returns:
         The commit hash, or ``None`` when not in a git checkout or git is unavailable.
+        ``EQSOLVE_COMMIT`` in the environment overrides it (installed copies without git).
     """
+    if os.environ.get("EQSOLVE_COMMIT"):
+        return os.environ["EQSOLVE_COMMIT"]
     cwd = Path(repo) if repo is not None else Path(__file__).resolve().parent
     try:
         commit = subprocess.run(

@@ -130,7 +130,13 @@ def restore_global_rng(state: dict[str, Any]) -> None:
 
 
 def git_commit(repo: str | os.PathLike | None = None) -> str:
-    """``HEAD`` commit of the repository holding eqsolve (with ``+dirty``), or ``"unknown"``."""
+    """``HEAD`` commit of the repository holding eqsolve (with ``+dirty``), or ``"unknown"``.
+
+    ``EQSOLVE_COMMIT`` in the environment overrides it: set it when eqsolve runs from an
+    installed copy without its git checkout (e.g. on a rented GPU machine).
+    """
+    if os.environ.get("EQSOLVE_COMMIT"):
+        return os.environ["EQSOLVE_COMMIT"]
     repo = Path(repo) if repo is not None else Path(__file__).resolve().parents[1]
     try:
         head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,

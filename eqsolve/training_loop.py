@@ -89,9 +89,11 @@ class Trainer:
 
     def _init_rows(self, keys: list[tuple[int, ...]]) -> Tensor:
         std = 0.0 if self.cfg.init == "zeros" else None
+        # sampled row by row on the CPU (keyed, so independent of batch layout and device), then
+        # moved in one transfer
         rows = [self.model.init_state(1, generator=torch.Generator().manual_seed(
-            row_seed(self.cfg.seed, key)), std=std, device=self.device) for key in keys]
-        return torch.cat(rows)
+            row_seed(self.cfg.seed, key)), std=std, device="cpu") for key in keys]
+        return torch.cat(rows).to(self.device)
 
     def _draw(self, keys: list[tuple[int, ...]]) -> tuple[Tensor, Tensor]:
         cfg = self.cfg

@@ -115,7 +115,7 @@ def load_sets(spec: str, seed: int = 0) -> dict[str, Any]:
 
 @torch.no_grad()
 def measure(model: Any, data: Any, grid: list[tuple[int, int]], *, noise: float | None = 0.0,
-            seed: int = 0) -> list[dict[str, Any]]:
+            seed: int = 0, max_rows: int | None = None) -> list[dict[str, Any]]:
     """Exact accuracy (overall and by bucket) of ``model`` on ``data`` for each depth × breadth.
 
     Args:
@@ -124,6 +124,7 @@ def measure(model: Any, data: Any, grid: list[tuple[int, int]], *, noise: float 
         grid: ``(depth, breadth)`` pairs; plain fixed-point iteration, ``min_residual`` choice.
         noise: path noise at test time (0: off; None: the model's default).
         seed: seed of the random initial states.
+        max_rows: rows in flight at once (``solve_many``'s continuous batching; None: all).
 
     Returns:
         One row per grid point.
@@ -134,12 +135,16 @@ def measure(model: Any, data: Any, grid: list[tuple[int, int]], *, noise: float 
     questions = np.asarray(data.questions)
     ratings = np.asarray(data.ratings)
     names = np.array([bucket(int(r)) for r in ratings])
-    tokens = encode_tokens(questions)
+    device = next(model.parameters()).device
+    tokens = encode_tokens(questions).to(device)
     rows = []
     for depth, breadth in grid:
         t0 = time.perf_counter()
         res = solve_many(model, tokens, depth=depth, breadth=breadth, solver="fixed_point",
-                         noise=noise, init="random", aggregate="min_residual", seed=seed)
+                         noise=noise, init="random", aggregate="min_residual", seed=seed,
+                         max_rows=max_rows)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         wall = time.perf_counter() - t0
         ok = check_batch(res.predictions.cpu().numpy(), questions)
         row = {"depth": depth, "breadth": breadth, "n": len(ok), "exact": float(ok.mean()),
@@ -169,6 +174,9 @@ def main(argv: list[str] | None = None) -> None:
     mea.add_argument("--noise", type=float, default=0.0)
     mea.add_argument("--seed", type=int, default=0)
     mea.add_argument("--threads", type=int, default=1)
+    mea.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    mea.add_argument("--max-rows", type=int, default=None,
+                     help="rows in flight at once (bounds memory at large breadth)")
     mea.add_argument("--out", default=None, help="JSON file for the results")
     args = parser.parse_args(argv)
     if args.command == "export":
@@ -178,12 +186,17 @@ def main(argv: list[str] | None = None) -> None:
     from eqsolve.models.eqr import EqR
 
     torch.set_num_threads(args.threads)
-    model = EqR.from_checkpoint(args.weights).eval()
+    if args.device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True  # recorded in the JSON as "tf32"
+    model = EqR.from_checkpoint(args.weights).eval().to(args.device)
     grid = parse_grid(args.grid)
-    result = {"weights": args.weights, "noise": args.noise, "seed": args.seed, "sets": {}}
+    result = {"weights": args.weights, "noise": args.noise, "seed": args.seed,
+              "device": args.device, "threads": args.threads,
+              "tf32": bool(torch.backends.cuda.matmul.allow_tf32), "sets": {}}
     for name, data in load_sets(args.sets, seed=args.seed).items():
         print(f"== {name} ({len(data.questions)} puzzles)", flush=True)
-        result["sets"][name] = measure(model, data, grid, noise=args.noise, seed=args.seed)
+        result["sets"][name] = measure(model, data, grid, noise=args.noise, seed=args.seed,
+                                       max_rows=args.max_rows)
     if args.out:
         path = Path(args.out)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Train reasoner candidates side by side on one GPU, then measure them (how eqsolve's shipped
+# reasoner was trained; see eqsolve/assets/reasoner_MODEL_CARD.md).
+#
+#   OUT=runs/device TRAIN_S=330 MEASURE_S=120 bash scripts/device_train.sh
+#
+# Run from the repository root with eqsolve installed (pip install -e .). Each candidate alone
+# leaves most of the GPU idle (a 124k-parameter model is launch-bound), so three share it:
+#   a  model/small (d=64), train/gpu, sot            the size the CPU bench can afford
+#   b  d=128, train/gpu, sot                         does capacity pay?
+#   c  model/small, train/gpu, grad=implicit with an Anderson forward (fixed points that
+#      Anderson finds are the ones the loss sees)
+# Results land in $OUT: exported weights (<name>.pt), metrics, accuracy JSON, logs.
+# SETS/GRID override the measurement; real lists are read from $EQSOLVE_SHARED_DATA/sudoku/.
+set -u
+REPO=$(pwd)
+OUT=$(realpath -m "${OUT:-runs/device}")
+TRAIN_S=${TRAIN_S:-330}
+MEASURE_S=${MEASURE_S:-120}
+DEVICE=${DEVICE:-cuda}
+PY=${PY:-python3}
+CANDIDATES=${CANDIDATES:-a b c}
+EXTRA=${EXTRA:-}  # extra hydra overrides for every candidate (e.g. smoke tests)
+export PYTHONUNBUFFERED=1
+mkdir -p "$OUT"
+POOL="$REPO/checkpoints/reasoner-small/pool.npz"  # generate_easy(2000, seed=0), already built
+cd /tmp  # import the installed eqsolve, never the checkout's eqsolve/ folder
+
+overrides() {
+  case $1 in
+    a) echo "" ;;
+    b) echo "model.hidden_size=128" ;;
+    c) echo "train.grad=implicit train.solver=anderson train.depth=16 train.tol=1e-3 train.backward_max_iter=20" ;;
+  esac
+}
+
+t0=$(date +%s)
+for name in $CANDIDATES; do
+  mkdir -p "$OUT/$name"
+  cp "$POOL" "$OUT/$name/pool.npz"
+  # shellcheck disable=SC2046
+  $PY -m eqsolve train --out "$OUT/$name" --seed 0 train=gpu train.device="$DEVICE" \
+    train.time_limit_s="$TRAIN_S" $(overrides "$name") $EXTRA > "$OUT/$name.train.log" 2>&1 &
+done
+wait
+echo "training done after $(( $(date +%s) - t0 )) s"
+
+for name in $CANDIDATES; do
+  if [ -f "$OUT/$name/last.pt" ]; then
+    $PY -m eqsolve.training_report export "$OUT/$name/last.pt" "$OUT/$name.pt" > "$OUT/$name.export.log" 2>&1
+  fi
+done
+# the candidate that can ship gets the paper's headline setting (64 x 128) on the real lists
+grid_for() { case $1 in a) echo "16x1,64x1,64x16,64x128" ;; *) echo "16x1,64x1,64x16" ;; esac; }
+sets_for() { case $1 in a) echo "magictour,forum:500" ;; *) echo "magictour:500,eval:300" ;; esac; }
+for name in $CANDIDATES; do
+  [ -f "$OUT/$name.pt" ] || continue
+  timeout "$MEASURE_S" $PY -m eqsolve.training_report measure "$OUT/$name.pt" --device "$DEVICE" \
+    --sets "${SETS:-$(sets_for "$name")}" --grid "${GRID:-$(grid_for "$name")}" --max-rows 65536 \
+    --out "$OUT/$name.measure.json" > "$OUT/$name.measure.log" 2>&1 &
+done
+wait
+echo "all done after $(( $(date +%s) - t0 )) s"
