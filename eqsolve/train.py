@@ -138,6 +138,19 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def run_training(cfg: TrainConfig, model_config: EqRConfig | None = None) -> dict[str, Any]:
+    """Train (or resume) a run; see :func:`_run_training`. On CUDA, matmuls use TF32 for the
+    duration of the run only (about twice the float32 rate; norms stay in float32)."""
+    if not cfg.device.startswith("cuda"):
+        return _run_training(cfg, model_config)
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        return _run_training(cfg, model_config)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def _run_training(cfg: TrainConfig, model_config: EqRConfig | None = None) -> dict[str, Any]:
     """Train (or resume) a run; returns the final metrics, evaluation and checkpoint path.
 
     Args:
@@ -152,10 +165,6 @@ def run_training(cfg: TrainConfig, model_config: EqRConfig | None = None) -> dic
         model_config = EqRConfig.from_dict(load_preset("model", "small"))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    if cfg.device.startswith("cuda"):
-        # TF32 matmuls (Ampere and later): ~2x the fp32 rate; the model's norms stay in float32
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     rank, world = _dist_setup(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -125,20 +125,25 @@ class Trainer:
         }
 
     def _refill(self, carry: dict[str, Tensor]) -> None:
+        # host syncs: two per step whatever the number of rows (per-row .item() calls cost a
+        # GPU round trip each)
         rows = carry["halted"].nonzero().flatten().tolist()
         if not rows:
             return
         g = list(self._global_rows())
-        keys = [(_SOT_DRAW, g[j], int(carry["count"][j])) for j in rows]
+        counts = carry["count"].tolist()
+        keys = [(_SOT_DRAW, g[j], int(counts[j])) for j in rows]
         tokens, labels = self._draw(keys)
         idx = torch.tensor(rows, device=self.device)
         carry["tokens"][idx], carry["labels"][idx] = tokens, labels
         carry["s"][idx] = self._init_rows(keys)
         carry["steps"][idx] = 0
-        for j, key in zip(rows, keys):
+        min_halt = []
+        for key in keys:
             rng = np.random.default_rng((self.cfg.seed, _EXPLORE, *key[1:]))
             explore = rng.random() < self.cfg.halt_explore
-            carry["min_halt"][j] = int(rng.integers(2, self.cfg.sup_steps + 1)) if explore else 0
+            min_halt.append(int(rng.integers(2, self.cfg.sup_steps + 1)) if explore else 0)
+        carry["min_halt"][idx] = torch.tensor(min_halt, dtype=torch.long, device=self.device)
         carry["count"][idx] += 1
         carry["halted"][idx] = False
 
@@ -152,7 +157,7 @@ class Trainer:
             scale *= cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
         return cfg.lr * scale
 
-    def _optimize(self, loss: Tensor) -> float:
+    def _optimize(self, loss: Tensor) -> Tensor:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         params = [p for p in self.model.parameters() if p.grad is not None]
@@ -169,7 +174,7 @@ class Trainer:
                     if value.dtype.is_floating_point:
                         self.ema[name].mul_(decay).add_(value, alpha=1 - decay)
         self.step += 1
-        return float(norm)
+        return norm.detach()
 
     def train_step(self) -> dict[str, float]:
         """One optimizer step; returns this rank's metrics (loss, ce, acc, NFE, residual...)."""
@@ -188,10 +193,10 @@ class Trainer:
                                      kind=cfg.loss, halt_weight=cfg.halt_weight,
                                      blank_mask=tokens == 1)
         grad_norm = self._optimize(loss)
-        out = {"loss": float(loss.detach()), "ce": float(stats["ce"]), "halt_loss": float(stats["halt"]),
-               "cell_acc": float(stats["cell_acc"]), "exact": float(stats["exact"].float().mean()),
-               "nfe": float(info["nfe"].mean()), "residual": float(info["residual"].mean()),
-               "grad_norm": grad_norm, "lr": self.lr_at(self.step - 1)}
+        scalars = {"loss": loss.detach(), "ce": stats["ce"], "halt_loss": stats["halt"],
+                   "cell_acc": stats["cell_acc"], "exact": stats["exact"].float().mean(),
+                   "nfe": info["nfe"].float().mean(), "residual": info["residual"].float().mean(),
+                   "grad_norm": grad_norm}
         if cfg.grad == "sot":
             c = self.carry
             c["s"] = s_new.detach()
@@ -200,11 +205,19 @@ class Trainer:
             if cfg.halt_weight > 0:
                 halted |= (halt.detach() > 0) & (c["steps"] >= c["min_halt"])
             c["halted"] = halted
-            out["halted"] = float(halted.float().mean())
+            n_halted = halted.sum()
+            scalars["halted"] = halted.float().mean()
+            scalars["n_halted"] = n_halted.float()
             # accuracy of the answers rows leave with (what evaluation would see)
-            out["exact_at_halt"] = (float(stats["exact"][halted].float().mean())
-                                    if halted.any() else float("nan"))
-            out["halt_steps"] = float(c["steps"][halted].float().mean()) if halted.any() else 0.0
+            scalars["exact_at_halt"] = (stats["exact"] & halted).sum() / n_halted.clamp(min=1)
+            scalars["halt_steps"] = (c["steps"] * halted).sum() / n_halted.clamp(min=1)
+        # one device-to-host copy for every logged number
+        values = torch.stack([v.detach().float().reshape(()).to(self.device)
+                              for v in scalars.values()]).tolist()
+        out = dict(zip(scalars, values))
+        out["lr"] = self.lr_at(self.step - 1)
+        if cfg.grad == "sot" and out.pop("n_halted") == 0:
+            out["exact_at_halt"] = out["halt_steps"] = float("nan")  # no row left this step
         return out
 
     # ------------------------------------------------------------------ state
