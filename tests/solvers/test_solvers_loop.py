@@ -296,9 +296,10 @@ def test_steps_are_differentiable_when_unrolled(solver):
 def test_host_syncs_at_most_once_per_check(solver):
     import warnings
 
-    w = _contraction(d=32, q=0.9).cuda().float()
+    # a bounded map without a fixed point, so every row runs all 40 steps (a contraction can
+    # reach an exact float32 fixed point, residual 0 <= tol 0, and stop early: seen on an H200)
     x = torch.randn(16, 32, device="cuda")
-    f = lambda z, x: torch.tanh(z @ w.T + x)  # noqa: E731
+    f = lambda z, x: torch.where(z >= 0, -1.0, 1.0) * x.abs()  # noqa: E731
     kw = dict(solver=solver, tol=0.0, max_iter=40, check_every=10, stall_window=None, diverge_factor=None)
     solve(f, torch.zeros(16, 32, device="cuda"), x, **kw)  # warm-up: lazy CUDA/linalg initialisation
     torch.cuda.set_sync_debug_mode("warn")
