@@ -24,16 +24,20 @@ __all__ = ["solve"]
 _PROGRESS = 0.99
 
 
-def _residuals(z: Tensor, fz: Tensor) -> tuple[Tensor, Tensor]:
+def _residuals(z: Tensor, fz: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(||f(z) - z||, relative residual, ||f(z)||)`` per row."""
     diff = torch.linalg.vector_norm(fz - z, dim=1)
-    return diff, diff / (torch.linalg.vector_norm(fz, dim=1) + 1e-8)
+    fz_norm = torch.linalg.vector_norm(fz, dim=1)
+    return diff, diff / (fz_norm + 1e-8), fz_norm
 
 
-def _status_codes(res: Tensor, abs_r: Tensor, min_abs: Tensor, ref_step: Tensor, k: int, tol: float,
-                  diverge_factor: float | None, stall_window: int | None) -> Tensor:
+def _status_codes(res: Tensor, abs_r: Tensor, min_abs: Tensor, bounded: Tensor | None, ref_step: Tensor, k: int,
+                  tol: float, diverge_factor: float | None, stall_window: int | None) -> Tensor:
     """Why each row stops at step ``k`` (a :class:`Status` value), -1 for a row that goes on.
 
-    Priority, highest first: NONFINITE, CONVERGED, DIVERGED, STAGNATED.
+    Priority, highest first: NONFINITE, DIVERGED by a runaway iterate (not ``bounded``: a small
+    relative residual far beyond the row's scale proves nothing), CONVERGED, DIVERGED by
+    residual growth, STAGNATED.
     """
     code = torch.full_like(ref_step, -1)
     if stall_window is not None:
@@ -41,15 +45,19 @@ def _status_codes(res: Tensor, abs_r: Tensor, min_abs: Tensor, ref_step: Tensor,
     if diverge_factor is not None:
         code = torch.where(abs_r > diverge_factor * min_abs, int(Status.DIVERGED), code)
     code = torch.where(res <= tol, int(Status.CONVERGED), code)  # False for NaN
+    if bounded is not None:
+        code = torch.where(bounded, code, int(Status.DIVERGED))
     return torch.where(torch.isfinite(res), code, int(Status.NONFINITE))
 
 
-def _going(res: Tensor, abs_r: Tensor, min_abs: Tensor, ref_step: Tensor, k: int, tol: float,
-           diverge_factor: float | None, stall_window: int | None) -> Tensor:
+def _going(res: Tensor, abs_r: Tensor, min_abs: Tensor, bounded: Tensor | None, ref_step: Tensor, k: int,
+           tol: float, diverge_factor: float | None, stall_window: int | None) -> Tensor:
     """``_status_codes(...) < 0`` (the rows that go on) in fewer ops: the per-step test."""
     going = (res > tol) & (res < math.inf)  # False for converged rows, NaN and inf
     if diverge_factor is not None:
         going &= abs_r <= diverge_factor * min_abs  # a NaN residual already stops the row
+    if bounded is not None:
+        going &= bounded
     if stall_window is not None:
         going &= ref_step > k - stall_window
     return going
@@ -121,8 +129,19 @@ def solve(
         check_every: look at the stopping state on the host (one sync) only every this many
             steps; stopped rows are frozen, not computed further, in between.
         throw: raise :class:`SolveError` listing the failed rows if any row did not converge.
-        diverge_factor: a row is ``DIVERGED`` when its absolute residual exceeds this factor
-            times the smallest absolute residual it reached (None: never).
+        diverge_factor: a row is ``DIVERGED`` at step ``k`` when (a) its absolute residual
+            ``||f(z_k) - z_k||`` exceeds this factor times the smallest one it reached, or (b) its
+            iterate ran away from the row's starting scale:
+            ``||f(z_k)|| > diverge_factor * (||f(z_0)|| + ||f(z_0) - z_0||)`` (norms of the
+            flattened row; the scale bounds ``||z_0||`` and ``||f(z_0)||``). (b) overrides a
+            residual within ``tol``: that far out a relative residual proves nothing (``f(z) =
+            z + c`` has no fixed point, yet ``||c|| / ||z + c|| -> 0`` as ``||z|| -> inf``, and in
+            float32 ``f(z) - z`` even rounds to 0), and such an iterate is never returned as the
+            best one. For a q-contraction the fixed point lies within ``(2 - q) / (1 - q)`` times
+            that scale, and plain or damped iterates within ``(3 - q) / (1 - q)`` times it, so (b)
+            only trips on a nearly non-contracting map (``1 / (1 - q)`` close to the factor) or
+            on another map whose fixed point lies more than the factor times the scale away:
+            give those a larger factor. None: neither test.
         stall_window: a row is ``STAGNATED`` when its best residual has not dropped by 1% in this
             many steps (None: never).
         snapshots: step numbers after which the best iterate of every row is recorded in
@@ -175,6 +194,8 @@ def solve(
     best_abs = z0.new_full((batch,), math.inf)
     best_rel = z0.new_full((batch,), math.inf)
     min_abs = z0.new_full((batch,), math.inf)  # divergence is judged on the absolute residual
+    # ... and on the size of f(z): diverge_factor * (||f(z0)|| + ||f(z0) - z0||), set at step 0.
+    max_fz = z0.new_full((batch,), math.inf)
     ref_res = z0.new_full((batch,), math.inf)
     ref_step = torch.zeros(batch, dtype=idx_dtype, device=device)
     nstep = torch.zeros(batch, dtype=idx_dtype, device=device)
@@ -190,12 +211,20 @@ def solve(
     k = 0
     while True:
         # --- observe the current iterate of every active row (no host sync) ---
-        abs_r, rel_r = _residuals(state.z.detach(), state.fz.detach())
+        abs_r, rel_r, fz_norm = _residuals(state.z.detach(), state.fz.detach())
         res = rel_r if stop == "rel" else abs_r
         best_res = best_rel if stop == "rel" else best_abs
         # Without freezing, every row still in the batch is live: skip the masking ops.
         live = ~done if freeze else None
         improved = res < best_res  # False for NaN
+        bounded = None
+        if diverge_factor is not None:
+            if k == 0:  # every row is in the batch: the scale each row starts from
+                max_fz = diverge_factor * (fz_norm + abs_r)
+            # An iterate beyond the row's scale is DIVERGED and never the best one, however
+            # small its relative residual (f(z) = z + c has none: ||c|| / ||z + c|| -> 0).
+            bounded = fz_norm <= max_fz  # False for NaN too: no matter, such a row is NONFINITE
+            improved &= bounded
         improved = improved if live is None else live & improved
         best_z = torch.where(improved[:, None], state.z, best_z)
         best_abs = torch.where(improved, abs_r, best_abs)
@@ -211,14 +240,14 @@ def solve(
             ref_step = torch.where(progress, k, ref_step)
         if freeze:
             # Rows may stop between host looks: record their status now.
-            code = _status_codes(res, abs_r, min_abs, ref_step, k, tol, diverge_factor, stall_window)
+            code = _status_codes(res, abs_r, min_abs, bounded, ref_step, k, tol, diverge_factor, stall_window)
             stops = live & (code >= 0)
             status = torch.where(stops, code, status)
             done = done | stops
         else:
             # The host looks at this very step: find the rows that go on with few ops, and
             # work out why the others stopped only when some did (rare).
-            going = _going(res, abs_r, min_abs, ref_step, k, tol, diverge_factor, stall_window)
+            going = _going(res, abs_r, min_abs, bounded, ref_step, k, tol, diverge_factor, stall_window)
         for kind, buf in trace_bufs.items():
             value = abs_r if kind == "abs" else rel_r
             buf[idx, k] = value if live is None else torch.where(live, value, math.nan)
@@ -234,14 +263,15 @@ def solve(
                 keep = (going if not freeze else ~done).nonzero().flatten()  # the one host sync of this check
                 if keep.numel() < idx.numel():
                     if not freeze:
-                        code = _status_codes(res, abs_r, min_abs, ref_step, k, tol, diverge_factor, stall_window)
+                        code = _status_codes(res, abs_r, min_abs, bounded, ref_step, k, tol, diverge_factor,
+                                             stall_window)
                         status = torch.where(code >= 0, code, status)
                     flush()
                     if keep.numel() == 0:
                         break
                     idx, state, active_args = idx[keep], take_rows(state, keep), _take_args(active_args, keep)
                     best_z, best_abs, best_rel = best_z[keep], best_abs[keep], best_rel[keep]
-                    min_abs = min_abs[keep]
+                    min_abs, max_fz = min_abs[keep], max_fz[keep]
                     ref_res, ref_step, nstep = ref_res[keep], ref_step[keep], nstep[keep]
                     status, done = status[keep], done[keep]
             elif bool(done.all()):

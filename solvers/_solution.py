@@ -36,7 +36,8 @@ class Status(IntEnum):
 _MESSAGES = {
     Status.CONVERGED: "converged: residual <= tol",
     Status.MAX_ITER: "not converged: max_iter reached",
-    Status.DIVERGED: "diverged: absolute residual grew by more than diverge_factor over the best seen",
+    Status.DIVERGED: ("diverged: absolute residual grew by more than diverge_factor over the best seen, "
+                      "or ||f(z)|| beyond diverge_factor times its starting scale"),
     Status.NONFINITE: "non-finite value (NaN/inf) in z or f(z)",
     Status.STAGNATED: "stagnated: best residual made no progress for stall_window steps",
 }

@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from eqsolve.solvers import (
     Anderson,
@@ -330,3 +332,126 @@ def test_unrolling_from_a_state_computed_without_grad(solver):
         state = solver.step(f, state, ())
     state.z.sum().backward()
     assert w.grad is not None and torch.isfinite(w.grad).all()
+
+
+# ---- runaway iterates: DIVERGED on the state's scale, not CONVERGED ------------------------------
+
+def _no_root_maps(dtype):
+    """Maps with ``g(z) = f(z) - z`` bounded away from 0 (no fixed point), and their argument."""
+    c = torch.randn(16, 32, generator=torch.Generator().manual_seed(0)).abs().to(dtype) + 1
+    return {
+        "shift": lambda z, c: z + c,  # g = c: the relative residual -> 0 as ||z|| -> inf
+        "shift_sin": lambda z, c: z + c + 0.5 * torch.sin(z),  # g >= 0.5 everywhere
+    }, c
+
+
+def _start_scale(f, z0, *args):
+    """``||f(z0)|| + ||f(z0) - z0||`` per row: the scale the runaway test measures ``||f(z)||`` against."""
+    fz0 = f(z0, *args).flatten(1)
+    return torch.linalg.vector_norm(fz0, dim=1) + torch.linalg.vector_norm(fz0 - z0.flatten(1), dim=1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("solver", SOLVERS)
+@pytest.mark.parametrize("name", ["shift", "shift_sin"])
+def test_a_map_without_fixed_point_never_converges(name, solver, dtype):
+    maps, c = _no_root_maps(dtype)
+    f, z0 = maps[name], torch.zeros(16, 32, dtype=dtype)
+    sol = solve(f, z0, c, solver=solver, tol=1e-6, max_iter=200)
+    assert not sol.converged.any(), sol.status.tolist()
+    if solver == "fixed_point":
+        # Plain iteration creeps (||z_k|| ~ k ||c||): it never reaches 1e4 times its start in 200 steps.
+        assert (sol.status == Status.MAX_ITER).all()
+    elif dtype == torch.float32 or name == "shift_sin":
+        # The secant methods throw z far out, where the relative residual is tiny (in float32,
+        # f(z) - z even rounds to 0 on "shift"): before the state test they reported CONVERGED.
+        # (On "shift" in float64 their differences vanish and they fall back to plain steps.)
+        assert (sol.status == Status.DIVERGED).all(), sol.status.tolist()
+        assert (sol.nstep < 200).all()
+    # The returned iterate is the best one within the row's scale, with its own residuals.
+    fz = f(sol.z, c)
+    assert (torch.linalg.vector_norm(fz, dim=1) <= 1e4 * _start_scale(f, z0, c)).all()
+    torch.testing.assert_close(sol.abs_residual, torch.linalg.vector_norm(fz - sol.z, dim=1))
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_runaway_rows_stop_alike_whatever_the_host_check_and_compaction(solver):
+    # Per-row semantics: a batch mixing rows without a fixed point (a = 1) and contractive rows
+    # (a = 0.5) of very different scales ends the same for every check_every and compaction.
+    gen = torch.Generator().manual_seed(1)
+    a = torch.tensor([1.0, 0.5, 1.0, 0.5, 0.5, 1.0])[:, None]
+    c = (torch.rand(6, 8, generator=gen) + 1) * torch.tensor([1e-3, 1e-3, 1.0, 1e3, 1e6, 1e6])[:, None]
+    f = lambda z, a, c: a * z + c  # noqa: E731
+    runs = [solve(f, torch.zeros(6, 8), a, c, solver=solver, tol=1e-5, max_iter=100, check_every=every,
+                  compact=compact) for every in (1, 4) for compact in (True, False)]
+    for sol in runs:
+        assert sol.converged[a[:, 0] == 0.5].all(), sol.describe_failures()
+        assert not sol.converged[a[:, 0] == 1.0].any(), sol.status.tolist()
+        assert sol.status.tolist() == runs[0].status.tolist() and sol.nstep.tolist() == runs[0].nstep.tolist()
+        torch.testing.assert_close(sol.z, runs[0].z)
+    if solver != "fixed_point":
+        assert (runs[0].status[a[:, 0] == 1.0] == Status.DIVERGED).all()
+
+
+def test_a_far_fixed_point_from_zero_converges():
+    # f(z) = 0.5 z + c: z* = 2c of norm 1e3 (and 1e6), from z0 = 0, in float32 and float64.
+    for dtype in (torch.float32, torch.float64):
+        for norm in (1e3, 1e6):
+            c = torch.randn(4, 16, generator=torch.Generator().manual_seed(2)).to(dtype)
+            c = c * (norm / 2 / torch.linalg.vector_norm(c, dim=1, keepdim=True))
+            for solver in SOLVERS:
+                sol = solve(lambda z, c: 0.5 * z + c, torch.zeros(4, 16, dtype=dtype), c, solver=solver,
+                            tol=1e-5, max_iter=100)
+                assert sol.converged.all(), (dtype, norm, solver, sol.describe_failures())
+                torch.testing.assert_close(sol.z, 2 * c, rtol=1e-4, atol=0)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    q=st.sampled_from([0.0, 0.5, 0.9, 0.99, 0.999]),
+    log_c=st.integers(-3, 6),
+    log_z0=st.sampled_from([None, -3, 0, 4]),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    seed=st.integers(0, 2**16),
+)
+def test_contractions_with_far_fixed_points_still_converge(q, log_c, log_z0, dtype, seed):
+    # f(z) = q z Q^T + c with Q orthogonal: a q-contraction whose fixed point can lie up to
+    # 1/(1-q) = 1000 times ||c|| away, at any scale of c, from 0 or from a start of any size. The
+    # state test (diverge_factor 1e4 times ||f(z0)|| + ||f(z0) - z0||) must never fire on it.
+    gen = torch.Generator().manual_seed(seed)
+    d = 8
+    rot, _ = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))
+    a = (q * rot).to(dtype)
+    c = (10.0**log_c * torch.randn(3, d, generator=gen, dtype=torch.float64)).to(dtype)
+    z0 = torch.zeros(3, d, dtype=dtype) if log_z0 is None else \
+        (10.0**log_z0 * torch.randn(3, d, generator=gen, dtype=torch.float64)).to(dtype)
+    f = lambda z, c: z @ a.T + c  # noqa: E731
+    tol = 1e-4 if dtype == torch.float32 else 1e-9
+    solvers = SOLVERS if q <= 0.5 else ("anderson", "broyden")  # plain iteration would take too long
+    for solver in solvers:
+        # Anderson with a full history terminates like GMRES; Broyden within 2d steps.
+        opts = {"m": d} if solver == "anderson" else {"memory": 2 * d} if solver == "broyden" else {}
+        sol = solve(f, z0, c, solver=solver, tol=tol, max_iter=300, stall_window=None, **opts)
+        assert not (sol.status == Status.DIVERGED).any(), (solver, sol.describe_failures())
+        # The divergence tests never fired: the run is the one without them, step for step.
+        ref = solve(f, z0, c, solver=solver, tol=tol, max_iter=300, stall_window=None, diverge_factor=None, **opts)
+        assert sol.status.tolist() == ref.status.tolist() and sol.nstep.tolist() == ref.nstep.tolist()
+        torch.testing.assert_close(sol.z, ref.z, rtol=0, atol=0)
+        # (Broyden's step rejection can stall a row far from z* at q = 0.999: MAX_ITER, not DIVERGED.)
+        if not (solver == "broyden" and q > 0.99):
+            assert sol.converged.all(), (solver, sol.describe_failures())
+
+
+def test_a_nearly_non_contracting_map_needs_a_larger_diverge_factor():
+    # q = 1 - 1e-5: z* = 1e5 c lies beyond 1e4 times the start's scale (2 ||c||). Anderson gets
+    # there in two steps; by default the state test calls it DIVERGED (documented), a larger
+    # factor or None accepts it.
+    c = torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    f = lambda z, c: (1 - 1e-5) * z + c  # noqa: E731
+    z0 = torch.zeros(3, 4, dtype=torch.float64)
+    sol = solve(f, z0, c, solver="anderson", tol=1e-8)
+    assert (sol.status == Status.DIVERGED).all()
+    for factor in (1e6, None):
+        sol = solve(f, z0, c, solver="anderson", tol=1e-8, diverge_factor=factor)
+        assert sol.converged.all(), sol.describe_failures()
+        torch.testing.assert_close(sol.z, 1e5 * c, rtol=1e-6, atol=0)
