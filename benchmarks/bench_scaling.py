@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--throughput-depth", type=int, default=8)
     p.add_argument("--throughput-puzzles", type=int, default=8)
-    p.add_argument("--solvers", default="anderson,anderson:m=5,anderson:m=5:beta=0.5,broyden",
+    p.add_argument("--solvers", default="anderson,anderson:m=5,anderson:m=5:beta=0.5,anderson:delay=16,broyden",
                    help="comma-separated solver specs name[:key=value...] compared with plain iteration")
     p.add_argument("--out", default=str(RESULTS / "bench_scaling"), help="output path without suffix")
     args = p.parse_args(argv)

@@ -77,6 +77,10 @@ class Anderson(Solver):
         max_cond: drop history columns whose Cholesky pivot of the scaled Gram matrix is below
             ``1 / max_cond`` (numerically dependent on the others); None picks
             ``1e-2 / eps`` of the dtype.
+        delay: number of plain ``z + beta g`` steps a row takes before extrapolating (its history
+            fills meanwhile). On learned reasoning maps, which have many unstable fixed points
+            near a random start, undelayed extrapolation lands on them; a delay lets plain
+            iteration enter an attractor's basin first and Anderson then converges inside it.
 
     Examples:
         >>> import torch
@@ -92,6 +96,7 @@ class Anderson(Solver):
     beta: float = option(1.0, "mixing in (0, 1]: z+ = z + beta g - (dZ + beta dG) gamma")
     ridge: float = option(1e-6, "Tikhonov ridge relative to the Gram diagonal (scale-free)")
     max_cond: float | None = option(None, "drop dependent history columns beyond this condition (None: 1e-2/eps)")
+    delay: int = option(0, "plain (beta-damped) steps before extrapolating; history is recorded meanwhile")
 
     def __post_init__(self) -> None:
         check_int("m", self.m, 1)
@@ -99,6 +104,7 @@ class Anderson(Solver):
         check_real("ridge", self.ridge, 0.0)
         if self.max_cond is not None:
             check_real("max_cond", self.max_cond, 1.0, low_open=True)
+        check_int("delay", self.delay, 0)
 
     def init(self, f: FlatMap, z0: Tensor, args: Sequence[Any]) -> AndersonState:
         """Evaluate ``f(z0)`` and allocate an empty history."""
@@ -155,6 +161,10 @@ class Anderson(Solver):
         """One Anderson step (one evaluation of ``f``), then push the new difference."""
         g = state.fz - state.z
         gamma, valid = self.coefficients(state)
+        if self.delay:
+            # rows still in their first `delay` steps move like plain iteration (per row, by the
+            # row's own count, so rows refilled mid-solve wait too; no host sync)
+            gamma = torch.where((state.nfe <= self.delay)[:, None], 0.0, gamma)
         z = (state.z + g if self.beta == 1.0 else state.z + self.beta * g) - batched_combine(gamma, state.dX)
         fz = f(z, *args)
         g_new = fz - z

@@ -193,7 +193,7 @@ def test_best_iterate_is_returned_not_the_last():
 # ---- options and inputs ------------------------------------------------------------------------
 
 def test_strict_options_name_the_valid_ones():
-    with pytest.raises(ValueError, match=r"unknown option 'mm' \(did you mean 'm'\?\) for solver 'anderson'; valid: beta, m, max_cond, ridge"):
+    with pytest.raises(ValueError, match=r"unknown option 'mm' \(did you mean 'm'\?\) for solver 'anderson'; valid: beta, delay, m, max_cond, ridge"):
         get_solver("anderson", mm=3)
     with pytest.raises(ValueError, match="unknown option 'memroy'.*did you mean 'memory'"):
         solve(lambda z: z, torch.zeros(1, 1), solver="broyden", memroy=3)
@@ -455,3 +455,22 @@ def test_a_nearly_non_contracting_map_needs_a_larger_diverge_factor():
         sol = solve(f, z0, c, solver="anderson", tol=1e-8, diverge_factor=factor)
         assert sol.converged.all(), sol.describe_failures()
         torch.testing.assert_close(sol.z, 1e5 * c, rtol=1e-6, atol=0)
+
+
+def test_anderson_delay_takes_plain_steps_first_then_extrapolates():
+    # With delay=k the first k steps of every row are exactly plain iteration (history still
+    # recorded), after which the acceleration kicks in and needs far fewer steps than plain.
+    w = _contraction(d=16, q=0.95).double()
+    x = torch.randn(4, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    f = lambda z, x: torch.tanh(z @ w.T + x)  # noqa: E731
+    z0 = torch.zeros(4, 16, dtype=torch.float64)
+    kw = dict(tol=0.0, stall_window=None, diverge_factor=None)
+    delayed = solve(f, z0, x, solver=Anderson(delay=5), max_iter=5, **kw)
+    plain = solve(f, z0, x, solver="fixed_point", max_iter=5, **kw)
+    torch.testing.assert_close(delayed.z, plain.z, rtol=0, atol=1e-14)  # z + (f(z) - z) vs f(z)
+    fast = solve(f, z0, x, solver=Anderson(delay=5), tol=1e-10, max_iter=300)
+    slow = solve(f, z0, x, solver="fixed_point", tol=1e-10, max_iter=300)
+    assert fast.converged.all() and slow.converged.all()
+    assert fast.nstep.max() < slow.nstep.min()
+    with pytest.raises(ValueError, match="delay"):
+        Anderson(delay=-1)
