@@ -360,17 +360,20 @@ def _all_fields_defaulted(schema: type) -> bool:
 
 
 def _normalise_overrides(overrides: Sequence[str], base: DictConfig) -> list[str]:
-    """Let ``model.x=v`` / ``train.x=v`` set schema fields their YAML leaves at the default.
+    """Let ``model.x=v`` / ``train.x=v`` / ``solver.options.x=v`` set keys their YAML leaves out.
 
-    Hydra refuses to override a key the YAML does not hold; the key was already checked against
-    the section's dataclass by :func:`check_override_keys`, so adding it is safe.
+    Hydra refuses to override a key the YAML does not hold (and a group override such as
+    ``train=gpu`` changes which keys those are). ``model``/``train`` keys were already checked
+    against the section's dataclass by :func:`check_override_keys`, and solver options are
+    checked by name when the solver is built, so adding them (``++``) is safe.
     """
+    del base  # the answer must not depend on the default groups: `train=gpu` may replace them
     result = []
     for override in overrides:
         key = override.split("=", 1)[0]
         if "=" in override and not key.startswith(("+", "~")) and "." in key:
             section = key.split(".")[0]
-            if section in EXTERNAL_SCHEMAS and OmegaConf.select(base, key, default=None) is None:
+            if section in EXTERNAL_SCHEMAS or key.startswith("solver.options."):
                 override = "++" + override
         result.append(override)
     return result

@@ -45,7 +45,7 @@ from eqsolve.training_checkpoint import (
     restore_global_rng,
 )
 from eqsolve.training_config import TrainConfig, dataclass_from_dict
-from eqsolve.training_data import PuzzlePool, build_pool
+from eqsolve.training_data import PuzzlePool, build_pool, generated_source
 from eqsolve.training_eval import default_eval_set, evaluate
 from eqsolve.training_loop import Trainer
 
@@ -95,7 +95,13 @@ def _get_pool(cfg: TrainConfig, out: Path, rank: int) -> PuzzlePool:
                    seed=cfg.seed).save(cache)
     if dist.is_initialized():
         dist.barrier()
-    return PuzzlePool.load(cache)
+    pool = PuzzlePool.load(cache)
+    expected = (f"file {Path(cfg.data)} " if cfg.data is not None
+                else generated_source(cfg.gen_easy, cfg.gen_hard, cfg.seed))
+    if not (pool.source.startswith(expected) if cfg.data is not None else pool.source == expected):
+        raise ValueError(f"{cache} holds the pool {pool.source!r} but this run's config asks for "
+                         f"{expected.strip()!r}; delete the file or use another run folder")
+    return pool
 
 
 def _checkpoint(trainer: Trainer, out: Path, elapsed: float, metrics: dict[str, Any],

@@ -107,22 +107,35 @@ def build_pool(data: str | None, *, limit: int | None, gen_easy: int, gen_hard: 
             questions, answers = questions[:limit], answers[:limit]
         return PuzzlePool(questions.astype(np.int64), answers.astype(np.int64),
                           f"file {path} ({len(questions)} rows)")
-    parts_q, parts_a, desc = [], [], []
+    parts_q, parts_a = [], []
     if gen_easy:
         easy = generate_easy(gen_easy, seed=seed)
         parts_q.append(np.asarray([q for q, _, _ in easy]))
         parts_a.append(np.asarray([a for _, a, _ in easy]))
-        desc.append(f"generate_easy({gen_easy}, seed={seed})")
     if gen_hard:
         from eqsolve.tasks.sudoku import generate
 
         hard = generate(gen_hard, seed=seed + 1)
         parts_q.append(np.asarray([q for q, _, _ in hard]))
         parts_a.append(np.asarray([a for _, a, _ in hard]))
-        desc.append(f"generate({gen_hard}, seed={seed + 1})")
     questions = np.concatenate(parts_q).reshape(-1, 81).astype(np.int64)
     answers = np.concatenate(parts_a).reshape(-1, 81).astype(np.int64)
-    return PuzzlePool(questions, answers, " + ".join(desc))
+    return PuzzlePool(questions, answers, generated_source(gen_easy, gen_hard, seed))
+
+
+def generated_source(gen_easy: int, gen_hard: int, seed: int) -> str:
+    """The ``source`` string of a generated pool (what a cached ``pool.npz`` must match).
+
+    Examples:
+        >>> generated_source(2000, 0, 0)
+        'generate_easy(2000, seed=0)'
+    """
+    desc = []
+    if gen_easy:
+        desc.append(f"generate_easy({gen_easy}, seed={seed})")
+    if gen_hard:
+        desc.append(f"generate({gen_hard}, seed={seed + 1})")
+    return " + ".join(desc)
 
 
 def reveal_bound(step: int, start: float, end: float, steps: int) -> float:

@@ -78,3 +78,19 @@ def test_every_group_yaml_validates():
 def test_unknown_config_name():
     with pytest.raises(ValueError, match="config_bench"):
         compose("config_nope")
+
+
+def test_section_keys_and_solver_options_need_no_plus_after_a_group_switch():
+    # `train=gpu` replaces the train group: its keys must still be settable without `+`, and
+    # solver options (an open dict in the YAML) too; misspelt ones still fail by name.
+    from eqsolve.config import compose
+    from eqsolve.solvers import get_solver
+
+    cfg = compose("config_train", ["train=gpu", "train.threads=1", "model.hidden_size=32"])
+    assert (cfg.train.threads, cfg.train.batch_size, cfg.model.hidden_size) == (1, 768, 32)
+    bench = compose("config_bench", ["solver=anderson", "solver.options.delay=8"])
+    assert dict(bench.solver.options) == {"delay": 8}
+    with pytest.raises(ValueError, match="did you mean 'threads'"):
+        compose("config_train", ["train=gpu", "train.thredas=1"])
+    with pytest.raises(ValueError, match="dleay"):
+        get_solver("anderson", **dict(compose("config_bench", ["solver.options.dleay=8"]).solver.options))

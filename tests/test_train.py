@@ -164,3 +164,10 @@ def test_trains_on_a_user_csv_and_rejects_a_missing_file(tmp_path):
     assert np.array_equal(pool.questions, data.questions) and "train.csv" in pool.source
     with pytest.raises(ValueError, match="training data file not found"):
         run_training(tiny_cfg(tmp_path / "run2", data=str(tmp_path / "nope.csv")), TINY)
+
+
+def test_a_cached_pool_of_another_config_is_refused(tmp_path):
+    # pool.npz is cached per run folder; a fresh run with other data settings must not use it
+    run_training(tiny_cfg(tmp_path, steps=1), TINY)
+    with pytest.raises(ValueError, match="holds the pool 'generate_easy\\(6, seed=0\\)'.*generate_easy\\(5, seed=0\\)"):
+        run_training(tiny_cfg(tmp_path, steps=1, gen_easy=5), TINY)
