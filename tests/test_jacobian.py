@@ -1,4 +1,4 @@
-"""Hutchinson Jacobian regulariser and power-iteration spectral radius vs dense Jacobians."""
+"""Hutchinson Jacobian regulariser and the matrix-free spectral radius vs dense Jacobians."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from eqsolve import diagnostics_spectral
 from eqsolve.jacobian import jac_reg, spectral_radius
 
 D = torch.float64
@@ -77,4 +78,109 @@ def test_jac_reg_is_differentiable_and_validates() -> None:
     with pytest.raises(ValueError, match="shape"):
         jac_reg((z @ w.T)[:, :1], z)
     with pytest.raises(ValueError, match="n_iter"):
-        spectral_radius(lambda z: z, z.detach(), n_iter=1)
+        spectral_radius(lambda z: z, z.detach(), n_iter=0)
+    with pytest.raises(ValueError, match="n_arnoldi"):
+        spectral_radius(lambda z: z, z.detach(), n_arnoldi=0)
+    with pytest.raises(ValueError, match="method"):
+        spectral_radius(lambda z: z, z.detach(), method="dense")
+    with pytest.raises(ValueError, match="shape"):
+        spectral_radius(lambda z: z[:, :1], z.detach())
+
+
+# --- one implementation, two entry points ------------------------------------------------------
+ENTRY_POINTS = {"jacobian": spectral_radius, "diagnostics_spectral": diagnostics_spectral.spectral_radius}
+
+
+def non_normal_map(n: int = 20):
+    """tanh(A z + x) with A = Q T Qᵀ, T upper triangular: eigenvalues 0.9 ... -0.5, far from normal."""
+    gen = torch.Generator().manual_seed(11)
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=D))
+    t = torch.diag(torch.linspace(0.9, -0.5, n, dtype=D)) + torch.triu(torch.randn(n, n, generator=gen, dtype=D), 1)
+    a = q @ t @ q.T
+    x = 0.3 * torch.randn(4, n, generator=gen, dtype=D)
+    z = 0.3 * torch.randn(4, n, generator=gen, dtype=D)
+    return (lambda z, x: torch.tanh(z @ a.T + x)), z, x
+
+
+def complex_pair_map(n: int = 12):
+    """tanh(A z + x) whose Jacobians' dominant eigenvalues are a complex pair (a damped rotation)."""
+    gen = torch.Generator().manual_seed(12)
+    rot = 0.95 * torch.tensor([[math.cos(0.8), -math.sin(0.8)], [math.sin(0.8), math.cos(0.8)]], dtype=D)
+    core = torch.block_diag(rot, torch.diag(torch.linspace(0.6, -0.6, n - 2, dtype=D)))
+    basis = torch.randn(n, n, generator=gen, dtype=D) + 3 * torch.eye(n, dtype=D)
+    a = basis @ core @ torch.linalg.inv(basis)
+    x = 0.02 * torch.randn(4, n, generator=gen, dtype=D)
+    z = 0.02 * torch.randn(4, n, generator=gen, dtype=D)
+    return (lambda z, x: torch.tanh(z @ a.T + x)), z, x
+
+
+def converged_start_non_normal_map(n: int = 30):
+    """Linear, ρ = 0.5 from an isolated eigenvector; the rest is 0.1 plus a large nilpotent part.
+
+    Power iteration converges to the 0.5 direction; the Krylov space beyond it explores the
+    non-normal rest, whose Ritz values (field of values) reach ~0.7 > ρ.
+    """
+    gen = torch.Generator().manual_seed(1)
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=D))
+    t = torch.diag(torch.cat([torch.tensor([0.5], dtype=D), torch.full((n - 1,), 0.1, dtype=D)]))
+    t[1:, 1:] += torch.triu(torch.randn(n - 1, n - 1, generator=gen, dtype=D), 1)
+    a = q @ t @ q.T
+    return (lambda z, x: z @ a.T + x), torch.zeros(2, n, dtype=D), torch.ones(2, n, dtype=D)
+
+
+@pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))
+@pytest.mark.parametrize("method", ["vjp", "jvp"])
+@pytest.mark.parametrize("case", ["non_normal", "complex_pair", "converged_start_non_normal"])
+def test_both_entry_points_match_dense_eigvals_float64(entry, method, case) -> None:
+    f, z, x = {"non_normal": non_normal_map, "complex_pair": complex_pair_map,
+               "converged_start_non_normal": converged_start_non_normal_map}[case]()
+    jac = dense_jacobians(f, z, x)
+    eig = torch.linalg.eigvals(jac)
+    exact = eig.abs().max(dim=1).values
+    if case == "non_normal":  # departure from normality: ||J Jᵀ - Jᵀ J||_F is of the order of ||J||²
+        comm = jac @ jac.transpose(1, 2) - jac.transpose(1, 2) @ jac
+        assert (comm.norm(dim=(1, 2)) > 0.5 * jac.norm(dim=(1, 2)) ** 2).all()
+    if case == "complex_pair":  # the two largest |λ| are a conjugate pair, not real
+        top = eig.gather(1, eig.abs().argsort(dim=1, descending=True)[:, :2])
+        assert (top.imag.abs() > 0.1).all() and torch.allclose(top[:, 0], top[:, 1].conj())
+    est = ENTRY_POINTS[entry](f, z, x, n_iter=100, method=method, generator=torch.Generator().manual_seed(0))
+    assert est.dtype == torch.float64 and est.shape == exact.shape
+    torch.testing.assert_close(est, exact, rtol=1e-9, atol=0)
+
+
+def test_entry_points_are_one_implementation_with_their_own_budgets() -> None:
+    f, z, x = complex_pair_map()
+    a = spectral_radius(f, z, x, n_iter=40, chunk_size=3, generator=torch.Generator().manual_seed(4))
+    b = diagnostics_spectral.spectral_radius(f, z, x, n_iter=40, chunk_size=3,
+                                             generator=torch.Generator().manual_seed(4))
+    assert torch.equal(a, b)
+    assert spectral_radius(lambda s: 0.5 * s, torch.ones(2, 3), n_iter=4).dtype == torch.float32
+    # The cost callers rely on: one forward and n_iter backward passes with vjp, n_iter forward-mode
+    # products with jvp; by default n_iter=100 (jacobian) and 30 (diagnostics_spectral).
+    counts = {"forward": 0, "backward": 0}
+
+    class Counted(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, s):
+            counts["forward"] += 1
+            return s.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            counts["backward"] += 1
+            return grad
+
+    def counted(s, x):
+        return f(Counted.apply(s), x)
+
+    def calls(s, x):
+        counts["forward"] += 1
+        return f(s, x)
+
+    for fn, n_iter in ((spectral_radius, 100), (diagnostics_spectral.spectral_radius, 30)):
+        counts.update(forward=0, backward=0)
+        fn(counted, z, x)
+        assert counts == {"forward": 1, "backward": n_iter}
+        counts.update(forward=0, backward=0)
+        fn(calls, z, x, method="jvp")
+        assert counts == {"forward": n_iter, "backward": 0}
