@@ -43,3 +43,15 @@ def test_measure_rows_and_grid_parsing():
     assert sum(r["n_easy"] + r["n_medium"] + r["n_hard"] for r in rows[:1]) == 3
     with pytest.raises(ValueError, match="DEPTHxBREADTH"):
         parse_grid("16")
+
+
+def test_commit_override_for_installed_copies(monkeypatch):
+    # On a rented GPU machine eqsolve runs from an installed wheel without git: EQSOLVE_COMMIT
+    # records the commit in checkpoints and run folders instead of "unknown".
+    from eqsolve import runs, training_checkpoint
+
+    monkeypatch.setenv("EQSOLVE_COMMIT", "abc1234")
+    assert training_checkpoint.git_commit() == "abc1234"
+    assert runs.git_commit() == "abc1234"
+    monkeypatch.delenv("EQSOLVE_COMMIT")
+    assert training_checkpoint.git_commit() != "abc1234"
