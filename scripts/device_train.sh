@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Train reasoner candidates side by side on one GPU, then measure them (how eqsolve's shipped
-# reasoner was trained; see eqsolve/assets/reasoner_MODEL_CARD.md).
+# Train a reasoner candidate on one GPU, then measure it (how eqsolve's shipped reasoner was
+# trained; see eqsolve/assets/reasoner_MODEL_CARD.md and checkpoints/reasoner-gpu/README.md).
 #
-#   OUT=runs/device TRAIN_S=330 MEASURE_S=120 bash scripts/device_train.sh
+#   OUT=runs/device TRAIN_S=150 MEASURE_S=50 bash scripts/device_train.sh
 #
 # Run from the repository root with eqsolve installed (pip install -e .). CANDIDATES picks
-# which train; give each its own GPU run: processes sharing one GPU time-slice it, and every
-# host sync then waits for the others (three at once ran 0.65 steps/s each on an H200).
+# which train (default: a); give each its own GPU run: three started at once here ran
+# 0.65 steps/s each on an H200, one alone 19 steps/s.
 #   a  model/small (d=64), train/gpu, sot            the size the CPU bench can afford
 #   b  d=128, train/gpu, sot                         does capacity pay?
 #   c  model/small, train/gpu, grad=implicit with an Anderson forward (fixed points that
@@ -16,8 +16,8 @@
 set -u
 REPO=$(pwd)
 OUT=$(realpath -m "${OUT:-runs/device}")
-TRAIN_S=${TRAIN_S:-330}
-MEASURE_S=${MEASURE_S:-120}
+TRAIN_S=${TRAIN_S:-150}
+MEASURE_S=${MEASURE_S:-50}
 DEVICE=${DEVICE:-cuda}
 PY=${PY:-python3}
 CANDIDATES=${CANDIDATES:-a}
