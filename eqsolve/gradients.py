@@ -22,9 +22,9 @@ The code lives in package-private modules, all re-exported here (import from thi
 ``eqsolve._grad_base`` (:class:`GradientStrategy`, :class:`GradSolution`,
 :class:`BackwardStats`, :class:`ConvergenceWarning`), ``eqsolve._grad_implicit``
 (:class:`Implicit` and its ``autograd.Function``) and ``eqsolve._grad_unrolled``
-(:class:`Phantom`, :class:`OneStep`, :class:`Unrolled`). The public classes report this module
-as their ``__module__``, so pickles and class reprs name ``eqsolve.gradients.<Class>`` (read
-their source in the modules above; ``inspect.getsource`` looks in this file).
+(:class:`Phantom`, :class:`OneStep`, :class:`Unrolled`), as ``eqsolve.solvers`` keeps its
+classes in private modules; import them from here (pickles made before the split, which name
+``eqsolve.gradients.<Class>``, still load).
 
 Examples:
     >>> import torch
@@ -42,8 +42,6 @@ Examples:
 from __future__ import annotations
 
 from typing import Any
-
-from torch import Tensor  # noqa: F401  (the re-homed classes' annotations resolve here)
 
 from eqsolve._grad_base import (
     BackwardStats,
@@ -67,13 +65,6 @@ __all__ = [
     "get_gradient",
 ]
 
-# The public home of the classes: pickles, class reprs and docs name eqsolve.gradients.<Class>
-# (as before the split), typing.get_type_hints resolves their annotations in this module (hence
-# the Tensor import), and doctest.testmod(eqsolve.gradients) runs their docstrings' examples.
-for _cls in (BackwardStats, ConvergenceWarning, GradSolution, GradientStrategy, Implicit, OneStep,
-             Phantom, Unrolled):
-    _cls.__module__ = __name__
-del _cls
 
 
 _REGISTRY: dict[str, type[GradientStrategy]] = {
