@@ -359,7 +359,7 @@ def _all_fields_defaulted(schema: type) -> bool:
                for f in dataclasses.fields(schema))
 
 
-def _normalise_overrides(overrides: Sequence[str], base: DictConfig) -> list[str]:
+def _normalise_overrides(overrides: Sequence[str]) -> list[str]:
     """Let ``model.x=v`` / ``train.x=v`` / ``solver.options.x=v`` set keys their YAML leaves out.
 
     Hydra refuses to override a key the YAML does not hold (and a group override such as
@@ -367,7 +367,6 @@ def _normalise_overrides(overrides: Sequence[str], base: DictConfig) -> list[str
     against the section's dataclass by :func:`check_override_keys`, and solver options are
     checked by name when the solver is built, so adding them (``++``) is safe.
     """
-    del base  # the answer must not depend on the default groups: `train=gpu` may replace them
     result = []
     for override in overrides:
         key = override.split("=", 1)[0]
@@ -410,8 +409,7 @@ def compose(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
     # installs alike; the folder is eqsolve/conf either way.
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="eqsolve"):
         try:
-            base = hydra_compose(config_name=config_name)
-            cfg = hydra_compose(config_name=config_name, overrides=_normalise_overrides(overrides, base))
+            cfg = hydra_compose(config_name=config_name, overrides=_normalise_overrides(overrides))
         except (HydraException, OmegaConfBaseException) as exc:
             raise ValueError(f"cannot compose {config_name} with overrides {list(overrides)}: {exc}") from exc
     return validate(cfg, schema)
