@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import random
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -130,19 +129,8 @@ def restore_global_rng(state: dict[str, Any]) -> None:
 
 
 def git_commit(repo: str | os.PathLike | None = None) -> str:
-    """``HEAD`` commit of the repository holding eqsolve (with ``+dirty``), or ``"unknown"``.
+    """:func:`eqsolve.runs.git_commit` (``EQSOLVE_COMMIT`` overrides it; ``-dirty`` when
+    modified), or ``"unknown"`` outside a git checkout: what checkpoints record."""
+    from eqsolve.runs import git_commit as _commit
 
-    ``EQSOLVE_COMMIT`` in the environment overrides it: set it when eqsolve runs from an
-    installed copy without its git checkout (e.g. on a rented GPU machine).
-    """
-    if os.environ.get("EQSOLVE_COMMIT"):
-        return os.environ["EQSOLVE_COMMIT"]
-    repo = Path(repo) if repo is not None else Path(__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
-                              text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--", "eqsolve"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return head + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    return _commit(repo) or "unknown"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,17 +38,9 @@ def _histogram(ratings: np.ndarray) -> list[tuple[str, int]]:
 
 
 def _git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).resolve().parent,
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    from eqsolve.runs import git_commit
+
+    return git_commit() or "unknown"
 
 
 def contamination_report(data, check_easy: int, easy_seed: int = 0) -> list[str]:
