@@ -6,7 +6,7 @@
 #
 # Run from the repository root with eqsolve installed (pip install -e .). CANDIDATES picks
 # which train (default: a); give each its own GPU run: three started at once here ran
-# 0.65 steps/s each on an H200, one alone 19 steps/s.
+# 0.65 steps/s each on an H200, one alone (also with fewer host syncs) 19 steps/s.
 #   a  model/small (d=64), train/gpu, sot            the size the CPU bench can afford
 #   b  d=128, train/gpu, sot                         does capacity pay?
 #   c  model/small, train/gpu, grad=implicit with an Anderson forward (fixed points that
