@@ -31,7 +31,7 @@ INITS = ("random", "zeros")
 # optimisation trajectory already taken nor the meaning of the saved state.
 RESUMABLE_CHANGES = frozenset(
     {"steps", "out", "checkpoint_every", "log_every", "progress", "threads", "resume",
-     "eval_every", "eval_size", "eval_depth", "keep_checkpoints", "time_limit_s"}
+     "eval_every", "eval_size", "eval_depth", "keep_checkpoints", "time_limit_s", "init_from"}
 )
 
 
@@ -118,6 +118,10 @@ class TrainConfig:
         eval_size: puzzles of the held-out eval set scored at each evaluation.
         eval_depth: iterations of the eval forward pass.
         resume: continue from ``out/last.pt`` (True) or from this checkpoint path.
+        init_from: start a new run from these weights (an eqsolve weights file, a training
+            checkpoint or an official ``eqr.pth``; EMA weights preferred) instead of a random
+            init; the architecture must equal the run's model config; the optimizer starts fresh
+            and the EMA starts at these weights. Ignored when resuming.
         threads: torch intra-op threads (None leaves torch's default).
         device: ``cpu`` or ``cuda``.
         progress: show a tqdm bar.
@@ -167,6 +171,7 @@ class TrainConfig:
     eval_size: int = 256
     eval_depth: int = 16
     resume: bool | str = False
+    init_from: str | None = None
     threads: int | None = None
     device: str = "cpu"
     progress: bool = True

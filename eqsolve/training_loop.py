@@ -42,6 +42,18 @@ def row_seed(seed: int, key: tuple[int, ...]) -> int:
     return int(np.random.SeedSequence((seed, *key)).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
+def _load_initial_weights(model: EqR, path: str) -> None:
+    """Copy the weights of ``path`` into ``model``; a different architecture is an error."""
+    source = EqR.from_checkpoint(path)
+    mine, theirs = model.config.to_dict(), source.config.to_dict()
+    differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+    if differ:
+        detail = ", ".join(f"{k}: run {mine.get(k)!r} != file {theirs.get(k)!r}" for k in differ)
+        raise ValueError(f"train.init_from={path}: the weights are for another architecture "
+                         f"({detail}); set the model config to match")
+    model.load_state_dict(source.state_dict())
+
+
 class Trainer:
     """Holds a training run's state; :meth:`train_step` does one optimizer step.
 
@@ -61,7 +73,10 @@ class Trainer:
         self.device = torch.device(cfg.device)
         self.local_batch = cfg.batch_size // world
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        self.model = EqR(model_config).to(self.device)
+        self.model = EqR(model_config)
+        if cfg.init_from and not cfg.resume:
+            _load_initial_weights(self.model, cfg.init_from)
+        self.model = self.model.to(self.device)
         self.model.train()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr,
                                            betas=(cfg.beta1, cfg.beta2),

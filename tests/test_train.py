@@ -171,3 +171,24 @@ def test_a_cached_pool_of_another_config_is_refused(tmp_path):
     run_training(tiny_cfg(tmp_path, steps=1), TINY)
     with pytest.raises(ValueError, match="holds the pool 'generate_easy\\(6, seed=0\\)'.*generate_easy\\(5, seed=0\\)"):
         run_training(tiny_cfg(tmp_path, steps=1, gen_easy=5), TINY)
+
+
+def test_init_from_starts_a_new_run_from_given_weights(tmp_path):
+    # fine-tuning: a run started from exported weights begins exactly at them (EMA too), and a
+    # file of another architecture is refused by name
+    from eqsolve.training_data import PuzzlePool
+    from eqsolve.training_loop import Trainer
+    from eqsolve.training_report import export_reasoner
+
+    run_training(tiny_cfg(tmp_path / "a", steps=2), TINY)
+    export_reasoner(tmp_path / "a" / "last.pt", tmp_path / "w.pt")
+    weights = EqR.from_checkpoint(tmp_path / "w.pt").state_dict()
+    pool = PuzzlePool.load(tmp_path / "a" / "pool.npz")
+    trainer = Trainer(TINY, tiny_cfg(tmp_path / "b", init_from=str(tmp_path / "w.pt")), pool)
+    for name, value in trainer.model.state_dict().items():
+        assert torch.equal(value, weights[name]) and torch.equal(trainer.ema[name], weights[name])
+    other = EqRConfig(hidden_size=32, num_heads=2, H_cycles=1, L_cycles=2, L_layers=1, mixer="sudoku_pool")
+    with pytest.raises(ValueError, match="another architecture.*hidden_size: run 32 != file 16"):
+        Trainer(other, tiny_cfg(tmp_path / "c", init_from=str(tmp_path / "w.pt")), pool)
+    result = run_training(tiny_cfg(tmp_path / "d", steps=2, init_from=str(tmp_path / "w.pt")), TINY)
+    assert all(math.isfinite(x) for x in result["losses"])
