@@ -78,9 +78,10 @@ class Anderson(Solver):
             ``1 / max_cond`` (numerically dependent on the others); None picks
             ``1e-2 / eps`` of the dtype.
         delay: number of plain ``z + beta g`` steps a row takes before extrapolating (its history
-            fills meanwhile). On learned reasoning maps, which have many unstable fixed points
-            near a random start, undelayed extrapolation lands on them; a delay lets plain
-            iteration enter an attractor's basin first and Anderson then converges inside it.
+            fills meanwhile): a warm start for maps whose early iterates are far from the
+            fixed point sought. It is no cure for maps with many unstable fixed points: on
+            eqsolve's shipped Sudoku reasoner, Anderson after 16 plain steps still converged to
+            nearby unstable equilibria and lost answers (``benchmarks/results/bench_scaling.md``).
 
     Examples:
         >>> import torch
