@@ -250,6 +250,10 @@ def _run_training(cfg: TrainConfig, model_config: EqRConfig | None = None) -> di
         if eval_set is not None:
             evaluation = evaluate(trainer.ema_model(), eval_set.head(cfg.eval_size),
                                   depth=cfg.eval_depth, seed=cfg.seed)
+        if dist.is_initialized():
+            # ranks leave together: rank 0 still evaluates here, and a peer that destroys its
+            # gloo group meanwhile can abort ("terminate called without an active exception")
+            dist.barrier()
     finally:
         if bar is not None:
             bar.close()
