@@ -64,6 +64,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         shard = slice(rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world)
         train_step(ddp, x[shard], y[shard])
         torch.save(model.state_dict(), Path(out_dir) / f"rank{rank}.pt")
+        dist.barrier()  # leave together: destroying a gloo group while the peer works can abort
     finally:
         dist.destroy_process_group()
 
