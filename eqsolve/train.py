@@ -45,7 +45,7 @@ from eqsolve.training_checkpoint import (
     restore_global_rng,
 )
 from eqsolve.training_config import TrainConfig, dataclass_from_dict
-from eqsolve.training_data import PuzzlePool, build_pool, generated_source
+from eqsolve.training_data import PuzzlePool, build_pool, pool_source
 from eqsolve.training_eval import default_eval_set, evaluate
 from eqsolve.training_loop import Trainer
 
@@ -96,11 +96,10 @@ def _get_pool(cfg: TrainConfig, out: Path, rank: int) -> PuzzlePool:
     if dist.is_initialized():
         dist.barrier()
     pool = PuzzlePool.load(cache)
-    expected = (f"file {Path(cfg.data)} " if cfg.data is not None
-                else generated_source(cfg.gen_easy, cfg.gen_hard, cfg.seed))
-    if not (pool.source.startswith(expected) if cfg.data is not None else pool.source == expected):
+    expected = pool_source(cfg.data, cfg.gen_easy, cfg.gen_hard, cfg.seed, rows=len(pool))
+    if pool.source != expected:
         raise ValueError(f"{cache} holds the pool {pool.source!r} but this run's config asks for "
-                         f"{expected.strip()!r}; delete the file or use another run folder")
+                         f"{expected!r}; delete the file or use another run folder")
     return pool
 
 

@@ -106,7 +106,7 @@ def build_pool(data: str | None, *, limit: int | None, gen_easy: int, gen_hard: 
         if limit is not None:
             questions, answers = questions[:limit], answers[:limit]
         return PuzzlePool(questions.astype(np.int64), answers.astype(np.int64),
-                          f"file {path} ({len(questions)} rows)")
+                          pool_source(data, gen_easy, gen_hard, seed, rows=len(questions)))
     parts_q, parts_a = [], []
     if gen_easy:
         easy = generate_easy(gen_easy, seed=seed)
@@ -120,16 +120,25 @@ def build_pool(data: str | None, *, limit: int | None, gen_easy: int, gen_hard: 
         parts_a.append(np.asarray([a for _, a, _ in hard]))
     questions = np.concatenate(parts_q).reshape(-1, 81).astype(np.int64)
     answers = np.concatenate(parts_a).reshape(-1, 81).astype(np.int64)
-    return PuzzlePool(questions, answers, generated_source(gen_easy, gen_hard, seed))
+    return PuzzlePool(questions, answers, pool_source(None, gen_easy, gen_hard, seed))
 
 
-def generated_source(gen_easy: int, gen_hard: int, seed: int) -> str:
-    """The ``source`` string of a generated pool (what a cached ``pool.npz`` must match).
+def pool_source(data: str | None, gen_easy: int, gen_hard: int, seed: int, rows: int = 0) -> str:
+    """The ``source`` string :func:`build_pool` gives a pool (what a cached ``pool.npz`` matches).
+
+    Args:
+        data: the training file, or None for a generated pool.
+        gen_easy, gen_hard, seed: the generator settings (used when ``data`` is None).
+        rows: rows loaded from ``data``.
 
     Examples:
-        >>> generated_source(2000, 0, 0)
+        >>> pool_source(None, 2000, 0, 0)
         'generate_easy(2000, seed=0)'
+        >>> pool_source("a.csv", 2000, 0, 0, rows=5)
+        'file a.csv (5 rows)'
     """
+    if data is not None:
+        return f"file {Path(data)} ({rows} rows)"
     desc = []
     if gen_easy:
         desc.append(f"generate_easy({gen_easy}, seed={seed})")

@@ -1,7 +1,7 @@
 """The GPU paths: training, gradients, scaling and measurement on CUDA agree with the CPU.
 
-Every test here skips without CUDA (CI has none); they are run on a GPU machine by hand
-(see ``scripts/device_train.sh``).
+Every test here skips without CUDA (CI has none); run them on a GPU machine by hand:
+``python -m pytest tests/test_cuda.py tests/solvers/test_solvers_loop.py -k "cuda or host_syncs"``.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..runs import git_commit
 from .sudoku_board import board_to_string, bucket
 from .sudoku_generator import generate_easy
 from .sudoku_hard import iter_generate
@@ -35,12 +36,6 @@ def _histogram(ratings: np.ndarray) -> list[tuple[str, int]]:
         label = f"{lo}" if hi == lo + 1 else (f"{lo}-{hi - 1}" if hi < 10**9 else f">= {lo}")
         rows.append((label, int(((ratings >= lo) & (ratings < hi)).sum())))
     return rows
-
-
-def _git_commit() -> str:
-    from eqsolve.runs import git_commit
-
-    return git_commit() or "unknown"
 
 
 def contamination_report(data, check_easy: int, easy_seed: int = 0) -> list[str]:
@@ -146,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         easy_fraction=args.easy_fraction,
         target=args.target,
         min_hard=args.min_hard,
-        commit=_git_commit(),
+        commit=git_commit() or "unknown",
     )
     partial = args.out.with_name(args.out.name + ".partial")
     done = 0
