@@ -97,6 +97,10 @@ class TrainConfig:
         loss: ``stablemax`` or ``softmax`` cross-entropy.
         halt_weight: weight of the halting BCE (0 disables learned halting).
         halt_explore: sot: probability that a row gets a random minimum number of steps.
+        jac_weight: weight of the Jacobian penalty ``||J||_F^2 / n`` of the outer map (Hutchinson,
+            one probe; Bai et al., 2021, "Stabilizing Equilibrium Models by Jacobian
+            Regularization"), taken at the input of the last H-cycle of each sot segment or at
+            the DEQ modes' solution; 0 disables (and costs nothing).
         init: initial latent state: ``random`` (truncated normal, the paper's RI) or ``zeros``.
         noise: path noise scale during training (None = the model's ``noise_scale``).
         data: CSV/plain file of training puzzles (None = the project's generator).
@@ -151,6 +155,7 @@ class TrainConfig:
     loss: str = "stablemax"
     halt_weight: float = 0.5
     halt_explore: float = 0.1
+    jac_weight: float = 0.0
     init: str = "random"
     noise: float | None = None
     data: str | None = None
@@ -194,7 +199,7 @@ class TrainConfig:
             _check(isinstance(value, int) and value >= 0, f"{name}={value!r} must be an int >= 0")
         for name in ("lr", "tol"):
             _check(getattr(self, name) > 0, f"{name}={getattr(self, name)!r} must be > 0")
-        for name in ("weight_decay", "grad_clip", "halt_weight", "time_limit_s"):
+        for name in ("weight_decay", "grad_clip", "halt_weight", "jac_weight", "time_limit_s"):
             _check(getattr(self, name) >= 0, f"{name}={getattr(self, name)!r} must be >= 0")
         for name in ("ema_decay", "halt_explore", "reveal_start", "reveal_end", "reveal_prob",
                      "min_lr_ratio", "phantom_tau", "beta1", "beta2"):

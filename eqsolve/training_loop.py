@@ -86,11 +86,12 @@ class Trainer:
         self.noise_gen = torch.Generator(self.device).manual_seed(row_seed(cfg.seed, (9, rank)))
         self.step = 0
         self.carry: dict[str, Tensor] | None = None
+        jacobian = cfg.jac_weight > 0
         if cfg.grad == "sot":
-            module: torch.nn.Module = SotSegment(self.model)
+            module: torch.nn.Module = SotSegment(self.model, jacobian=jacobian)
         else:
             module = DeqForward(self.model, make_strategy(cfg), solver=cfg.solver, tol=cfg.tol,
-                                depth=cfg.depth)
+                                depth=cfg.depth, jacobian=jacobian)
         if world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -207,11 +208,16 @@ class Trainer:
         loss, stats = reasoning_loss(logits, labels, halt if cfg.halt_weight > 0 else None,
                                      kind=cfg.loss, halt_weight=cfg.halt_weight,
                                      blank_mask=tokens == 1)
+        jac = info["jac"].mean() if "jac" in info else None
+        if jac is not None:
+            loss = loss + cfg.jac_weight * jac
         grad_norm = self._optimize(loss)
         scalars = {"loss": loss.detach(), "ce": stats["ce"], "halt_loss": stats["halt"],
                    "cell_acc": stats["cell_acc"], "exact": stats["exact"].float().mean(),
                    "nfe": info["nfe"].float().mean(), "residual": info["residual"].float().mean(),
                    "grad_norm": grad_norm}
+        if jac is not None:
+            scalars["jac"] = jac
         if cfg.grad == "sot":
             c = self.carry
             c["s"] = s_new.detach()

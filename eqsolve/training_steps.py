@@ -6,8 +6,11 @@
   point of the outer map ``F(·; x)`` from ``s0`` with an eqsolve solver, gradient by the chosen
   :mod:`eqsolve.gradients` strategy.
 
-Both return ``(state, logits, halt_logit, info)`` where ``info`` holds NFE and residual per row.
-All parameter use happens inside ``forward`` so ``DistributedDataParallel`` sees it.
+Both return ``(state, logits, halt_logit, info)`` where ``info`` holds NFE and residual per row,
+and with ``jacobian=True`` also ``jac``: a one-probe Hutchinson estimate of ``||J||_F^2 / n`` per
+row of the outer map's Jacobian (Bai et al., 2021), with a graph, for the caller to penalise. sot
+takes it at the input of the segment's last H-cycle (where its graph begins), the DEQ modes at the
+solution. All parameter use happens inside ``forward`` so ``DistributedDataParallel`` sees it.
 
 Examples:
     >>> import torch
@@ -29,13 +32,20 @@ from torch import Tensor, nn
 
 from eqsolve.training_config import TrainConfig
 
-__all__ = ["SotSegment", "DeqForward", "make_strategy", "rel_change"]
+__all__ = ["SotSegment", "DeqForward", "make_strategy", "rel_change", "jacobian_estimate"]
 
 
 def rel_change(new: Tensor, old: Tensor) -> Tensor:
     """Per-row ``||new - old|| / (||new|| + 1e-8)`` (the fixed-point residual of one step)."""
     diff = (new - old).flatten(1).norm(dim=1)
     return diff / (new.flatten(1).norm(dim=1) + 1e-8)
+
+
+def jacobian_estimate(out: Tensor, s: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Per-row ``||d out / d s||_F^2 / n`` (one Gaussian probe, graph kept), ``n`` = state size."""
+    from eqsolve.jacobian import jac_reg
+
+    return jac_reg(out, s, vecs=1, create_graph=True, generator=generator) / s[0].numel()
 
 
 def make_strategy(cfg: TrainConfig) -> Any:
@@ -70,19 +80,33 @@ class SotSegment(nn.Module):
 
     Args:
         model: an :class:`~eqsolve.models.eqr.EqR`.
+        jacobian: also return ``info["jac"]``, the Jacobian estimate of the last H-cycle (the map
+            is then run as its first ``H_cycles - 1`` cycles without a graph, then the last one:
+            the same noise draws and the same state as one call).
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, jacobian: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.jacobian = jacobian
 
     def forward(self, s: Tensor, tokens: Tensor, noise: float | None,
                 generator: torch.Generator | None = None
                 ) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
         x = self.model.embed(tokens)
-        s_new = self.model.map(s, x, noise, generator=generator, grad_last_h_cycle=True)
-        info = {"nfe": torch.ones(s.shape[0], device=s.device),
-                "residual": rel_change(s_new.detach(), s)}
+        info: dict[str, Tensor] = {"nfe": torch.ones(s.shape[0], device=s.device)}
+        if self.jacobian:
+            cycles = self.model.config.H_cycles
+            s_last = s
+            if cycles > 1:
+                with torch.no_grad():
+                    s_last = self.model.map(s, x, noise, generator=generator, h_cycles=cycles - 1)
+            s_last = s_last.detach().requires_grad_(True)
+            s_new = self.model.map(s_last, x, noise, generator=generator, h_cycles=1)
+            info["jac"] = jacobian_estimate(s_new, s_last, generator)
+        else:
+            s_new = self.model.map(s, x, noise, generator=generator, grad_last_h_cycle=True)
+        info["residual"] = rel_change(s_new.detach(), s)
         return s_new, self.model.decode(s_new), self.model.halt_logit(s_new), info
 
 
@@ -95,14 +119,17 @@ class DeqForward(nn.Module):
         solver: forward solver name.
         tol: forward relative tolerance.
         depth: forward iteration budget.
+        jacobian: also return ``info["jac"]``, the Jacobian estimate at the (detached) solution,
+            from one more evaluation of the map.
     """
 
     def __init__(self, model: nn.Module, strategy: Any, *, solver: str, tol: float,
-                 depth: int) -> None:
+                 depth: int, jacobian: bool = False) -> None:
         super().__init__()
         self.model = model
         self.strategy = strategy
         self.solver, self.tol, self.depth = solver, tol, depth
+        self.jacobian = jacobian
 
     def forward(self, s0: Tensor, tokens: Tensor, noise: float | None,
                 generator: torch.Generator | None = None
@@ -115,4 +142,7 @@ class DeqForward(nn.Module):
         z, sol = self.strategy(outer_map, s0, x, solver=self.solver, tol=self.tol,
                                max_iter=self.depth)
         info = {"nfe": sol.nfe.float(), "residual": sol.rel_residual.float()}
+        if self.jacobian:
+            z_star = z.detach().requires_grad_(True)
+            info["jac"] = jacobian_estimate(outer_map(z_star, x), z_star, generator)
         return z, self.model.decode(z), self.model.halt_logit(z), info

@@ -295,6 +295,7 @@ class EqR(nn.Module):
         *,
         generator: torch.Generator | None = None,
         grad_last_h_cycle: bool = False,
+        h_cycles: int | None = None,
     ) -> Tensor:
         """One outer iteration ``F(s; x)`` (one NFE).
 
@@ -309,6 +310,9 @@ class EqR(nn.Module):
             noise: Path-noise scale ``beta``; ``None`` uses ``config.noise_scale``, 0 disables.
             generator: Random generator for the noise (on ``s``'s device).
             grad_last_h_cycle: Record the autograd graph for the last H-cycle only.
+            h_cycles: Run this many H-cycles instead of ``config.H_cycles`` (a map split in
+                two parts, ``h`` then ``H_cycles - h`` cycles, draws the same noise and gives the
+                same state as the whole map).
 
         Returns:
             The next state, same shape as ``s``.
@@ -317,7 +321,9 @@ class EqR(nn.Module):
             raise ValueError(f"state must be (B, 2, L, d) matching x {tuple(x.shape)}, got {tuple(s.shape)}")
         beta = self.config.noise_scale if noise is None else float(noise)
         z_H, z_L = s[:, 0], s[:, 1]
-        cycles = self.config.H_cycles
+        cycles = self.config.H_cycles if h_cycles is None else h_cycles
+        if not (isinstance(cycles, int) and cycles >= 1):
+            raise ValueError(f"h_cycles must be an int >= 1, got {h_cycles!r}")
         for cycle in range(cycles):
             frozen = grad_last_h_cycle and cycle < cycles - 1
             with torch.no_grad() if frozen else nullcontext():
