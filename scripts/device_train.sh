@@ -11,6 +11,8 @@
 #   b  d=128, train/gpu, sot                         does capacity pay?
 #   c  model/small, train/gpu, grad=implicit with an Anderson forward (fixed points that
 #      Anderson finds are the ones the loss sees)
+#   d  model/small, train/gpu, sot plus the Jacobian penalty (train.jac_weight=1): a map with a
+#      smaller Jacobian has fewer unstable fixed points for Anderson to land on
 # Results land in $OUT: exported weights (<name>.pt), metrics, accuracy JSON, logs.
 # SETS/GRID override the measurement; real lists are read from $EQSOLVE_SHARED_DATA/sudoku/.
 set -u
@@ -34,6 +36,7 @@ overrides() {
     a) echo "" ;;
     b) echo "model.hidden_size=128" ;;
     c) echo "train.grad=implicit train.solver=anderson train.depth=16 train.tol=1e-3 train.backward_max_iter=20" ;;
+    d) echo "train.jac_weight=1.0" ;;
   esac
 }
 
