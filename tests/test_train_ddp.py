@@ -19,10 +19,11 @@ TINY = dict(hidden_size=16, num_heads=2, H_cycles=1, L_cycles=2, L_layers=1, mix
 
 def _cfg(out, grad: str) -> TrainConfig:
     # noise off: path noise is drawn per rank, so it is the one thing that cannot match
+    grad, _, jac = grad.partition("+")
     return TrainConfig(grad=grad, steps=4, batch_size=4, gen_easy=6, depth=3, sup_steps=2,
                        out=str(out), checkpoint_every=2, log_every=1, eval_size=2, eval_depth=1,
                        progress=False, noise=0.0, warmup_steps=1, reveal_start=0.3,
-                       reveal_end=0.3, threads=1)
+                       reveal_end=0.3, threads=1, jac_weight=1.0 if jac else 0.0)
 
 
 def _worker(rank: int, world: int, port: int, out: str, grad: str) -> None:
@@ -58,3 +59,19 @@ def test_two_process_ddp_matches_single_process(tmp_path, grad):
     torch.manual_seed(0)  # the runs' seed: their common initial weights
     init = EqR(EqRConfig(**TINY)).state_dict()
     assert any((init[k] - one["model"][k]).abs().max() > 1e-4 for k in init)  # not vacuous
+
+
+@pytest.mark.slow
+def test_two_process_ddp_trains_with_the_jacobian_penalty(tmp_path):
+    """The penalty's double backward goes through DDP's gradient hooks. Its probes are drawn per rank
+    (like path noise), so the weights cannot equal a 1-process run's; they must differ from a run
+    without the penalty and stay finite."""
+    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path / "jac"), "sot+jac"), nprocs=2,
+                       join=True, start_method="spawn")
+    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path / "plain"), "sot"), nprocs=2,
+                       join=True, start_method="spawn")
+    jac = load_training_checkpoint(tmp_path / "jac" / "last.pt")
+    plain = load_training_checkpoint(tmp_path / "plain" / "last.pt")
+    assert jac["train"]["world"] == 2 and jac["train"]["train_config"]["jac_weight"] == 1.0
+    assert all(torch.isfinite(v).all() for v in jac["model"].values())
+    assert any((jac["model"][k] - plain["model"][k]).abs().max() > 1e-5 for k in plain["model"])
