@@ -1,0 +1,119 @@
+"""Architecture of the Equilibrium Reasoner: :class:`EqRConfig`, validated on construction.
+
+Kept apart from the model (:mod:`eqsolve.models.eqr`, which re-exports it) so that configs,
+checkpoints and the CLI can name an architecture without building one.
+
+Examples:
+    >>> cfg = EqRConfig(hidden_size=64, mixer="sudoku_pool")
+    >>> cfg.board()
+    (9, 9)
+    >>> EqRConfig.from_dict({"hidden": 3})
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown EqRConfig keys ['hidden']; valid: [...]
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+__all__ = ["MIXERS", "POS_ENCODINGS", "EqRConfig"]
+
+MIXERS = ("mlp_t", "attention", "sudoku_attention", "sudoku_pool")
+POS_ENCODINGS = ("rope", "rope2d", "none")
+
+
+@dataclass
+class EqRConfig:
+    """Architecture of an :class:`EqR` (defaults: the release's Sudoku-Extreme model).
+
+    Attributes:
+        vocab_size: Token vocabulary (Sudoku: 0 pad, 1 blank, 2..10 digits 1..9).
+        seq_len: Sequence length L (81 cells).
+        hidden_size: Width d.
+        H_cycles: H-updates per outer iteration.
+        L_cycles: L-updates before each H-update.
+        L_layers: Blocks in the weight-tied stack.
+        expansion: SwiGLU expansion factor.
+        num_heads: Attention heads (attention mixers only).
+        mixer: ``"mlp_t"``, ``"attention"``, ``"sudoku_attention"`` or ``"sudoku_pool"``.
+        lambda_: Damping ``lambda`` of the update U.
+        noise_scale: Default path-noise scale ``beta`` (overridable per call of ``map``).
+        H_init_std: Std of the random initial ``z_H``.
+        L_init_std: Std of the random initial ``z_L``.
+        rms_eps: RMSNorm epsilon.
+        pos_encodings: ``"rope"``, ``"rope2d"`` (board rows/columns) or ``"none"``; attention only.
+        rope_theta: RoPE base.
+        board_height: Board rows for ``rope2d`` (default ``sqrt(seq_len)``).
+        board_width: Board columns for ``rope2d`` (default ``sqrt(seq_len)``).
+        halt_max_steps: Depth the release trains and evaluates with (informational default).
+    """
+
+    vocab_size: int = 11
+    seq_len: int = 81
+    hidden_size: int = 512
+    H_cycles: int = 3
+    L_cycles: int = 6
+    L_layers: int = 2
+    expansion: float = 4.0
+    num_heads: int = 8
+    mixer: str = "mlp_t"
+    lambda_: float = 0.95
+    noise_scale: float = 0.01
+    H_init_std: float = 1.0
+    L_init_std: float = 1.0
+    rms_eps: float = 1e-5
+    pos_encodings: str = "rope"
+    rope_theta: float = 10000.0
+    board_height: int | None = None
+    board_width: int | None = None
+    halt_max_steps: int = 16
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "seq_len", "hidden_size", "H_cycles", "L_cycles", "L_layers",
+                     "num_heads", "halt_max_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"EqRConfig.{name} must be a positive int, got {value!r}")
+        if self.mixer not in MIXERS:
+            raise ValueError(f"EqRConfig.mixer={self.mixer!r}; valid: {', '.join(MIXERS)}")
+        if self.pos_encodings not in POS_ENCODINGS:
+            raise ValueError(
+                f"EqRConfig.pos_encodings={self.pos_encodings!r}; valid: {', '.join(POS_ENCODINGS)}"
+            )
+        if not 0.0 < self.lambda_ <= 1.0:
+            raise ValueError(f"EqRConfig.lambda_ must be in (0, 1], got {self.lambda_}")
+        for name in ("noise_scale", "H_init_std", "L_init_std", "expansion", "rms_eps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"EqRConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.mixer in ("attention", "sudoku_attention") and self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}"
+            )
+        side = math.isqrt(self.seq_len)
+        if self.mixer.startswith("sudoku_") and (side**2 != self.seq_len or math.isqrt(side) ** 2 != side):
+            raise ValueError(f"{self.mixer} needs a side² board with square boxes, got seq_len={self.seq_len}")
+
+    def board(self) -> tuple[int, int]:
+        """``(height, width)`` of the board (explicit, or ``sqrt(seq_len)`` each)."""
+        if self.board_height is not None and self.board_width is not None:
+            return self.board_height, self.board_width
+        side = math.isqrt(self.seq_len)
+        if side * side != self.seq_len:
+            raise ValueError(f"seq_len={self.seq_len} is not square; set board_height/board_width")
+        return side, side
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (for checkpoints and run records)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> EqRConfig:
+        """Build from a dict; an unknown key is a ValueError naming the valid ones."""
+        valid = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - valid)
+        if unknown:
+            raise ValueError(f"unknown EqRConfig keys {unknown}; valid: {sorted(valid)}")
+        return cls(**values)
