@@ -10,7 +10,7 @@ fingerprint, the git commit and the elapsed wall time.
 Examples:
     >>> import tempfile, os
     >>> path = os.path.join(tempfile.mkdtemp(), "x.pt")
-    >>> atomic_torch_save({"format": "eqsolve.eqr/1", "config": {}, "model": {}}, path)
+    >>> _ = atomic_torch_save({"format": "eqsolve.eqr/1", "config": {}, "model": {}}, path)
     >>> load_training_checkpoint(path)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
