@@ -59,3 +59,15 @@ def test_parse_solver_spec(bs):
     assert bs.parse_solver_spec("anderson:m=5:beta=0.5") == ("anderson", {"m": 5, "beta": 0.5})
     with pytest.raises(ValueError, match="key=value"):
         bs.parse_solver_spec("anderson:m")
+
+
+def test_cheapest_stopping_keeps_the_target_at_the_fewest_nfe(bs):
+    # two rows, three steps: row 0 is right from step 2 on, row 1 only at step 3
+    curves = {"correct": np.array([[False, True, True], [False, False, True]]),
+              "residual": np.array([[0.5, 0.2, 0.01], [0.5, 0.2, 0.01]])}
+    best = bs.cheapest_stopping(curves, target=0.5, tols=(0.3, 0.1))
+    # tol 0.3 stops both rows at step 2 (NFE 2): row 0 right, row 1 wrong -> 50%, the cheapest
+    assert best == {"tol": 0.3, "accuracy": 0.5, "mean_nfe": 2.0}
+    best = bs.cheapest_stopping(curves, target=1.0, tols=(0.3, 0.1))
+    assert best == {"tol": 0.1, "accuracy": 1.0, "mean_nfe": 3.0}
+    assert bs.cheapest_stopping(curves, target=1.0, tols=(0.3,)) is None
