@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from eqsolve.jacobian import jac_reg
 from eqsolve.training_config import TrainConfig
 
 __all__ = ["SotSegment", "DeqForward", "make_strategy", "rel_change", "jacobian_estimate"]
@@ -43,8 +44,6 @@ def rel_change(new: Tensor, old: Tensor) -> Tensor:
 
 def jacobian_estimate(out: Tensor, s: Tensor, generator: torch.Generator | None) -> Tensor:
     """Per-row ``||d out / d s||_F^2 / n`` (one Gaussian probe, graph kept), ``n`` = state size."""
-    from eqsolve.jacobian import jac_reg
-
     return jac_reg(out, s, vecs=1, create_graph=True, generator=generator) / s[0].numel()
 
 
