@@ -23,7 +23,7 @@ residual is below it. A consistency check re-runs ``solve_many`` at a few depths
 best accelerated solver with per-row stopping, at its tolerance (``halt="residual"``) with the same
 initial states, and reports the share of identical answers (and of identical NFE for the latter).
 
-Usage (1 thread pinned; ~13 minutes with the shipped reasoner on one core)::
+Usage (1 thread pinned; ~10 minutes with the shipped reasoner on one core)::
 
     nice -n 5 python benchmarks/bench_scaling.py --threads 1
     python benchmarks/bench_scaling.py --checkpoint random --limit 8 --depth 16   # smoke test
@@ -118,10 +118,14 @@ def first_depth_reaching(accuracy: np.ndarray, target: float) -> int | None:
     return int(hits[0]) + 1 if hits.size else None
 
 
+def stop_steps(stop: np.ndarray) -> np.ndarray:
+    """Per row, the first step (0-based) where ``stop`` is True, else the last step."""
+    return np.where(stop.any(1), stop.argmax(1), stop.shape[1] - 1)
+
+
 def simulate_halting(curves: dict[str, np.ndarray], stop: np.ndarray) -> tuple[float, float]:
     """(accuracy, mean NFE) when each row stops at the first step where ``stop`` is True."""
-    depth = stop.shape[1]
-    step = np.where(stop.any(1), stop.argmax(1), depth - 1)
+    step = stop_steps(stop)
     rows = np.arange(len(step))
     return float(curves["correct"][rows, step].mean()), float((step + 1).mean())
 
@@ -149,8 +153,7 @@ def cheapest_stopping(curves: dict[str, np.ndarray], target: float,
 def stopping_consistency(model: Any, questions: np.ndarray, init: torch.Tensor, curves: dict, solver: str,
                          tol: float, depth: int) -> dict[str, Any]:
     """Re-run ``solve_many`` with ``halt="residual"`` at ``tol``; compare answers and NFE with the curve."""
-    stop = curves["residual"] <= tol
-    step = np.where(stop.any(1), stop.argmax(1), depth - 1)
+    step = stop_steps(curves["residual"] <= tol)
     name, options = parse_solver_spec(solver)
     with torch.no_grad():
         res = solve_many(model, encode_tokens(questions), depth=depth, breadth=1, solver=get_solver(name, **options),
@@ -270,8 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", default=None, help="default: shipped reasoner; 'random' for a smoke test")
     p.add_argument("--data", default=None, help="puzzle file (default: shipped eval set)")
-    # 256: at 64 puzzles one puzzle is 1.6 points and the NFE at which a curve first reaches a
-    # target moved by 15+ NFE between subsets; the report states the binomial standard error
+    # 256: at 64 puzzles one puzzle is 1.6 points; there Broyden seemed to reach plain's depth-64
+    # accuracy at 42 NFE, on 256 it never does. The report states the binomial standard error.
     p.add_argument("--limit", type=int, default=256)
     p.add_argument("--depth", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
