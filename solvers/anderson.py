@@ -72,6 +72,9 @@ class Anderson(Solver):
 
     Args:
         m: history size (number of stored differences). Memory is ``2 m`` iterates per row.
+            Long histories suit contractive maps; on maps whose useful behaviour is a transient
+            (eqsolve's shipped Sudoku reasoner) a short one is safer: there m=1 matched plain
+            iteration (70.7% vs 70.3% at 64 NFE on 256 puzzles) where m=20 reached 21.9%.
         beta: mixing in ``(0, 1]``; 1 mixes the images ``f(z_i)`` only (undamped).
         ridge: Tikhonov term relative to the (Jacobi-scaled) Gram diagonal, ``>= 0``.
         max_cond: drop history columns whose Cholesky pivot of the scaled Gram matrix is below
