@@ -34,15 +34,22 @@ def test_simulate_halting_stops_at_first_true_step(bs):
     assert accuracy == 1.0 and mean_nfe == pytest.approx((2 + 3 + 1) / 3)
 
 
-def test_anytime_curves_match_solve_many_answers(bs):
+def _tiny_problem(n: int, seed: int):
+    """An untrained tiny EqR, ``n`` generated easy puzzles and seeded random starts."""
     from eqsolve.models import EqR, EqRConfig
-    from eqsolve.scaling import solve_many
-    from eqsolve.tasks.sudoku import encode_tokens, generate_easy
+    from eqsolve.tasks.sudoku import generate_easy
 
     torch.manual_seed(0)
     model = EqR(EqRConfig(hidden_size=16, H_cycles=1, L_cycles=1, L_layers=1, expansion=2.0)).eval()
-    questions = np.stack([q for q, _, _ in generate_easy(3, seed=2)])
-    init = model.init_state(3, generator=torch.Generator().manual_seed(1))
+    questions = np.stack([q for q, _, _ in generate_easy(n, seed=seed)])
+    return model, questions, model.init_state(n, generator=torch.Generator().manual_seed(1))
+
+
+def test_anytime_curves_match_solve_many_answers(bs):
+    from eqsolve.scaling import solve_many
+    from eqsolve.tasks.sudoku import encode_tokens
+
+    model, questions, init = _tiny_problem(3, seed=2)
     for solver in ("fixed_point", "anderson"):
         curves = bs.anytime_curves(model, questions, solver, 5, init, batch_size=2)
         assert curves["digits"].shape == (3, 5, 81) and np.isfinite(curves["residual"]).all()
@@ -75,18 +82,11 @@ def test_cheapest_stopping_keeps_the_target_at_the_fewest_nfe(bs):
 
 def test_simulated_stopping_matches_solve_many_with_residual_halting(bs):
     """What the per-row stopping table simulates from the curves is what solve_many does."""
-    from eqsolve.models import EqR, EqRConfig
-    from eqsolve.tasks.sudoku import generate_easy
-
-    torch.manual_seed(0)
-    model = EqR(EqRConfig(hidden_size=16, H_cycles=1, L_cycles=1, L_layers=1, expansion=2.0)).eval()
-    questions = np.stack([q for q, _, _ in generate_easy(6, seed=3)])
-    init = model.init_state(6, generator=torch.Generator().manual_seed(1))
+    model, questions, init = _tiny_problem(6, seed=3)
     for solver in ("fixed_point", "anderson:m=2"):
         curves = bs.anytime_curves(model, questions, solver, 8, init, batch_size=4)
         tol = float(np.median(curves["residual"][:, 3]))  # some rows stop early, others later or never
-        stop = curves["residual"] <= tol
-        steps = np.where(stop.any(1), stop.argmax(1), 7)
+        steps = bs.stop_steps(curves["residual"] <= tol)
         assert len(set(steps.tolist())) > 1  # rows stop at different steps: the check is not vacuous
         check = bs.stopping_consistency(model, questions, init, curves, solver, tol, 8)
         assert check["agree"] == 1.0 and check["nfe_agree"] == 1.0, check
