@@ -7,6 +7,11 @@ step, optimizer, RNG states (torch, numpy, python and the run's own generators),
 position (per-slot draw counters and the carried latent state), the train config, the pool
 fingerprint, the git commit and the elapsed wall time.
 
+Every entry is a tensor, a container or a plain number/string (the numpy RNG state is stored as
+a dict with its key as a tensor), so the file loads with ``torch.load(weights_only=True)``:
+reading a checkpoint never runs code from it. Files written before that change hold the numpy
+state as an array, which the loader's allow-list still accepts (see :mod:`eqsolve._safe_load`).
+
 Examples:
     >>> import tempfile, os
     >>> path = os.path.join(tempfile.mkdtemp(), "x.pt")
@@ -28,6 +33,7 @@ import numpy as np
 import torch
 
 from eqsolve._atomic import atomic_torch_save  # noqa: F401  (re-exported: training code saves through it)
+from eqsolve._safe_load import safe_torch_load
 from eqsolve.training_config import RESUMABLE_CHANGES, TrainConfig
 
 __all__ = [
@@ -59,13 +65,7 @@ def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         ValueError: the file is corrupt/truncated, or is not an eqsolve training checkpoint.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises several types for torn/garbage files
-        raise ValueError(f"checkpoint {path} is corrupt or truncated ({type(err).__name__}: "
-                         f"{err}); delete it or resume from an older one") from err
+    ckpt = safe_torch_load(path, advice=_damaged_advice(path))
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise ValueError(f"{path} is not an eqsolve checkpoint (expected keys 'model', 'config')")
     train = ckpt.get("train")
@@ -80,6 +80,25 @@ def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"training checkpoint {path} has state version {train['version']}, "
                          f"this eqsolve writes {TRAIN_STATE_VERSION}")
     return ckpt
+
+
+def _damaged_advice(path: Path) -> str:
+    """What to do about a damaged ``path``: the newest other numbered checkpoint next to it.
+
+    Numbered checkpoints are independent copies; a folder written by an older eqsolve may hold
+    hard links to ``last.pt`` instead, and those share its damage, so they are left out.
+    """
+    others = []
+    for candidate in sorted(path.parent.glob("ckpt_*.pt"), reverse=True):
+        try:
+            if not candidate.samefile(path):
+                others.append(candidate)
+        except OSError:
+            continue
+    if not others:
+        return "delete it and start the run again (no other numbered checkpoint next to it)"
+    return (f"resume from the newest other numbered checkpoint, an independent copy: --resume {others[0]}"
+            + (f" (older: {', '.join(p.name for p in others[1:])})" if len(others) > 1 else ""))
 
 
 def check_compatible(ckpt: dict[str, Any], model_config: dict[str, Any],
@@ -111,18 +130,32 @@ def check_compatible(ckpt: dict[str, Any], model_config: dict[str, Any],
 
 
 def capture_global_rng() -> dict[str, Any]:
-    """States of the global python, numpy and torch (CPU and CUDA) generators."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
-             "torch": torch.get_rng_state()}
+    """States of the global python, numpy and torch (CPU and CUDA) generators, as plain data.
+
+    Examples:
+        >>> state = capture_global_rng()
+        >>> sorted(state["numpy"])
+        ['cached_gaussian', 'has_gauss', 'key', 'kind', 'pos']
+        >>> a = np.random.rand(); restore_global_rng(state); a == np.random.rand()
+        True
+    """
+    kind, key, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = {"kind": str(kind), "key": torch.from_numpy(np.asarray(key, dtype=np.int64)),
+                   "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def restore_global_rng(state: dict[str, Any]) -> None:
-    """Inverse of :func:`capture_global_rng`."""
+    """Inverse of :func:`capture_global_rng` (also reads the older numpy-tuple form)."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    saved = state["numpy"]
+    if isinstance(saved, dict):
+        saved = (saved["kind"], saved["key"].numpy().astype(np.uint32), saved["pos"],
+                 saved["has_gauss"], saved["cached_gaussian"])
+    np.random.set_state(saved)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -12,6 +12,10 @@ them (e.g. a model trained with 16 puzzle-embedding positions), never a partial 
 
 Native format (``save_checkpoint`` / ``load_checkpoint``): ``{"format": "eqsolve.eqr/1",
 "config": EqRConfig dict, "model": state dict, "ema": optional state dict, "extra": {...}}``.
+
+Files are read with :func:`eqsolve._safe_load.safe_torch_load` (``weights_only=True``): loading a
+checkpoint never runs code from it, and a file that is not a torch checkpoint is one
+``ValueError`` naming it.
 """
 
 from __future__ import annotations
@@ -21,10 +25,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from eqsolve._atomic import atomic_torch_save
+from eqsolve._safe_load import safe_torch_load
 from eqsolve.models.eqr import EqR, EqRConfig
 
 __all__ = [
@@ -108,15 +112,13 @@ def normalize_official_keys(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 
 def _read(source: Any) -> Any:
+    """A path is loaded without running code from it (weights only); anything else is passed on."""
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint not found: {path}")
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return safe_torch_load(Path(source))
     return source
 
 
-def _pick_state(ckpt: Mapping[str, Any], prefer_ema: bool) -> dict[str, Tensor]:
+def _pick_state(ckpt: Mapping[str, Any], prefer_ema: bool, origin: str = "<dict>") -> dict[str, Tensor]:
     ema = ckpt.get("ema")
     if prefer_ema and isinstance(ema, Mapping) and ema:
         shadow = ema.get("shadow", ema)
@@ -125,7 +127,11 @@ def _pick_state(ckpt: Mapping[str, Any], prefer_ema: bool) -> dict[str, Tensor]:
             return tensors
     model = ckpt.get("model")
     if not isinstance(model, Mapping):
-        raise ValueError("checkpoint has no 'model' state dict")
+        raise ValueError(f"checkpoint {origin} has no 'model' state dict (keys: {sorted(map(str, ckpt))})")
+    bad = sorted(str(k) for k, v in model.items() if not isinstance(v, Tensor))
+    if bad:
+        raise ValueError(f"checkpoint {origin}: 'model' entries {bad[:5]} are not tensors; "
+                         "the file is damaged or not an EqR checkpoint")
     return dict(model)
 
 
@@ -182,11 +188,15 @@ def load_official(
         32
     """
     ckpt = _read(source)
-    if not isinstance(ckpt, Mapping):
-        raise TypeError(f"official checkpoint must be a dict, got {type(ckpt).__name__}")
     origin = str(source) if isinstance(source, (str, os.PathLike)) else "<dict>"
+    if not isinstance(ckpt, Mapping):
+        raise ValueError(f"official checkpoint {origin} holds a {type(ckpt).__name__}, not the release's dict "
+                         "(model, ema, config); check the path")
+    if ckpt.get("format") == NATIVE_FORMAT:
+        raise ValueError(f"{origin} is already an eqsolve checkpoint ({NATIVE_FORMAT}), not an official "
+                         "one; use it as it is (EqR.from_checkpoint, --checkpoint), no import needed")
     if "model" in ckpt or "ema" in ckpt:
-        state = normalize_official_keys(_pick_state(ckpt, prefer_ema))
+        state = normalize_official_keys(_pick_state(ckpt, prefer_ema, origin))
         config = ckpt.get("config") or {}
         arch = dict(config.get("arch", {})) if isinstance(config, Mapping) else {}
     else:  # a bare state dict
@@ -274,10 +284,13 @@ def load_checkpoint(path: Any, *, prefer_ema: bool = True) -> EqR:
         The model in eval mode.
     """
     ckpt = _read(path)
+    origin = str(path) if isinstance(path, (str, os.PathLike)) else "<dict>"
     if not isinstance(ckpt, Mapping):
-        raise TypeError(f"checkpoint must be a dict, got {type(ckpt).__name__}")
+        raise ValueError(f"checkpoint {origin} holds a {type(ckpt).__name__}, not an EqR checkpoint's dict "
+                         "(model, config, ...); check the path")
     if "format" in ckpt and ckpt["format"] != NATIVE_FORMAT:
-        raise ValueError(f"unsupported checkpoint format {ckpt['format']!r}; expected {NATIVE_FORMAT!r}")
+        raise ValueError(f"checkpoint {origin} has format {ckpt['format']!r}; this eqsolve reads "
+                         f"{NATIVE_FORMAT!r}")
     config = ckpt.get("config")
     # a config that is an EqRConfig dict (no official `arch`) marks an eqsolve checkpoint
     native = ckpt.get("format") == NATIVE_FORMAT or (
@@ -286,6 +299,5 @@ def load_checkpoint(path: Any, *, prefer_ema: bool = True) -> EqR:
     if not native:
         return load_official(ckpt, prefer_ema=prefer_ema)
     model = EqR(EqRConfig.from_dict(dict(config)))
-    state = _pick_state(ckpt, prefer_ema)
-    origin = str(path) if isinstance(path, (str, os.PathLike)) else "<dict>"
+    state = _pick_state(ckpt, prefer_ema, origin)
     return _load_strict(model, state, origin).eval()
