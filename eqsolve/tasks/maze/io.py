@@ -29,7 +29,7 @@ Examples:
     >>> data = load_csv(path, unique=True)
     >>> len(data), data.questions.shape, bool((data.lengths >= 100).all())
     (2, (2, 30, 30), True)
-    >>> _ = path.write_text("source,question\nx," + "#" * 841 + "\n")
+    >>> _ = path.write_text("source,question\\nx," + "#" * 841 + "\\n")
     >>> load_csv(path)
     Traceback (most recent call last):
     ...
