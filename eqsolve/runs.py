@@ -10,11 +10,17 @@ A run folder holds
 
 Every write that matters goes through :func:`atomic_write_text` (temp file in the same folder,
 then ``os.replace``), so a reader never sees half a file, even if the process is killed.
+
+A run folder belongs to one run: :func:`claim_run_dir` locks it (an exclusive ``flock`` on
+``.eqsolve.lock``, held until the run ends and dropped by the kernel if the process dies, ``kill
+-9`` included) and only then checks that it holds no other run's files, so two commands given
+the same ``--out`` cannot both write there.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import json
 import logging
 import os
@@ -30,6 +36,11 @@ from eqsolve._atomic import atomic_write
 
 #: Schema tag of ``results.json``. Bump the version on any incompatible change of its layout.
 RESULTS_SCHEMA = "eqsolve.results/1"
+
+#: Lock file of a run folder (see :func:`lock_run_dir`).
+LOCK_NAME = ".eqsolve.lock"
+#: Files that make a folder a training run already (``pool.npz`` is a validated cache, not a run).
+TRAIN_RUN_FILES = ("last.pt", "ckpt_*.pt", "metrics.jsonl", "config.json", "results.json")
 
 _PACKAGES = ("eqsolve", "torch", "numpy", "hydra-core", "omegaconf", "matplotlib", "scipy")
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -131,6 +142,166 @@ def make_run_dir(kind: str, out: str | os.PathLike | None = None, root: str | os
         except FileExistsError:
             continue  # two runs started in the same second: take the next free name
     raise FileExistsError(f"could not find a free run folder name next to {base}")
+
+
+class RunFolderBusy(RuntimeError):
+    """The run folder is locked by another live eqsolve process."""
+
+
+#: Locks this process holds: lock file path -> [file descriptor, nesting count]. flock locks
+#: belong to an open file, so a second open() of the same file in this process would conflict
+#: with the first; nested claims (the CLI, then the training entry) share one descriptor instead.
+_HELD: dict[str, list[int]] = {}
+
+
+class RunLock:
+    """An acquired run-folder lock; :meth:`release` it (or use ``with``) when the run ends."""
+
+    def __init__(self, key: str | None) -> None:
+        self._key = key
+
+    def release(self) -> None:
+        """Drop this claim; the lock itself goes when the outermost claim is released."""
+        key, self._key = self._key, None
+        if key is None or key not in _HELD:
+            return
+        _HELD[key][1] -= 1
+        if _HELD[key][1] == 0:
+            fd, _ = _HELD.pop(key)
+            os.close(fd)  # closing the descriptor releases the flock
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def lock_run_dir(path: str | os.PathLike) -> RunLock:
+    """Take the exclusive lock of run folder ``path`` for this process, or fail at once.
+
+    Args:
+        path: An existing run folder.
+
+    Returns:
+        The lock (re-entrant within one process).
+
+    Raises:
+        RunFolderBusy: Another live process holds the lock (its pid is named).
+
+    Examples:
+        >>> import tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> with lock_run_dir(folder), lock_run_dir(folder):  # nested claims of one process
+        ...     pass
+    """
+    lock_file = Path(path) / LOCK_NAME
+    key = os.path.realpath(lock_file)
+    if key in _HELD:
+        _HELD[key][1] += 1
+        return RunLock(key)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX (Windows): no advisory locks; the folder checks still apply
+        return RunLock(None)
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        owner = os.read(fd, 64).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            raise
+        raise RunFolderBusy(f"run folder {path} is in use by another eqsolve run (pid {owner}); "
+                            "wait for it to end, or choose another --out folder") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())  # who holds it, for the other process's message
+    _HELD[key] = [fd, 1]
+    return RunLock(key)
+
+
+def existing_run_files(path: str | os.PathLike, patterns: tuple[str, ...]) -> list[str]:
+    """Names of the files in ``path`` that match ``patterns`` (glob), sorted.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> folder = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = (folder / "ckpt_0000002.pt").write_bytes(b"")
+        >>> existing_run_files(folder, TRAIN_RUN_FILES)
+        ['ckpt_0000002.pt']
+    """
+    folder = Path(path)
+    return sorted({p.name for pattern in patterns for p in folder.glob(pattern)})
+
+
+def refuse_existing_run(path: str | os.PathLike, patterns: tuple[str, ...], *,
+                        resumable: bool = False) -> None:
+    """Raise if run folder ``path`` already holds another run's files.
+
+    Args:
+        path: The run folder.
+        patterns: Globs of the files that mark a run (``results.json``, ``last.pt``...).
+        resumable: The command can continue a run with ``--resume`` (named in the message).
+
+    Raises:
+        FileExistsError: Naming the folder, what it holds and the way out.
+    """
+    found = existing_run_files(path, patterns)
+    if found:
+        shown = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
+        way_out = "continue that run with --resume, or choose a new --out folder" if resumable \
+            else "choose another --out folder"
+        raise FileExistsError(f"--out {path} already holds a run ({shown}); {way_out}")
+
+
+def claim_run_dir(kind: str, out: str | os.PathLike | None = None, root: str | os.PathLike = "runs", *,
+                  run_files: tuple[str, ...] = ("results.json",), resumable: bool = False,
+                  resume: bool = False) -> tuple[Path, RunLock]:
+    """Create (or reuse) a command's run folder and lock it for the whole run.
+
+    The lock is taken before the folder is checked, so a second command started with the same
+    ``--out`` either finds it locked or, once the first has finished, finds its files.
+
+    Args:
+        kind: Command name (default folder ``<root>/<kind>-<timestamp>``).
+        out: Explicit folder (``--out``); created if missing.
+        root: Parent of default folders.
+        run_files: Globs of the files that mark an earlier run (refused unless ``resume``).
+        resumable: The command can ``--resume`` (named in the refusal).
+        resume: This invocation continues the run in ``out``.
+
+    Returns:
+        ``(folder, lock)``; release the lock when the run ends.
+
+    Raises:
+        FileExistsError: ``out`` is a file, or already holds a run (without ``resume``).
+        RunFolderBusy: Another live process is running in ``out``.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> folder = pathlib.Path(tempfile.mkdtemp()) / "run"
+        >>> path, lock = claim_run_dir("bench", folder)
+        >>> _ = (path / "results.json").write_text("{}"); lock.release()
+        >>> claim_run_dir("bench", folder)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        FileExistsError: --out .../run already holds a run (results.json); choose another --out folder
+    """
+    if out is None:
+        path = make_run_dir(kind, root=root)  # a fresh name: nobody else's
+    else:
+        path = Path(out)
+        if path.exists() and not path.is_dir():
+            raise FileExistsError(f"--out {path} is a file, not a folder; choose a folder path")
+        path.mkdir(parents=True, exist_ok=True)
+    lock = lock_run_dir(path)
+    try:
+        if not resume:
+            refuse_existing_run(path, run_files, resumable=resumable)
+    except BaseException:
+        lock.release()
+        raise
+    return path, lock
 
 
 def git_commit(repo: str | os.PathLike | None = None) -> str | None:

@@ -3,8 +3,13 @@
 The run (this module) wires a :class:`~eqsolve.training_loop.Trainer` (model, AdamW, EMA, data
 draw, sot carry) to files: ``config.json``, ``pool.npz``, ``metrics.jsonl`` (one JSON line per
 ``log_every`` steps: loss, accuracy, NFE, residual, steps/s), and atomic checkpoints
-``last.pt`` (+ numbered hard links) every ``checkpoint_every`` steps and at the end. AdamW
-replaces the release's AdamATan2, which is CUDA-only.
+``last.pt`` (+ numbered independent copies, ``ckpt_<step>.pt``) every ``checkpoint_every`` steps
+and at the end. AdamW replaces the release's AdamATan2, which is CUDA-only.
+
+The run folder belongs to one run: it is locked for the whole run (a second run with the same
+``out`` fails at once), and a folder that already holds a run is refused unless ``resume`` is
+set. SIGTERM stops the run cleanly at the next step, with a checkpoint there; the result then
+says ``"stopped": "signal"`` (``eqsolve train`` exits 143), a time limit ``"time_limit"``.
 
 Resume: ``resume=True`` continues from ``<out>/last.pt`` (or ``resume=PATH``). A run killed at
 any moment, ``kill -9`` included, loses at most ``checkpoint_every`` steps, and the resumed run
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import time
 from collections.abc import Mapping
@@ -34,6 +40,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from eqsolve import runs
+from eqsolve._atomic import atomic_write
 from eqsolve.models.eqr import EqR, EqRConfig
 from eqsolve.training_checkpoint import (
     TRAIN_STATE_VERSION,
@@ -124,9 +132,11 @@ def _checkpoint(trainer: Trainer, out: Path, elapsed: float, metrics: dict[str, 
     atomic_torch_save(payload, out / "last.pt")
     keep = trainer.cfg.keep_checkpoints
     if keep:
-        numbered = out / f"ckpt_{trainer.step:07d}.pt"
-        numbered.unlink(missing_ok=True)
-        os.link(out / "last.pt", numbered)  # a hard link shares the inode: no second write
+        # an independent copy (not a hard link): damage to last.pt is then not damage to every
+        # numbered file, so an older one is a real fallback; the bytes are copied, not re-pickled
+        with open(out / "last.pt", "rb") as source:
+            atomic_write(out / f"ckpt_{trainer.step:07d}.pt",
+                         lambda handle: shutil.copyfileobj(source, handle))
         for path in sorted(out.glob("ckpt_*.pt"))[:-keep]:
             path.unlink(missing_ok=True)
 
@@ -163,8 +173,14 @@ def _run_training(cfg: TrainConfig, model_config: EqRConfig | None = None) -> di
         model_config: architecture (default: the ``small`` preset).
 
     Returns:
-        ``{"step", "losses", "final", "eval", "checkpoint", "elapsed_s"}`` (``losses`` holds
-        this process's per-step losses, which resume tests compare).
+        ``{"step", "steps", "stopped", "losses", "final", "eval", "checkpoint", "elapsed_s"}``:
+        ``step`` is the step reached, ``steps`` the planned total, ``stopped`` ``None`` for a
+        complete run, ``"signal"`` after SIGTERM or ``"time_limit"``; ``losses`` holds this
+        process's per-step losses, which resume tests compare.
+
+    Raises:
+        FileExistsError: ``cfg.out`` already holds a run and ``cfg.resume`` is not set.
+        RunFolderBusy: Another process is running in ``cfg.out``.
     """
     if model_config is None:
         model_config = EqRConfig.from_dict(load_preset("model", "small"))
@@ -172,7 +188,20 @@ def _run_training(cfg: TrainConfig, model_config: EqRConfig | None = None) -> di
         torch.set_num_threads(cfg.threads)
     rank, world = _dist_setup(cfg)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    lock = None
+    if rank == 0:  # one writer per folder; the CLI already holds this lock (claims nest)
+        _, lock = runs.claim_run_dir("train", out, run_files=runs.TRAIN_RUN_FILES, resumable=True,
+                                     resume=bool(cfg.resume))
+    try:
+        return _train_in(cfg, model_config, out, rank, world)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_in(cfg: TrainConfig, model_config: EqRConfig, out: Path, rank: int,
+              world: int) -> dict[str, Any]:
+    """The body of :func:`_run_training`, with the run folder claimed (by rank 0)."""
     pool = _get_pool(cfg, out, rank)
     trainer = Trainer(model_config, cfg, pool, rank=rank, world=world)
     elapsed0 = 0.0
@@ -206,6 +235,7 @@ def _run_training(cfg: TrainConfig, model_config: EqRConfig | None = None) -> di
     window: dict[str, list[float]] = {}  # key -> [sum, count] since the last log line
     t_start = t_window = time.perf_counter()
     n_window, last_metrics, evaluation = 0, {}, {}
+    stopped = None
     try:
         while trainer.step < cfg.steps:
             metrics = trainer.train_step()
@@ -238,13 +268,16 @@ def _run_training(cfg: TrainConfig, model_config: EqRConfig | None = None) -> di
                 window, n_window, t_window = {}, 0, time.perf_counter()
             over_time = cfg.time_limit_s and time.perf_counter() - t_start > cfg.time_limit_s
             if dist.is_initialized():  # every rank must agree to stop at the same step
-                flag = torch.tensor([float(stop["flag"] or bool(over_time))])
-                dist.all_reduce(flag)
-                stop["flag"] = bool(flag.item())
+                # (two flags, so that the result can say which stop it was)
+                flags = torch.tensor([float(stop["flag"]), float(bool(over_time))])
+                dist.all_reduce(flags)
+                stop["flag"], over_time = bool(flags[0].item()), bool(flags[1].item())
             if (trainer.step % cfg.checkpoint_every == 0 or trainer.step == cfg.steps
                     or stop["flag"] or over_time):
                 _checkpoint(trainer, out, elapsed, last_metrics, commit)
             if stop["flag"] or over_time:
+                if trainer.step < cfg.steps:  # a stop that lands on the last step stopped nothing
+                    stopped = "signal" if stop["flag"] else "time_limit"
                 break
         if eval_set is not None:
             evaluation = evaluate(trainer.ema_model(), eval_set.head(cfg.eval_size),
@@ -258,7 +291,8 @@ def _run_training(cfg: TrainConfig, model_config: EqRConfig | None = None) -> di
             bar.close()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    return {"step": trainer.step, "losses": losses, "final": last_metrics, "eval": evaluation,
+    return {"step": trainer.step, "steps": cfg.steps, "stopped": stopped, "losses": losses,
+            "final": last_metrics, "eval": evaluation,
             "checkpoint": str(out / "last.pt"),
             "elapsed_s": elapsed0 + time.perf_counter() - t_start}
 

@@ -169,6 +169,9 @@ def test_trains_on_a_user_csv_and_rejects_a_missing_file(tmp_path):
 def test_a_cached_pool_of_another_config_is_refused(tmp_path):
     # pool.npz is cached per run folder; a fresh run with other data settings must not use it
     run_training(tiny_cfg(tmp_path, steps=1), TINY)
+    for path in tmp_path.iterdir():  # leave only the cache (a folder with a run is refused)
+        if path.name != "pool.npz":
+            path.unlink()
     with pytest.raises(ValueError, match="holds the pool 'generate_easy\\(6, seed=0\\)'.*generate_easy\\(5, seed=0\\)"):
         run_training(tiny_cfg(tmp_path, steps=1, gen_easy=5), TINY)
 
