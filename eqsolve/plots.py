@@ -90,19 +90,24 @@ def plot_accuracy_vs_residual(rows: Sequence[Row], path: str | os.PathLike) -> P
     """
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
+    plotted = 0
     for solver in _solvers(rows):
         cells = [r for r in rows if r["solver"] == solver and _positive(r["residual_mean"])]
+        plotted += len(cells)
         ax.scatter(
             [float(r["residual_mean"]) for r in cells], [100 * float(r["accuracy"]) for r in cells],
             label=solver, s=[12 + 6 * int(r["breadth"]) for r in cells], alpha=0.7,
         )
     _accuracy_axis(ax, rows)
-    ax.set_xscale("log")
+    if plotted:
+        ax.set_xscale("log")
+        ax.legend(fontsize="small")
+    else:  # every residual non-finite (a model with NaN weights): a log axis has nothing to show
+        ax.text(0.5, 0.5, "no finite residual to plot", transform=ax.transAxes, ha="center")
     ax.set_xlabel("mean final residual (chosen start)")
     ax.set_ylabel("exact accuracy (%)")
     ax.set_title("Accuracy vs residual (marker size ~ breadth)")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small")
     return _save(fig, path)
 
 
