@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> Path:
         f"repeated an earlier eval maze: {dropped}",
         "- other training seeds: pass `exclude=eval_set_keys()` to `generate` to exclude this set "
         "exactly; without it a collision needs the same carving (the 14 x 14 room grid has about "
-        "1.7e88 spanning trees, Kirchhoff's theorem) and the same start and goal, so it is unlikely "
+        "1.75e88 spanning trees, Kirchhoff's theorem) and the same start and goal, so it is unlikely "
         "but not excluded",
         f"- path length: mean {back.lengths.mean():.1f}, min {back.lengths.min()}, max {back.lengths.max()}",
         f"- file size: {size:,} bytes (about 1.8 kB a maze: two 900-character grids; under the "

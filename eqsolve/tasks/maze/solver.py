@@ -261,7 +261,8 @@ def answer_problems(answers: Any, questions: Any) -> list[str | None]:
     """
     a, q = as_grids(answers), as_grids(questions)
     v = _verdicts(a, q)
-    total = shortest_distance(q)
+    failing = v["changed"] | v["unreachable"] | v["count"] | v["broken"]
+    total = shortest_distance(q) if failing.any() else None  # only messages need it
     out: list[str | None] = []
     for i in range(len(q)):
         if v["changed"][i]:
@@ -272,7 +273,7 @@ def answer_problems(answers: Any, questions: Any) -> list[str | None]:
             )
         elif v["unreachable"][i]:
             out.append("goal unreachable from start")
-        elif v["count"][i]:
+        elif v["count"][i] and total is not None:
             marked = int((a[i] == PATH).sum())
             out.append(
                 f"the answer marks {marked} path cells; the shortest path has {total[i]} moves "
