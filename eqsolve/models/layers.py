@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "GridConv",
     "Linear",
     "RotaryEmbedding",
     "SelfAttention",
@@ -266,6 +267,47 @@ class SudokuPool(nn.Module):
         boxes = grid.view(b, box, box, box, box, d).mean((2, 4), keepdim=True)
         boxes = boxes.expand(b, box, box, box, box, d).reshape(b, side, side, d)
         return self.pool_proj(torch.cat((rows, cols, boxes), -1).view(b, n, 3 * d))
+
+
+class GridConv(nn.Module):
+    """Grid token mixer: a depthwise ``k × k`` convolution over the 2-D board, then a linear map.
+
+    ``h (B, L, d)`` is read as a ``(B, d, H, W)`` board (row-major cells, ``L = H·W``); each
+    channel is convolved with its own ``k × k`` kernel (zero padding, so the board's edge sees
+    nothing beyond it), and ``proj (d -> d)`` mixes the channels per cell. A cell only hears
+    cells within ``k // 2`` rows and columns, so one mix costs O(L·d·(k² + d)) and a 30 × 30
+    maze is affordable on a CPU; depth (iterations of the map) carries information farther.
+
+    Args:
+        hidden_size: Model width ``d``.
+        height: Board rows ``H``.
+        width: Board columns ``W``.
+        kernel_size: Odd kernel side ``k``.
+
+    Examples:
+        >>> mix = GridConv(8, 30, 30)
+        >>> tuple(mix(torch.randn(2, 900, 8)).shape)
+        (2, 900, 8)
+    """
+
+    def __init__(self, hidden_size: int, height: int, width: int, kernel_size: int = 3) -> None:
+        super().__init__()
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"GridConv kernel_size must be odd and positive, got {kernel_size}")
+        self.height, self.width, self.kernel_size = height, width, kernel_size
+        # fan-in of a depthwise filter is k² (one channel), hence the init std
+        self.conv_weight = nn.Parameter(
+            trunc_normal_(torch.empty(hidden_size, 1, kernel_size, kernel_size), std=1.0 / kernel_size)
+        )
+        self.proj = Linear(hidden_size, hidden_size)
+
+    def forward(self, h: Tensor) -> Tensor:
+        b, n, d = h.shape
+        if n != self.height * self.width:
+            raise ValueError(f"GridConv expects {self.height}x{self.width}={self.height * self.width} cells, got {n}")
+        board = h.transpose(1, 2).reshape(b, d, self.height, self.width)
+        mixed = F.conv2d(board, self.conv_weight.to(h.dtype), padding=self.kernel_size // 2, groups=d)
+        return self.proj(mixed.reshape(b, d, n).transpose(1, 2))
 
 
 def sudoku_peer_mask(side: int = 9) -> Tensor:
