@@ -20,6 +20,7 @@ from eqsolve.tasks.maze import (
     check_batch,
     default_eval_set,
     encode_tokens,
+    eval_set_keys,
     fetch_maze_csv,
     format_grid,
     grid_to_string,
@@ -190,4 +191,5 @@ def test_the_shipped_eval_set_loads_and_every_record_checks():
     keys = canonical_keys(data.questions)
     assert len(set(keys)) == len(data)
     assert not set(keys) & training_keys(1, 200)
+    assert eval_set_keys() == frozenset(keys)  # what a training run passes as generate(exclude=...)
     assert all(s.startswith(f"maze-unique:seed={EVAL_SEED}:") for s in data.sources)
