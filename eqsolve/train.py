@@ -42,6 +42,7 @@ import torch.distributed as dist
 
 from eqsolve import runs
 from eqsolve._atomic import atomic_write
+from eqsolve.distributed import process_group
 from eqsolve.models.eqr import EqR, EqRConfig
 from eqsolve.training_checkpoint import (
     TRAIN_STATE_VERSION,
@@ -86,10 +87,8 @@ def load_model(path: str | os.PathLike, *, use_ema: bool = True) -> EqR:
     return EqR.from_checkpoint(path, prefer_ema=use_ema)
 
 
-def _dist_setup(cfg: TrainConfig) -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if cfg.device.startswith("cuda") else "gloo")
+def _dist_setup() -> tuple[int, int]:
+    """This process's rank and the world size (``0, 1`` outside a process group)."""
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -154,15 +153,23 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 def run_training(cfg: TrainConfig, model_config: EqRConfig | None = None) -> dict[str, Any]:
     """Train (or resume) a run; see :func:`_run_training`. On CUDA, matmuls use TF32 for the
-    duration of the run only (about twice the float32 rate; norms stay in float32)."""
-    if not cfg.device.startswith("cuda"):
-        return _run_training(cfg, model_config)
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    try:
-        return _run_training(cfg, model_config)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    duration of the run only (about twice the float32 rate; norms stay in float32).
+
+    Under ``torchrun`` the process group is joined here and left here, after
+    :func:`_run_training` has returned: its trainer (the DDP model) is released by then, so
+    leaving the group stops gloo's threads before the process exits (see
+    :mod:`eqsolve.distributed`). A group the caller created is left to the caller.
+    """
+    cuda = cfg.device.startswith("cuda")
+    with process_group("nccl" if cuda else "gloo"):
+        if not cuda:
+            return _run_training(cfg, model_config)
+        saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        try:
+            return _run_training(cfg, model_config)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def _run_training(cfg: TrainConfig, model_config: EqRConfig | None = None) -> dict[str, Any]:
@@ -186,7 +193,7 @@ def _run_training(cfg: TrainConfig, model_config: EqRConfig | None = None) -> di
         model_config = EqRConfig.from_dict(load_preset("model", "small"))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    rank, world = _dist_setup(cfg)
+    rank, world = _dist_setup()
     out = Path(cfg.out)
     lock = None
     if rank == 0:  # one writer per folder; the CLI already holds this lock (claims nest)

@@ -13,6 +13,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from eqsolve.deq import DEQ
+from eqsolve.distributed import gloo_threads, init_process_group, leave_process_group
 from eqsolve.gradients import Implicit
 
 D = torch.float64
@@ -56,7 +57,8 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    init_process_group("gloo", rank=rank, world_size=world)
+    clean = False
     try:
         model = Model()
         ddp = nn.parallel.DistributedDataParallel(model)
@@ -64,9 +66,12 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         shard = slice(rank * GLOBAL_BATCH // world, (rank + 1) * GLOBAL_BATCH // world)
         train_step(ddp, x[shard], y[shard])
         torch.save(model.state_dict(), Path(out_dir) / f"rank{rank}.pt")
-        dist.barrier()  # leave together: destroying a gloo group while the peer works can abort
+        del ddp, model  # the DDP reducer holds the group: release it before leaving
+        clean = True
     finally:
-        dist.destroy_process_group()
+        leave_process_group(clean=clean)  # barrier (if clean), then destroy
+    # gloo threads still alive at interpreter exit can abort the process (eqsolve.distributed)
+    (Path(out_dir) / f"threads{rank}.txt").write_text(",".join(gloo_threads()))
 
 
 def _free_port() -> int:
@@ -83,6 +88,7 @@ def test_ddp_two_processes_match_single_process(tmp_path: Path) -> None:
     before = {k: v.clone() for k, v in single.state_dict().items()}
     train_step(single, *global_batch())
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert [(tmp_path / f"threads{r}.txt").read_text() for r in range(2)] == ["", ""]
     for name, value in single.state_dict().items():
         assert not torch.equal(value, before[name]), f"{name} did not move: the test would be vacuous"
         for r, state in enumerate(ranks):

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
+from eqsolve.distributed import gloo_threads
 from eqsolve.models.eqr import EqR, EqRConfig
 from eqsolve.train import run_training
 from eqsolve.training_checkpoint import load_training_checkpoint
@@ -27,15 +30,22 @@ def _cfg(out, grad: str) -> TrainConfig:
 
 
 def _worker(rank: int, world: int, port: int, out: str, grad: str) -> None:
+    """One torchrun-like rank: run_training joins the group and leaves it before returning."""
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     import torch.distributed as dist
 
-    try:
-        run_training(_cfg(out, grad), EqRConfig(**TINY))
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    run_training(_cfg(out, grad), EqRConfig(**TINY))
+    # gloo threads alive at interpreter exit are what aborted rank 1 (eqsolve.distributed)
+    Path(out, f"threads{rank}.json").write_text(json.dumps(
+        {"initialized": dist.is_initialized(), "gloo_threads": gloo_threads()}))
+
+
+def _assert_left_cleanly(out: Path) -> None:
+    """Both ranks left the group with every gloo thread stopped (Linux: /proc lists threads)."""
+    for rank in range(2):
+        state = json.loads((out / f"threads{rank}.json").read_text())
+        assert state == {"initialized": False, "gloo_threads": []}, (rank, state)
 
 
 def _free_port() -> int:
@@ -53,6 +63,7 @@ def test_two_process_ddp_matches_single_process(tmp_path, grad):
                        join=True, start_method="spawn")
     one = load_training_checkpoint(tmp_path / "one" / "last.pt")
     two = load_training_checkpoint(tmp_path / "two" / "last.pt")
+    _assert_left_cleanly(tmp_path / "two")
     assert two["train"]["world"] == 2 and len(two["train"]["carry"]) == 2
     for key, value in one["model"].items():
         torch.testing.assert_close(two["model"][key], value, rtol=1e-5, atol=1e-6, msg=key)
@@ -72,6 +83,7 @@ def test_two_process_ddp_trains_with_the_jacobian_penalty(tmp_path):
                        join=True, start_method="spawn")
     jac = load_training_checkpoint(tmp_path / "jac" / "last.pt")
     plain = load_training_checkpoint(tmp_path / "plain" / "last.pt")
+    _assert_left_cleanly(tmp_path / "jac")
     assert jac["train"]["world"] == 2 and jac["train"]["train_config"]["jac_weight"] == 1.0
     assert all(torch.isfinite(v).all() for v in jac["model"].values())
     assert any((jac["model"][k] - plain["model"][k]).abs().max() > 1e-5 for k in plain["model"])
