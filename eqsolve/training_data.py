@@ -101,7 +101,9 @@ def build_pool(data: str | None, *, limit: int | None, gen_easy: int, gen_hard: 
         path = Path(data)
         if not path.is_file():
             raise ValueError(f"training data file not found: {path}")
-        loaded = load_any(path)
+        # unique=False: a puzzle paired with one of its solutions is still a correct target, and
+        # proving uniqueness would cost ~5 ms per row of files with millions of rows
+        loaded = load_any(path, unique=False)
         questions, answers = np.asarray(loaded.questions), np.asarray(loaded.answers)
         if limit is not None:
             questions, answers = questions[:limit], answers[:limit]

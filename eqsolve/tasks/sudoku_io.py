@@ -14,6 +14,17 @@ Every malformed row is a ``ValueError`` naming ``file:line``; loaders never skip
 ``limit`` stops reading after that many data rows; ``min_rating`` and ``subsample`` then select
 rows explicitly (the benchmark protocol), and ``augment`` appends that many random symmetric
 copies per puzzle.
+
+What "validated" means, row by row: the question parses (81 cells, digits or ``.``/``0``), has
+at least 17 givens (no Sudoku with fewer has one solution) and no unit repeats a digit; a given
+answer parses and is a solution of its question; a rating is a non-negative integer. With
+``unique=True`` (the default) every puzzle returned has exactly one solution, proven by
+:func:`~eqsolve.tasks.sudoku_solver.solve`: rows without an answer or rating are solved anyway,
+the others are checked after ``limit``/``min_rating``/``subsample`` have selected them, at about
+5 ms per puzzle (5.6 s for the 1,000 puzzles of the shipped eval set on one busy CPU core).
+``unique=False`` trusts the file on that point (the training pool does, for multi-million-row
+files; a puzzle paired with one of its solutions is still a correct training target).
+Files are UTF-8 (a byte-order mark is accepted); a header must not repeat a column name.
 """
 
 from __future__ import annotations
@@ -45,6 +56,8 @@ __all__ = [
 EVAL_SET_PATH = Path(__file__).resolve().parents[1] / "assets" / "sudoku_extreme_eval.csv"
 HUB_REPO = "sapientinc/sudoku-extreme"
 _UNIT_INDEX = np.asarray(UNITS, dtype=np.int64)
+#: No Sudoku with fewer givens has a unique solution (McGuire, Tugemann & Civario 2012).
+MIN_GIVENS = 17
 
 
 @dataclass
@@ -147,7 +160,8 @@ def _parse_many(texts: list[str], path: Path, lines: list[int], what: str) -> np
 
 
 def _check_givens(q: np.ndarray, path: Path, lines: list[int]) -> None:
-    """Vectorised check that no unit repeats a digit; names the first offending row."""
+    """Vectorised check that there are enough givens for a unique solution and that no unit
+    repeats a digit; names the first offending row."""
     for start in range(0, len(q), 20000):
         chunk = q[start : start + 20000]
         onehot = (chunk[:, _UNIT_INDEX][..., None] == np.arange(1, 10)).sum(axis=2)  # (n,27,9)
@@ -155,6 +169,11 @@ def _check_givens(q: np.ndarray, path: Path, lines: list[int]) -> None:
         if bad.size:
             k = start + int(bad[0])
             raise _data_error(path, lines[k], f"contradictory givens: {find_conflicts(q[k])[0]}")
+    few = np.flatnonzero((q > 0).sum(axis=1) < MIN_GIVENS)
+    if few.size:
+        k = int(few[0])
+        raise _data_error(path, lines[k], f"only {int((q[k] > 0).sum())} givens: a Sudoku needs at "
+                          f"least {MIN_GIVENS} to have one solution (blank cells are '.' or '0')")
 
 
 def _finish(
@@ -169,8 +188,10 @@ def _finish(
     augment: int,
     seed: int,
     question_label: str = "question",
+    unique: bool = True,
 ) -> SudokuSet:
-    """Validates the raw rows (texts; empty answer = missing) and applies the selections."""
+    """Validates the raw rows (texts; empty answer = missing) and applies the selections; with
+    ``unique``, the selected rows whose uniqueness was not proven while solving are checked."""
     n = len(questions)
     q = _parse_many(questions, path, lines, question_label)
     _check_givens(q, path, lines)
@@ -180,12 +201,12 @@ def _finish(
     r = np.zeros(n, dtype=np.int64)
     has_answer = np.zeros(n, dtype=bool)
     has_answer[given] = True
+    proven = np.zeros(n, dtype=bool)  # rows already solved here (uniqueness known)
     for k in range(n):
         if not has_answer[k] or ratings[k] is None:
             res = solve(q[k], limit=2)
-            if res.n_solutions != 1:
-                what = "no solution" if res.n_solutions == 0 else "more than one solution"
-                raise _data_error(path, lines[k], f"puzzle has {what}")
+            _require_unique(res.n_solutions, path, lines[k])
+            proven[k] = True
             if not has_answer[k]:
                 a[k] = res.solution
             if ratings[k] is None:
@@ -195,17 +216,41 @@ def _finish(
     if not ok.all():
         k = int(np.flatnonzero(~ok)[0])
         raise _data_error(path, lines[k], "answer is not a valid solution of its question")
-    data = SudokuSet(q, a, r, sources)
+    keep = np.arange(n)
     if min_rating is not None:
-        data = data.subset(data.ratings >= min_rating)
-    if subsample is not None and subsample < len(data):
+        keep = keep[r >= min_rating]
+    if subsample is not None and subsample < len(keep):
         rng = np.random.default_rng(seed)
-        data = data.subset(np.sort(rng.choice(len(data), size=subsample, replace=False)))
+        keep = keep[np.sort(rng.choice(len(keep), size=subsample, replace=False))]
+    if unique:  # only the rows returned: a limit or subsample keeps the cost at ~5 ms per row
+        for k in keep[~proven[keep]]:
+            _require_unique(solve(q[k], limit=2).n_solutions, path, lines[k])
+    data = SudokuSet(q, a, r, sources).subset(keep)
     if augment:
         from .sudoku_symmetry import augment_set
 
         data = augment_set(data, augment, seed=seed)
     return data
+
+
+def _require_unique(n_solutions: int, path: Path, line: int) -> None:
+    """Raise the ``file:line`` error of a puzzle with no or several solutions."""
+    if n_solutions == 0:
+        raise _data_error(path, line, "puzzle has no solution")
+    if n_solutions > 1:
+        raise _data_error(path, line, "puzzle has more than one solution (a Sudoku must have "
+                          "exactly one; pass unique=False to trust the file)")
+
+
+def _decode_error(path: Path, exc: UnicodeDecodeError) -> ValueError:
+    """A one-line error for a file that is not UTF-8 text, naming the likely cause."""
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    if magic == b"\x1f\x8b":
+        return ValueError(f"{path}: gzip-compressed, not a text file; decompress it first "
+                          f"(gunzip -k {path})")
+    return ValueError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x}: {exc.reason}); "
+                      "re-save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)")
 
 
 def _check_options(limit: int | None, subsample: int | None, augment: int) -> None:
@@ -223,6 +268,7 @@ def load_csv(
     subsample: int | None = None,
     seed: int = 0,
     augment: int = 0,
+    unique: bool = True,
 ) -> SudokuSet:
     """Loads a Sudoku-Extreme CSV (``source,question,answer,rating``; answer/rating optional).
 
@@ -233,12 +279,14 @@ def load_csv(
         subsample: then keep a random subset of this size (seeded by ``seed``).
         seed: seed for ``subsample`` and ``augment``.
         augment: random symmetric copies appended per puzzle.
+        unique: prove that every returned puzzle has exactly one solution (module doc).
 
     Returns:
         A :class:`SudokuSet`.
 
     Raises:
-        ValueError: missing ``question`` column or a malformed row (named as ``file:line``).
+        ValueError: a missing or repeated column, a file that is not UTF-8 CSV, or a malformed
+            row (named as ``file:line``).
 
     Examples:
         >>> data = load_csv(EVAL_SET_PATH, limit=5)
@@ -252,45 +300,65 @@ def load_csv(
     answers: list[str] = []
     ratings: list[int | None] = []
     sources: list[str] = []
-    with open(path, newline="", encoding="utf-8") as fh:
+    # utf-8-sig: a byte-order mark (Excel, Notepad) would otherwise stick to the first column's name
+    with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.reader(fh)
-        header = next(reader, None)
-        if header is None:
-            raise ValueError(f"{path}:1: empty file, expected a header with a 'question' column")
-        header = [h.strip() for h in header]
-        if "question" not in header:
-            raise ValueError(f"{path}:1: no 'question' column in header {header}")
-        col = {
-            name: header.index(name)
-            for name in ("source", "question", "answer", "rating")
-            if name in header
-        }
-        for row in reader:
-            if limit is not None and len(questions) >= limit:
-                break
-            line = reader.line_num
-            if not row or all(not c.strip() for c in row):
-                continue
-            if len(row) != len(header):
-                raise _data_error(path, line, f"expected {len(header)} fields, got {len(row)}")
-            questions.append(row[col["question"]].strip())
-            answers.append(row[col["answer"]].strip() if "answer" in col else "")
-            rating_text = row[col["rating"]].strip() if "rating" in col else ""
-            if rating_text:
-                try:
-                    rating = int(float(rating_text))
-                except ValueError:
-                    raise _data_error(path, line, f"bad rating {rating_text!r}") from None
-                if rating < 0:
-                    raise _data_error(path, line, f"negative rating {rating}")
-                ratings.append(rating)
-            else:
-                ratings.append(None)
-            sources.append(row[col["source"]].strip() if "source" in col else path.name)
-            lines.append(line)
+        try:
+            _read_csv_rows(reader, path, limit, lines, questions, answers, ratings, sources)
+        except UnicodeDecodeError as exc:
+            raise _decode_error(path, exc) from None
+        except csv.Error as exc:  # e.g. a field over csv.field_size_limit(): not a puzzle CSV
+            raise _data_error(path, reader.line_num, f"not a readable CSV row ({exc}); a "
+                              "Sudoku-Extreme CSV has short fields (81-character grids)") from None
     return _finish(
-        path, lines, questions, answers, ratings, sources, min_rating, subsample, augment, seed
+        path, lines, questions, answers, ratings, sources, min_rating, subsample, augment, seed,
+        unique=unique,
     )
+
+
+def _read_csv_rows(reader: Any, path: Path, limit: int | None, lines: list[int],
+                   questions: list[str], answers: list[str], ratings: list[int | None],
+                   sources: list[str]) -> None:
+    """Reads the header and the data rows of :func:`load_csv` into the given lists."""
+    header = next(reader, None)
+    if header is None:
+        raise ValueError(f"{path}:1: empty file, expected a header with a 'question' column")
+    header = [h.strip() for h in header]
+    repeated = sorted({h for h in header if h and header.count(h) > 1})
+    if repeated:  # which of the two would be read is arbitrary: refuse
+        raise ValueError(f"{path}:1: column {repeated[0]!r} appears more than once in the header "
+                         f"{header}; keep one")
+    if "question" not in header:
+        raise ValueError(f"{path}:1: no 'question' column in header {header}")
+    col = {
+        name: header.index(name)
+        for name in ("source", "question", "answer", "rating")
+        if name in header
+    }
+    for row in reader:
+        if limit is not None and len(questions) >= limit:
+            break
+        line = reader.line_num
+        if not row or all(not c.strip() for c in row):
+            continue
+        if len(row) != len(header):
+            raise _data_error(path, line, f"expected {len(header)} fields, got {len(row)}")
+        questions.append(row[col["question"]].strip())
+        answers.append(row[col["answer"]].strip() if "answer" in col else "")
+        rating_text = row[col["rating"]].strip() if "rating" in col else ""
+        if rating_text:
+            try:
+                rating = int(float(rating_text))
+            except (ValueError, OverflowError):  # 'abc' and 'nan' / 'inf'
+                raise _data_error(path, line, f"bad rating {rating_text!r}: expected a "
+                                  "non-negative integer (or leave it empty)") from None
+            if rating < 0:
+                raise _data_error(path, line, f"negative rating {rating}")
+            ratings.append(rating)
+        else:
+            ratings.append(None)
+        sources.append(row[col["source"]].strip() if "source" in col else path.name)
+        lines.append(line)
 
 
 def load_lines(
@@ -300,6 +368,7 @@ def load_lines(
     subsample: int | None = None,
     seed: int = 0,
     augment: int = 0,
+    unique: bool = True,
 ) -> SudokuSet:
     """Loads a plain file with one puzzle per line; solves and rates every puzzle.
 
@@ -308,6 +377,8 @@ def load_lines(
         limit, min_rating, subsample, seed, augment: as in :func:`load_csv`. ``subsample``
             is applied after rating, so prefer ``limit`` on large files (rating costs about
             5-30 ms per hard puzzle).
+        unique: accepted for :func:`load_any`; every puzzle is solved, so uniqueness is always
+            proven here.
 
     Returns:
         A :class:`SudokuSet` whose sources are the file name.
@@ -319,15 +390,18 @@ def load_lines(
     path = Path(path)
     lines: list[int] = []
     questions: list[str] = []
-    with open(path, encoding="utf-8") as fh:
-        for line, text in enumerate(fh, start=1):
-            if limit is not None and len(questions) >= limit:
-                break
-            stripped = text.strip()
-            if not stripped or stripped.startswith("#"):
-                continue
-            questions.append(stripped.split()[0])
-            lines.append(line)
+    try:
+        with open(path, encoding="utf-8-sig") as fh:
+            for line, text in enumerate(fh, start=1):
+                if limit is not None and len(questions) >= limit:
+                    break
+                stripped = text.strip()
+                if not stripped or stripped.startswith("#"):
+                    continue
+                questions.append(stripped.split()[0])
+                lines.append(line)
+    except UnicodeDecodeError as exc:
+        raise _decode_error(path, exc) from None
     n = len(questions)
     return _finish(
         path,
@@ -357,8 +431,11 @@ def load_any(path: str | os.PathLike, **options: Any) -> SudokuSet:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no Sudoku data file at {path}")
-    with open(path, encoding="utf-8") as fh:
-        first = fh.readline()
+    try:
+        with open(path, encoding="utf-8-sig") as fh:
+            first = fh.readline()
+    except UnicodeDecodeError as exc:
+        raise _decode_error(path, exc) from None
     if path.suffix.lower() == ".csv" or "question" in [c.strip() for c in first.split(",")]:
         return load_csv(path, **options)
     return load_lines(path, **options)
@@ -441,12 +518,17 @@ def fetch_sudoku_extreme(dest: str | os.PathLike, split: str = "test") -> Path:
 def default_eval_set(**options: Any) -> SudokuSet:
     """The shipped evaluation set (generated Sudoku-Extreme-like puzzles, see its PROVENANCE).
 
+    Its puzzles were proven unique when the set was built (``sudoku_eval_build`` reloads it with
+    ``unique=True``) and ``tests/test_assets.py`` proves it again, so the default here skips that
+    5 s check; pass ``unique=True`` to repeat it.
+
     Args:
-        **options: passed to :func:`load_csv` (limit, min_rating, subsample, seed, augment).
+        **options: passed to :func:`load_csv` (limit, min_rating, subsample, seed, augment,
+            unique).
 
     Returns:
         A :class:`SudokuSet`.
     """
     if not EVAL_SET_PATH.is_file():
         raise FileNotFoundError(f"the shipped evaluation set is missing: {EVAL_SET_PATH}")
-    return load_csv(EVAL_SET_PATH, **options)
+    return load_csv(EVAL_SET_PATH, **{"unique": False, **options})
