@@ -7,6 +7,7 @@ solver and records per-row :class:`~eqsolve.gradients.BackwardStats`. Import
 
 from __future__ import annotations
 
+import difflib
 import warnings
 from typing import Any
 
@@ -64,7 +65,14 @@ class Implicit(GradientStrategy):
         loop = dict(_ADJOINT_LOOP)
         loop.update({k: solver_options.pop(k) for k in list(solver_options) if k in loop})
         if isinstance(solver, str):
-            get_solver(solver, **solver_options)  # fail now on a misspelled option, not in backward
+            try:
+                get_solver(solver, **solver_options)  # fail now on a misspelled option, not in backward
+            except ValueError as err:
+                # the solver names only its own options; Implicit's and the loop's are valid too
+                own = ["solver", "tol", "max_iter", "stop", "compact", "throw", *_ADJOINT_LOOP]
+                hints = [m for k in solver_options for m in difflib.get_close_matches(k, own, n=1)]
+                hint = f" (did you mean {hints[0]!r}?)" if hints else ""
+                raise ValueError(f"Implicit: {err}; Implicit's own options: {', '.join(own)}{hint}") from None
         elif solver_options:
             raise ValueError(f"Implicit: solver options {sorted(solver_options)} given with a solver object")
         self.solver, self.tol, self.max_iter, self.stop = solver, tol, max_iter, stop

@@ -255,6 +255,11 @@ def run_diagnose(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
 
     run_dir = Path(run_dir)
     d = cfg.diagnose
+    for key, flag in (("starts", "--starts"), ("depth", "--depth"), ("batch_rows", None), ("threads", None)):
+        value = _opt(d, key, 1)
+        if value is not None and int(value) < 1:  # checked before any work (starts=0 divided by zero)
+            name = f"{flag} {value} (diagnose.{key})" if flag else f"diagnose.{key}={value}"
+            raise ValueError(f"{name}: must be an integer >= 1")
     torch.set_num_threads(int(_opt(d, "threads", 2)))
     t0, cpu0 = time.perf_counter(), time.process_time()
     model = load_model(cfg)
