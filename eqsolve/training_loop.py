@@ -26,6 +26,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from eqsolve.models.eqr import EqR, EqRConfig
+from eqsolve.models.eqr_config import SOLVE_FIELDS
 from eqsolve.training_config import TrainConfig
 from eqsolve.training_data import PuzzlePool, draw_batch, reveal_bound, to_tokens
 from eqsolve.training_losses import reasoning_loss
@@ -43,10 +44,15 @@ def row_seed(seed: int, key: tuple[int, ...]) -> int:
 
 
 def _load_initial_weights(model: EqR, path: str) -> None:
-    """Copy the weights of ``path`` into ``model``; a different architecture is an error."""
+    """Copy the weights of ``path`` into ``model``; a different architecture is an error.
+
+    Fields that only say how the map is run (``SOLVE_FIELDS``: the inner solve, ``L_cycles``)
+    may differ: a reasoner trained with plain L-cycles can be fine-tuned with an inner solver.
+    """
     source = EqR.from_checkpoint(path)
     mine, theirs = model.config.to_dict(), source.config.to_dict()
-    differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+    differ = sorted(k for k in set(mine) | set(theirs)
+                    if mine.get(k) != theirs.get(k) and k not in SOLVE_FIELDS)
     if differ:
         detail = ", ".join(f"{k}: run {mine.get(k)!r} != file {theirs.get(k)!r}" for k in differ)
         raise ValueError(f"train.init_from={path}: the weights are for another architecture "

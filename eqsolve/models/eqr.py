@@ -20,6 +20,9 @@ mixer is one of
   and box peers and itself (an eqsolve addition, cheaper to train on CPU).
 * ``"sudoku_pool"``: means over the cell's row, column and box, concatenated, then a linear map
   ``pool_proj (3d -> d)`` (an eqsolve addition; O(L d^2), no attention).
+* ``"grid_conv"``: a depthwise ``grid_kernel × grid_kernel`` convolution over the 2-D board
+  (``config.board()``), then a linear map ``proj (d -> d)`` (an eqsolve addition for 30 × 30
+  mazes; O(L d (k² + d)), each mix reaches the cells within ``k // 2``).
 
 Heads: ``lm_head`` on ``z_H`` gives per-cell logits; ``q_head`` on ``z_H[:, 0]`` gives two
 logits, the first being the halting logit (init weight 0, bias -5).
@@ -36,6 +39,7 @@ from torch import Tensor, nn
 
 from eqsolve.models.eqr_config import MIXERS, EqRConfig
 from eqsolve.models.layers import (
+    GridConv,
     Linear,
     RotaryEmbedding,
     SelfAttention,
@@ -49,6 +53,7 @@ from eqsolve.models.layers import (
 
 __all__ = ["MIXERS", "EqR", "EqRConfig"]
 
+
 class ReasoningBlock(nn.Module):
     """Post-norm block ``h = rms(h + mix(h)); h = rms(h + SwiGLU(h))``."""
 
@@ -60,6 +65,8 @@ class ReasoningBlock(nn.Module):
             self.mlp_t = SwiGLU(config.seq_len, config.expansion)
         elif self.mixer == "sudoku_pool":
             self.pool = SudokuPool(config.hidden_size, math.isqrt(config.seq_len))
+        elif self.mixer == "grid_conv":
+            self.grid_conv = GridConv(config.hidden_size, *config.board(), config.grid_kernel)
         else:
             self.self_attn = SelfAttention(config.hidden_size, config.num_heads)
         self.mlp = SwiGLU(config.hidden_size, config.expansion)
@@ -73,6 +80,8 @@ class ReasoningBlock(nn.Module):
             h = rms_norm(ht + self.mlp_t(ht), self.eps).transpose(1, 2)
         elif self.mixer == "sudoku_pool":
             h = rms_norm(h + self.pool(h), self.eps)
+        elif self.mixer == "grid_conv":
+            h = rms_norm(h + self.grid_conv(h), self.eps)
         else:
             h = rms_norm(h + self.self_attn(h, rotary, mask), self.eps)
         return rms_norm(h + self.mlp(h), self.eps)
@@ -127,6 +136,9 @@ class EqR(nn.Module):
                                           config.rope_theta, board)
         mask = sudoku_peer_mask(math.isqrt(config.seq_len)) if config.mixer == "sudoku_attention" else None
         self.register_buffer("attn_mask", mask, persistent=False)
+        #: Solver of the inner equilibrium (a name or solver object; ``None``: plain L-cycles).
+        #: Set from ``config.inner_solver``; reassign it to solve the same model another way.
+        self.inner_solver: Any = config.inner_solver
 
     # ----------------------------------------------------------------------------- inputs, state
     def embed(self, tokens: Tensor) -> Tensor:
@@ -229,14 +241,61 @@ class EqR(nn.Module):
         for cycle in range(cycles):
             frozen = grad_last_h_cycle and cycle < cycles - 1
             with torch.no_grad() if frozen else nullcontext():
-                for _ in range(self.config.L_cycles):
-                    z_L = self._update(z_L, z_H + x, beta, generator)
+                if self.inner_solver is None:
+                    for _ in range(self.config.L_cycles):
+                        z_L = self._update(z_L, z_H + x, beta, generator)
+                else:
+                    z_L = self._inner_equilibrium(z_L, z_H + x, beta, generator)
                 z_H = self._update(z_H, z_L, beta, generator)
         return torch.stack((z_H, z_L), dim=1)
+
+    def _inner_equilibrium(self, z_L: Tensor, injection: Tensor, beta: float,
+                           generator: torch.Generator | None) -> Tensor:
+        """Solve ``z_L = U(z_L, injection)`` (noise-free) with ``self.inner_solver``.
+
+        The solve spends ``config.inner_iter`` evaluations of ``U`` per row (fewer where a row's
+        relative residual reaches ``config.inner_tol``) and returns each row's best iterate. With
+        autograd recording, the graph is attached at the solution by the ``config.inner_grad``
+        strategy; path noise is added once, after the solve.
+        """
+        from eqsolve.gradients import get_gradient
+        from eqsolve.solvers import solve
+
+        cfg = self.config
+
+        def inner_map(z: Tensor, inj: Tensor) -> Tensor:
+            return self._update(z, inj, 0.0, None)
+
+        options: dict[str, Any] = dict(solver=self.inner_solver, tol=float(cfg.inner_tol), max_iter=cfg.inner_iter - 1)
+        if cfg.inner_grad != "unrolled":  # unrolled runs its own loop, which never stops a row early
+            # the budget is the compute: no row stops for stagnation or a residual bump
+            options.update(stall_window=None, diverge_factor=None)
+        if torch.is_grad_enabled():
+            grad_options = {"k": cfg.inner_grad_k} if cfg.inner_grad in ("phantom", "unrolled") else {}
+            if cfg.inner_grad == "phantom":
+                grad_options["tau"] = 1.0
+            strategy = get_gradient(cfg.inner_grad, **grad_options)
+            z, _ = strategy(inner_map, z_L, injection, **options)
+        else:
+            z = solve(inner_map, z_L, injection, **options).z
+        if beta:
+            z = z + beta * torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+        return z
 
     def forward(self, s: Tensor, x: Tensor, noise: float | None = None) -> Tensor:
         """Same as :meth:`map` (so hooks and DDP wrappers see the map)."""
         return self.map(s, x, noise)
+
+    def blocks_per_map(self) -> int:
+        """Applications of one block of the weight-tied stack per call of :meth:`map` (at most).
+
+        The unit in which reasoners with and without an inner equilibrium compare compute:
+        ``H_cycles * (inner updates + 1) * L_layers``, where the inner updates are ``L_cycles``
+        plain ones, or the inner solver's ``inner_iter`` evaluations.
+        """
+        cfg = self.config
+        inner = cfg.L_cycles if self.inner_solver is None else cfg.inner_iter
+        return cfg.H_cycles * (inner + 1) * cfg.L_layers
 
     # ----------------------------------------------------------------------------- readouts
     def decode(self, s: Tensor) -> Tensor:

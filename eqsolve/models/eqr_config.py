@@ -19,10 +19,14 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-__all__ = ["MIXERS", "POS_ENCODINGS", "EqRConfig"]
+__all__ = ["MIXERS", "POS_ENCODINGS", "SOLVE_FIELDS", "EqRConfig"]
 
-MIXERS = ("mlp_t", "attention", "sudoku_attention", "sudoku_pool")
+MIXERS = ("mlp_t", "attention", "sudoku_attention", "sudoku_pool", "grid_conv")
 POS_ENCODINGS = ("rope", "rope2d", "none")
+INNER_GRADS = ("phantom", "implicit", "onestep", "unrolled")
+#: Fields that say how the map is solved, not what the weights are: weights move freely between
+#: configs that differ only in these.
+SOLVE_FIELDS = frozenset({"L_cycles", "inner_solver", "inner_iter", "inner_tol", "inner_grad", "inner_grad_k"})
 
 
 @dataclass
@@ -38,7 +42,8 @@ class EqRConfig:
         L_layers: Blocks in the weight-tied stack.
         expansion: SwiGLU expansion factor.
         num_heads: Attention heads (attention mixers only).
-        mixer: ``"mlp_t"``, ``"attention"``, ``"sudoku_attention"`` or ``"sudoku_pool"``.
+        mixer: ``"mlp_t"``, ``"attention"``, ``"sudoku_attention"``, ``"sudoku_pool"`` or
+            ``"grid_conv"`` (a depthwise convolution over the :meth:`board`, for mazes).
         lambda_: Damping ``lambda`` of the update U.
         noise_scale: Default path-noise scale ``beta`` (overridable per call of ``map``).
         H_init_std: Std of the random initial ``z_H``.
@@ -46,9 +51,20 @@ class EqRConfig:
         rms_eps: RMSNorm epsilon.
         pos_encodings: ``"rope"``, ``"rope2d"`` (board rows/columns) or ``"none"``; attention only.
         rope_theta: RoPE base.
-        board_height: Board rows for ``rope2d`` (default ``sqrt(seq_len)``).
-        board_width: Board columns for ``rope2d`` (default ``sqrt(seq_len)``).
+        board_height: Board rows for ``rope2d`` and ``grid_conv`` (default ``sqrt(seq_len)``).
+        board_width: Board columns for ``rope2d`` and ``grid_conv`` (default ``sqrt(seq_len)``).
+        grid_kernel: Odd kernel side of the ``grid_conv`` mixer.
         halt_max_steps: Depth the release trains and evaluates with (informational default).
+        inner_solver: ``None`` (the release): each H-cycle runs ``L_cycles`` plain updates of
+            ``z_L``. A registered solver name (``"anderson"``, ``"fixed_point"``, ...): each
+            H-cycle instead *solves* the inner equilibrium ``z_L = U(z_L, z_H + x)`` with that
+            solver (the equilibrium-native reasoner; ``L_cycles`` is then unused).
+        inner_iter: Evaluations of ``U`` per inner solve (the first one included).
+        inner_tol: Relative residual at which a row's inner solve stops early (0: always spend
+            ``inner_iter``, so that compute is the same for every row and solver).
+        inner_grad: Gradient strategy of the inner equilibrium in training
+            (:mod:`eqsolve.gradients` name: ``phantom``, ``implicit``, ``onestep``, ``unrolled``).
+        inner_grad_k: Steps of the ``phantom`` / ``unrolled`` inner gradient.
     """
 
     vocab_size: int = 11
@@ -69,11 +85,17 @@ class EqRConfig:
     rope_theta: float = 10000.0
     board_height: int | None = None
     board_width: int | None = None
+    grid_kernel: int = 3
     halt_max_steps: int = 16
+    inner_solver: str | None = None
+    inner_iter: int = 6
+    inner_tol: float = 0.0
+    inner_grad: str = "phantom"
+    inner_grad_k: int = 2
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "seq_len", "hidden_size", "H_cycles", "L_cycles", "L_layers",
-                     "num_heads", "halt_max_steps"):
+                     "num_heads", "halt_max_steps", "inner_iter", "inner_grad_k"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"EqRConfig.{name} must be a positive int, got {value!r}")
@@ -92,6 +114,19 @@ class EqRConfig:
             raise ValueError(
                 f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}"
             )
+        if self.inner_solver is not None and not (isinstance(self.inner_solver, str) and self.inner_solver):
+            raise ValueError(f"EqRConfig.inner_solver must be None or a solver name, got {self.inner_solver!r}")
+        if not (isinstance(self.inner_tol, (int, float)) and 0.0 <= self.inner_tol < 1.0):
+            raise ValueError(f"EqRConfig.inner_tol must be in [0, 1), got {self.inner_tol!r}")
+        if self.inner_grad not in INNER_GRADS:
+            raise ValueError(f"EqRConfig.inner_grad={self.inner_grad!r}; valid: {', '.join(INNER_GRADS)}")
+        if isinstance(self.grid_kernel, bool) or not isinstance(self.grid_kernel, int) or self.grid_kernel < 1 \
+                or self.grid_kernel % 2 == 0:
+            raise ValueError(f"EqRConfig.grid_kernel must be an odd positive int, got {self.grid_kernel!r}")
+        if self.mixer == "grid_conv":
+            height, width = self.board()
+            if height * width != self.seq_len:
+                raise ValueError(f"grid_conv board {height}x{width} does not hold seq_len={self.seq_len} cells")
         side = math.isqrt(self.seq_len)
         if self.mixer.startswith("sudoku_") and (side**2 != self.seq_len or math.isqrt(side) ** 2 != side):
             raise ValueError(f"{self.mixer} needs a side² board with square boxes, got seq_len={self.seq_len}")
