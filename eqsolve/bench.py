@@ -33,8 +33,13 @@ import torch
 
 log = logging.getLogger("eqsolve.bench")
 
-#: Shipped reasoner, used when no ``--checkpoint`` is given.
-SHIPPED_REASONER = Path(__file__).resolve().parent / "assets" / "reasoner.pt"
+_ASSETS = Path(__file__).resolve().parent / "assets"
+#: The shipped reasoners by name (``--model``): ``deq`` solves an inner equilibrium in every outer
+#: step (the bench's solver solves it); ``eqr`` runs plain inner updates (the solver runs the
+#: outer map). Each has a model card next to it.
+SHIPPED_REASONERS = {"deq": _ASSETS / "reasoner_deq.pt", "eqr": _ASSETS / "reasoner.pt"}
+#: The ``eqr`` reasoner's file (kept for scripts that name it).
+SHIPPED_REASONER = SHIPPED_REASONERS["eqr"]
 BUCKETS = ("easy", "medium", "hard")
 HALT_MODES = ("none", "residual", "logit")
 
@@ -110,12 +115,25 @@ def load_model(cfg: Any) -> torch.nn.Module:
                 f"model.* overrides {sorted(model_overrides)} only apply with checkpoint=random; "
                 "a checkpoint brings its own architecture"
             )
-        path = Path(cfg.checkpoint) if cfg.checkpoint else SHIPPED_REASONER
+        path = Path(cfg.checkpoint) if cfg.checkpoint else shipped_reasoner(cfg.reasoner)
         if not path.is_file():
-            what = "the shipped reasoner" if not cfg.checkpoint else "checkpoint"
+            what = f"the shipped reasoner {cfg.reasoner!r}" if not cfg.checkpoint else "checkpoint"
             raise FileNotFoundError(f"{what} not found at {path}; pass --checkpoint PATH (or 'random')")
         model = _load_checkpoint(path)
     return model.to(device).eval()
+
+
+def shipped_reasoner(name: str) -> Path:
+    """The file of the shipped reasoner ``name`` (``--model``); an unknown name is an error."""
+    if name not in SHIPPED_REASONERS:
+        raise ValueError(f"reasoner={name!r} is not a shipped reasoner; valid: {', '.join(SHIPPED_REASONERS)} "
+                         "(or pass --checkpoint PATH)")
+    return SHIPPED_REASONERS[name]
+
+
+def solves_inner(model: torch.nn.Module) -> bool:
+    """Whether ``model`` solves an inner equilibrium in each outer step (``EqR`` with an inner solver)."""
+    return getattr(model, "inner_solver", None) is not None
 
 
 def _load_checkpoint(path: Path) -> torch.nn.Module:
@@ -148,11 +166,15 @@ def load_puzzles(cfg: Any, limit: int | None) -> Any:
 
     if cfg.task.name != "sudoku-extreme":
         raise ValueError(f"unknown task {cfg.task.name!r}; valid: sudoku-extreme")
-    options = {} if cfg.task.min_rating is None else {"min_rating": int(cfg.task.min_rating)}
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit {limit} (bench.limit / task.limit): the number of puzzles must be "
+                         ">= 1; leave it out (null) for all of them")
+    # the loader samples (the same seeded draw as before) and then proves only the kept puzzles
+    # unique: ~5 ms each, instead of every row of a large file
+    options: dict[str, Any] = {"subsample": limit, "seed": int(cfg.seed)}
+    if cfg.task.min_rating is not None:
+        options["min_rating"] = int(cfg.task.min_rating)
     data = sudoku.load_any(cfg.task.data, **options) if cfg.task.data else sudoku.default_eval_set(**options)
-    if limit is not None and limit < len(data):
-        rng = np.random.default_rng(int(cfg.seed))
-        data = data.subset(np.sort(rng.choice(len(data), size=limit, replace=False)))
     if len(data) == 0:
         raise ValueError(f"no puzzles to evaluate (data={cfg.task.data!r}, limit={limit})")
     return data
@@ -173,9 +195,16 @@ def evaluate_chunk(
         options: Shared settings.
         seed: Seed of this chunk (initial states and path noise).
 
+    For a reasoner that solves an inner equilibrium (:func:`solves_inner`) the cell's solver
+    solves that equilibrium in every outer step and the outer steps are plain iteration; for
+    any other reasoner the cell's solver runs the outer map.
+
     Returns:
-        ``correct`` (bool), ``nfe`` (float: all starts together) and ``residual`` (float: final
-        relative residual of the chosen start), each of shape ``(n,)``.
+        ``correct`` (bool); ``nfe`` (float: the compute spent, in applications of one block of the
+        weight-tied stack, all starts together: outer steps × ``model.blocks_per_map()``, so that
+        rows with equal ``nfe`` spent equal compute whatever the solver or reasoner); ``steps``
+        (float: outer steps, i.e. calls of ``map``, all starts together) and ``residual`` (float:
+        final relative residual of the chosen start), each of shape ``(n,)``.
     """
     from eqsolve.scaling import solve_many
     from eqsolve.solvers import get_solver
@@ -184,19 +213,29 @@ def evaluate_chunk(
     device = next(model.parameters()).device
     tokens = encode_tokens(questions).to(device)
     halt = None if options.halt == "none" else options.halt
-    with torch.no_grad():
-        result = solve_many(
-            model, tokens, depth=cell.depth, breadth=cell.breadth,
-            solver=get_solver(cell.solver, **dict(cell.options)), residual=options.stop,
-            aggregate=options.aggregate, halt=halt, halt_tol=options.halt_tol,
-            noise=options.noise, init=options.init, seed=seed,
-            # the oracle compares with predictions, which are digits 1..9 (not tokens)
-            answers=torch.as_tensor(answers, device=device) if options.aggregate == "any_correct" else None,
-        )
+    solver = get_solver(cell.solver, **dict(cell.options))
+    outer_solver, inner_before = solver, getattr(model, "inner_solver", None)
+    if solves_inner(model):  # the cell's solver solves each step's equilibrium; the steps are the depth
+        model.inner_solver, outer_solver = solver, get_solver("fixed_point")
+    try:
+        blocks = int(model.blocks_per_map()) if hasattr(model, "blocks_per_map") else 1
+        with torch.no_grad():
+            result = solve_many(
+                model, tokens, depth=cell.depth, breadth=cell.breadth,
+                solver=outer_solver, residual=options.stop,
+                aggregate=options.aggregate, halt=halt, halt_tol=options.halt_tol,
+                noise=options.noise, init=options.init, seed=seed,
+                # the oracle compares with predictions, which are digits 1..9 (not tokens)
+                answers=torch.as_tensor(answers, device=device) if options.aggregate == "any_correct" else None,
+            )
+    finally:
+        if hasattr(model, "inner_solver"):
+            model.inner_solver = inner_before
     predictions = result.predictions.cpu().numpy()
     return {
         "correct": np.asarray(check_batch(predictions, questions), dtype=bool),
-        "nfe": result.nfe.detach().cpu().double().numpy().reshape(-1),
+        "nfe": blocks * result.nfe.detach().cpu().double().numpy().reshape(-1),
+        "steps": result.nfe.detach().cpu().double().numpy().reshape(-1),
         "residual": result.residual.detach().cpu().double().numpy().reshape(-1),
     }
 
@@ -276,8 +315,9 @@ def summarise(cell: Cell, arrays: Mapping[str, np.ndarray], buckets: np.ndarray,
         seconds: Wall time of the cell.
 
     Returns:
-        JSON-able row: solver, depth, breadth, n, nfe_mean, accuracy, accuracy_by_bucket,
-        bucket_counts, residual_mean, seconds, puzzles_per_s.
+        JSON-able row: solver, depth, breadth, n, nfe_mean (block applications per puzzle),
+        steps_mean (outer steps per puzzle), accuracy, accuracy_by_bucket, bucket_counts,
+        residual_mean, seconds, puzzles_per_s.
 
     Examples:
         >>> row = summarise(Cell("anderson", 4, 1), {"correct": np.array([True, False]),
@@ -293,6 +333,7 @@ def summarise(cell: Cell, arrays: Mapping[str, np.ndarray], buckets: np.ndarray,
     return {
         "solver": cell.solver, "depth": cell.depth, "breadth": cell.breadth, "n": int(correct.size),
         "nfe_mean": float(np.mean(arrays["nfe"])),
+        "steps_mean": float(np.mean(arrays.get("steps", arrays["nfe"]))),
         "accuracy": float(correct.mean()),
         "accuracy_by_bucket": by_bucket,
         "bucket_counts": {b: int((buckets == b).sum()) for b in BUCKETS},
@@ -327,6 +368,21 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
             f"{r['solver']:<12} {r['depth']:>5} {r['breadth']:>7} {r['nfe_mean']:>7.1f} {pct(r['accuracy']):>6} "
             f"{pct(b['easy']):>6} {pct(b['medium']):>6} {pct(b['hard']):>6} {residual:>10} {speed:>8}"
         )
+    return "\n".join(lines)
+
+
+def describe_run(cfg: Any, inner: bool, blocks_per_step: int, n_puzzles: int) -> str:
+    """The lines printed above the table: what ran, what the solver solves, the compute unit."""
+    what = f"checkpoint {cfg.checkpoint}" if cfg.checkpoint else f"shipped reasoner {cfg.reasoner!r}"
+    data = cfg.task.data or "the shipped eval set (generated Sudoku-Extreme-style puzzles, not the official test split)"
+    solved = ("the solver solves the inner equilibrium of every outer step; depth = outer steps"
+              if inner else "the solver runs the outer map; depth = outer steps")
+    lines = [f"{what} on {n_puzzles} puzzles of {data}",
+             f"{solved}; NFE = block applications ({blocks_per_step} per outer step), equal for equal compute"]
+    if not cfg.checkpoint:
+        others = [name for name in SHIPPED_REASONERS if name != cfg.reasoner]
+        lines.append("the other shipped reasoner: " + ", ".join(f"eqsolve bench --model {n}" for n in others)
+                     + "; a real list: --data FILE (e.g. the Sudoku-Extreme test CSV from `eqsolve data fetch`)")
     return "\n".join(lines)
 
 
@@ -402,7 +458,9 @@ def run_bench(cfg: Any, run_dir: Path | None = None) -> dict[str, Any] | None:
 
     buckets = np.array([bucket(int(r)) for r in puzzles.ratings])
     rows = [summarise(c, per_puzzle[c.key], buckets, seconds[c.key]) for c in cells]
-    table = format_table(rows)
+    inner = solves_inner(model)
+    blocks_per_step = int(model.blocks_per_map()) if hasattr(model, "blocks_per_map") else 1
+    table = describe_run(cfg, inner, blocks_per_step, len(puzzles)) + "\n" + format_table(rows)
     print(table)
     log.debug("bench results\n%s", table)  # printed on stdout already; DEBUG keeps it in log.txt only
     payload: dict[str, Any] = {
@@ -410,13 +468,28 @@ def run_bench(cfg: Any, run_dir: Path | None = None) -> dict[str, Any] | None:
         "options": asdict(options),
         "n_puzzles": len(puzzles),
         "data": cfg.task.data or "shipped eval set",
-        "checkpoint": cfg.checkpoint or str(SHIPPED_REASONER),
+        "checkpoint": cfg.checkpoint or str(shipped_reasoner(cfg.reasoner)),
+        "reasoner": None if cfg.checkpoint else cfg.reasoner,
+        "solver_solves": "inner equilibrium" if inner else "outer map",
+        "nfe_unit": f"block applications ({blocks_per_step} per outer step)",
         "torch_threads": threads, "world_size": world,
         "per_puzzle": {key: {k: v.tolist() for k, v in arrays.items()} for key, arrays in per_puzzle.items()},
         "ratings": puzzles.ratings.tolist(),
     }
+    for row in rows:
+        if row["nonfinite_residuals"]:  # e.g. NaN weights: wrong answers, reported per row
+            log.warning("bench: %s/d%d/b%d: %d of %d puzzles ended in a non-finite state (counted as wrong)",
+                        row["solver"], row["depth"], row["breadth"], row["nonfinite_residuals"], row["n"])
     if run_dir is not None:
         from eqsolve.plots import write_bench_plots
+        from eqsolve.runs import write_results
 
-        payload["plots"] = write_bench_plots(rows, run_dir)
+        # results first: a plotting error must not cost the run (the CLI rewrites the file
+        # with the plot names once they exist)
+        write_results(run_dir, "bench", payload)
+        try:
+            payload["plots"] = write_bench_plots(rows, run_dir)
+        except Exception as exc:
+            raise RuntimeError(f"the bench plots failed ({type(exc).__name__}: {exc}); the results "
+                               f"are in {run_dir / 'results.json'}") from exc
     return payload

@@ -34,6 +34,14 @@ from eqsolve import __version__
 
 log = logging.getLogger("eqsolve.cli")
 
+#: Errors in what the user gave (values, files, paths): exit status 2. Other ``OSError``s
+#: (permission denied, disk full, ...) are failures of the environment: exit status 1.
+USAGE_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, IsADirectoryError,
+                NotADirectoryError)
+
+#: Exit status of a run stopped early by SIGTERM (128 + 15, as a shell reports a SIGTERM kill).
+EXIT_SIGTERM = 143
+
 @dataclass(frozen=True)
 class RunCommand:
     """How a run command composes its config and where its run folder and seed live.
@@ -45,9 +53,13 @@ class RunCommand:
             ``entry(plain_dict_of_cfg)`` (the run folder is then the config's ``out_key``).
         out_key: Config key of the run folder (``--out``).
         seed_key: Config key of the seed (``--seed``), recorded in ``meta.json``.
-        resumable: The run folder may already hold results (training resumes in place).
+        resumable: The run folder may already hold a run that this one continues (training
+            resumes in place when ``resume_key`` is set).
         drop_keys: Bulky entries of the entry's return value left out of ``results.json``
             (the entry keeps them elsewhere in the run folder).
+        resume_key: Config key that asks to continue the run in ``--out`` (resumable commands).
+        run_files: Globs of the files that mark an earlier run in ``--out``; without a resume
+            such a folder is refused, never overwritten.
     """
 
     config: str
@@ -56,6 +68,8 @@ class RunCommand:
     seed_key: str = "seed"
     resumable: bool = False
     drop_keys: tuple[str, ...] = ()
+    resume_key: str | None = None
+    run_files: tuple[str, ...] = ("results.json",)
 
 
 RUN_COMMANDS: dict[str, RunCommand] = {
@@ -63,7 +77,8 @@ RUN_COMMANDS: dict[str, RunCommand] = {
     "diagnose": RunCommand("config_diagnose", "eqsolve.diagnostics:run_diagnose"),
     # per-step losses are in the run's metrics.jsonl
     "train": RunCommand("config_train", "eqsolve.train:main", "train.out", "train.seed", resumable=True,
-                        drop_keys=("losses",)),
+                        drop_keys=("losses",), resume_key="train.resume",
+                        run_files=("last.pt", "ckpt_*.pt", "metrics.jsonl", "config.json", "results.json")),
     "compare-grads": RunCommand("config_compare_grads", "eqsolve.compare_grads:run", "train.out", "train.seed"),
 }
 
@@ -129,7 +144,8 @@ def _flag_overrides(command: str, args: argparse.Namespace) -> list[str]:
         out.append(_solver_override(args.solver))
     training = command in ("train", "compare-grads")
     for flag, key in (("seed", "seed"), ("device", "device"), ("out", "out"),
-                      ("checkpoint", "checkpoint"), ("data", "task.data"), ("resume", "resume")):
+                      ("checkpoint", "checkpoint"), ("data", "task.data"), ("resume", "resume"),
+                      ("model", "reasoner")):
         value = getattr(args, flag, None)
         if value is not None:
             key = _TRAIN_KEYS.get(flag, key) if training else key
@@ -165,6 +181,7 @@ def _add_common(p: argparse.ArgumentParser, *, model_flags: bool) -> None:
     p.add_argument("--seed", type=int, help="base random seed")
     if model_flags:
         p.add_argument("--solver", help="registered solver name (see `eqsolve solvers`)")
+        p.add_argument("--model", help="shipped reasoner: deq (inner equilibrium) | eqr (plain inner updates)")
         p.add_argument("--checkpoint",
                        help="eqsolve checkpoint or official eqr.pth (default: shipped reasoner; 'random': untrained)")
         p.add_argument("--limit", type=int, help="number of puzzles")
@@ -297,20 +314,25 @@ def run_command(command: str, overrides: Sequence[str]) -> tuple[Path | None, di
     seed_everything(seed)
     run_dir = None
     handler = None
+    lock = None
+    startup: set[str] | None = None  # the run folder's files once the run started, if it made the folder
+    discard = False
     if _rank() == 0:
         out = OmegaConf.select(cfg, spec.out_key)
-        if spec.resumable and out is not None:
-            run_dir = Path(out)
-            run_dir.mkdir(parents=True, exist_ok=True)
-        else:
-            run_dir = runs.make_run_dir(command.replace("-", "_"), out)
-        meta = runs.run_metadata(
-            {"seed": seed}, command=command, overrides=list(overrides),
-            torch_threads=torch.get_num_threads(), world_size=int(os.environ.get("WORLD_SIZE", "1")),
-        )
-        handler = runs.start_run(run_dir, to_yaml(cfg), meta)
-        log.info("eqsolve %s: run folder %s", command, run_dir)
+        made_here = out is None or not Path(out).exists()
+        resume = bool(OmegaConf.select(cfg, spec.resume_key)) if spec.resume_key else False
+        # locked for the whole run, then checked: one run per folder, nothing of another overwritten
+        run_dir, lock = runs.claim_run_dir(command.replace("-", "_"), out, run_files=spec.run_files,
+                                           resumable=spec.resumable, resume=resume)
     try:
+        if run_dir is not None:
+            meta = runs.run_metadata(
+                {"seed": seed}, command=command, overrides=list(overrides),
+                torch_threads=torch.get_num_threads(), world_size=int(os.environ.get("WORLD_SIZE", "1")),
+            )
+            handler = runs.start_run(run_dir, to_yaml(cfg), meta)
+            log.info("eqsolve %s: run folder %s", command, run_dir)
+            startup = set(os.listdir(run_dir)) if made_here else None
         if "run_dir" in inspect.signature(entry).parameters:
             payload = entry(cfg, run_dir=run_dir)
         else:
@@ -321,10 +343,28 @@ def run_command(command: str, overrides: Sequence[str]) -> tuple[Path | None, di
             payload = entry(plain)
         if run_dir is not None and payload is not None:
             runs.write_results(run_dir, command, {k: v for k, v in payload.items() if k not in spec.drop_keys})
+    except USAGE_ERRORS:
+        # bad input found before the run produced anything: leave no folder behind
+        discard = startup is not None and set(os.listdir(run_dir)) == startup
+        raise
     finally:
         if handler is not None:
             runs.finish_run(handler)
+        if lock is not None:
+            lock.release()
+        if discard:
+            _discard_run_dir(run_dir, startup)
     return run_dir, payload
+
+
+def _discard_run_dir(run_dir: Path, files: set[str]) -> None:
+    """Remove a run folder this command made, holding only the ``files`` it wrote at start."""
+    for name in files:
+        (run_dir / name).unlink(missing_ok=True)
+    try:
+        run_dir.rmdir()
+    except OSError:
+        pass  # something else appeared meanwhile: keep it
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
@@ -361,13 +401,13 @@ def _cmd_data(args: argparse.Namespace) -> int:
         return 0
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
+    out = Path(args.out)
+    check_writable_file(out, "--out")  # before generating, which takes minutes
     generate = load_entry("eqsolve.tasks.sudoku:generate")
     from eqsolve.tasks.sudoku import SudokuSet, save_csv
 
     items = generate(args.n, seed=args.seed, workers=args.workers)
     data = SudokuSet.from_items(items, f"eqsolve-generate-seed{args.seed}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     save_csv(data, out)
     print(f"wrote {len(data)} puzzles to {out} (mean rating {data.ratings.mean():.1f})")
     return 0
@@ -377,11 +417,64 @@ def _cmd_import_checkpoint(args: argparse.Namespace) -> int:
     """``eqsolve import-checkpoint SRC DST``: official release checkpoint → native eqsolve one."""
     from eqsolve.models.eqr import EqR
 
-    model = EqR.from_official(args.source, prefer_ema=not args.no_ema)
+    check_writable_file(Path(args.dest), "DEST", "reasoner.pt")
+    try:
+        model = EqR.from_official(args.source, prefer_ema=not args.no_ema)
+    except ValueError:
+        if _is_native_checkpoint(args.source):
+            raise ValueError(f"{args.source} is already an eqsolve checkpoint, not an official eqr.pth; "
+                             "use it as it is (--checkpoint), no import needed") from None
+        raise
     model.save_checkpoint(args.dest, extra={"imported_from": str(args.source), "ema": not args.no_ema})
     params = sum(p.numel() for p in model.parameters())
     print(f"wrote {args.dest} ({params:,} parameters, hidden_size={model.config.hidden_size})")
     return 0
+
+
+def check_writable_file(path: Path, name: str, example: str = "out.csv") -> None:
+    """Fail now, naming ``name``, unless ``path`` can be written as a file (parents are made).
+
+    Args:
+        path: Destination file.
+        name: How the user gave it (``--out``, ``DEST``).
+        example: A file name for the advice when ``path`` is a folder.
+
+    Raises:
+        IsADirectoryError: ``path`` is a folder.
+        NotADirectoryError: A parent of ``path`` is a file.
+        OSError: The folder cannot be written (permission, read-only or virtual file system).
+    """
+    import tempfile
+
+    if path.is_dir():
+        raise IsADirectoryError(f"{name} {path} is a folder; give a file path, e.g. {path / example}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise NotADirectoryError(f"{name} {path}: {parent} is a file, not a folder")
+            break
+    missing = [p for p in [path.parent, *path.parent.parents] if not p.exists()]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass  # the write goes through a temp file in the same folder: that must be allowed
+    except OSError as exc:
+        for folder in missing:  # deepest first: leave nothing behind for a failed command
+            if folder.is_dir():
+                folder.rmdir()
+        raise OSError(f"{name} {path}: cannot write in {path.parent} ({exc.strerror or exc}); "
+                      "choose a folder you may write to") from None
+
+
+def _is_native_checkpoint(source: str) -> bool:
+    """Whether ``source`` loads as an eqsolve (native or training) checkpoint."""
+    from eqsolve.models.checkpoint import load_checkpoint
+
+    try:
+        load_checkpoint(source)
+    except Exception:  # any failure: it is not one, and the import's own error stands
+        return False
+    return True
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -391,7 +484,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: Arguments without the program name (default: ``sys.argv[1:]``).
 
     Returns:
-        Process exit status: 0 on success, 2 on a usage/config error, 1 on a runtime failure.
+        Process exit status: 0 on success, 2 on a usage/config error (:data:`USAGE_ERRORS`: a
+        bad value, file or path), 1 on a runtime failure (including permission and I/O errors),
+        143 (:data:`EXIT_SIGTERM`) when SIGTERM stopped a training run early (its checkpoint and
+        ``results.json``, with ``"stopped": "signal"``, are written).
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -403,12 +499,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _dispatch(parser, args)  # -v: let tracebacks through
     try:
         return _dispatch(parser, args)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as exc:
-        print(f"eqsolve {args.command}: error: {exc}", file=sys.stderr)
+    except USAGE_ERRORS as exc:
+        print(f"eqsolve {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
-    except (RuntimeError, ImportError) as exc:
-        print(f"eqsolve {args.command}: failed: {exc}", file=sys.stderr)
+    except (RuntimeError, ImportError, OSError) as exc:
+        print(f"eqsolve {args.command}: failed: {_one_line(exc)}", file=sys.stderr)
         return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line; an ``OSError`` names its path and says what to do."""
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        advice = {PermissionError: "choose a path you may write to",
+                  IsADirectoryError: "give a file path, not a folder",
+                  NotADirectoryError: "a parent of this path is a file, not a folder",
+                  FileExistsError: "choose another path"}.get(type(exc), "check the path")
+        text = f"{exc.filename}: {exc.strerror}; {advice}"
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())  # multi-line messages (omegaconf, state dicts) on one line
 
 
 def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -418,10 +527,21 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             # a bare `--resume` followed by overrides: argparse took the first override as PATH
             args.overrides.insert(0, args.resume)
             args.resume = True
+        out = getattr(args, "out", None)
+        if out is not None and Path(out).exists() and not Path(out).is_dir():
+            raise FileExistsError(f"--out {out} is an existing file, not a run folder; give a new "
+                                  "or empty folder")
         overrides = _flag_overrides(args.command, args) + list(args.overrides)
-        run_dir, _ = run_command(args.command, overrides)
+        run_dir, payload = run_command(args.command, overrides)
         if run_dir is not None:
             print(f"run folder: {run_dir}")
+        if isinstance(payload, dict) and payload.get("stopped") == "signal":
+            # stopped early by SIGTERM (a scheduler's preemption): the shell's code for "killed by
+            # SIGTERM", so that job systems see an unfinished run, while results.json and the
+            # checkpoint at the step reached are complete
+            print(f"eqsolve {args.command}: stopped by SIGTERM at step {payload.get('step')}; "
+                  "continue with --resume", file=sys.stderr)
+            return EXIT_SIGTERM
         return 0
     handlers = {"solvers": _cmd_solvers, "data": _cmd_data, "import-checkpoint": _cmd_import_checkpoint}
     return handlers[args.command](args)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,6 +157,7 @@ class _ReasonerRunRoot:
     seed: int = 0
     device: str = "cpu"
     out: str | None = None
+    reasoner: str = "eqr"
     checkpoint: str | None = None
     model: dict[str, Any] = field(default_factory=dict)
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -170,6 +172,8 @@ class BenchRoot(_ReasonerRunRoot):
         seed: Base seed (chunk ``c`` uses ``seed + c``).
         device: torch device.
         out: Run folder (``None`` = ``runs/bench-<timestamp>``).
+        reasoner: Which shipped reasoner runs when ``checkpoint`` is ``None`` (``--model``):
+            ``deq`` (inner equilibrium) or ``eqr`` (plain inner updates).
         checkpoint: eqsolve checkpoint or official ``eqr.pth``; ``None`` = shipped reasoner;
             ``"random"`` = a randomly initialised EqR built from ``model``.
         model: ``EqRConfig`` fields for ``checkpoint: random``.
@@ -348,9 +352,86 @@ def validate(cfg: DictConfig, schema: type) -> DictConfig:
                 # fill the owner's defaults and check types, so every field is visible in config.yaml
                 merged[section] = OmegaConf.merge(OmegaConf.structured(external), node)
     except Exception as exc:  # omegaconf's ValidationError and friends: re-raise as ValueError
-        raise ValueError(f"invalid config value: {exc}") from exc
+        raise _value_error(exc) from exc
+    check_finite(merged)
+    check_ranges(merged)
     OmegaConf.set_readonly(merged, True)
     return merged
+
+
+def check_finite(node: Any, prefix: str = "") -> None:
+    """Refuse NaN and infinite numbers anywhere in a config: no option means them.
+
+    A NaN noise scale or tolerance would otherwise run and spoil every result silently.
+
+    Args:
+        node: Config (DictConfig, ListConfig, dict or list) or a leaf value.
+        prefix: Dotted path of ``node`` (for messages).
+
+    Raises:
+        ValueError: Naming the key and its value.
+
+    Examples:
+        >>> check_finite({"bench": {"noise": float("nan")}})
+        Traceback (most recent call last):
+        ...
+        ValueError: bench.noise=nan is not a finite number; give a finite value (or null where allowed)
+    """
+    from omegaconf import ListConfig
+
+    if isinstance(node, Mapping | DictConfig):
+        for key in node:
+            check_finite(node[key], f"{prefix}{key}.")
+    elif isinstance(node, list | tuple | ListConfig):
+        for index, value in enumerate(node):
+            check_finite(value, f"{prefix[:-1]}[{index}].")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ValueError(f"{prefix[:-1]}={node} is not a finite number; give a finite value "
+                         "(or null where allowed)")
+
+
+def _value_error(exc: Exception) -> ValueError:
+    """One line naming the key of an omegaconf validation error, and how to write the value."""
+    key = getattr(exc, "full_key", None)
+    if not key:
+        return ValueError(f"invalid config value: {' '.join(str(exc).split())}")
+    problem = str(getattr(exc, "msg", exc)).splitlines()[0]
+    value = getattr(exc, "value", None)
+    if "ListConfig" in problem or "list" in problem.lower():
+        problem = f"expected a list, got {value!r}; write it as a list, e.g. {key}=[{value}]"
+    return ValueError(f"invalid config value for {key}: {problem}")
+
+
+#: Smallest valid value of integer options that must be positive (``None`` stays allowed where
+#: the schema allows it), with the flag that sets them, for the message.
+MIN_VALUES: dict[str, tuple[int, str | None]] = {
+    "task.limit": (1, "--limit"), "bench.limit": (1, "--limit"), "bench.batch_size": (1, None),
+    "bench.threads": (1, None), "diagnose.limit": (1, "--limit"), "diagnose.starts": (1, "--starts"),
+    "diagnose.depth": (1, "--depth"), "diagnose.batch_rows": (1, None), "diagnose.threads": (1, None),
+}
+
+
+def check_ranges(cfg: Any) -> None:
+    """Refuse integer options below their minimum (:data:`MIN_VALUES`), before a run starts.
+
+    Args:
+        cfg: A composed config.
+
+    Raises:
+        ValueError: Naming the key (and its flag) and the valid range.
+
+    Examples:
+        >>> check_ranges(OmegaConf.create({"bench": {"batch_size": 0}}))
+        Traceback (most recent call last):
+        ...
+        ValueError: bench.batch_size=0: must be an integer >= 1
+    """
+    for key, (low, flag) in MIN_VALUES.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if isinstance(value, int) and value < low:
+            where = f"{flag} {value} ({key})" if flag else f"{key}={value}"
+            allowed = "; leave it out (null) for all puzzles" if key.endswith(".limit") else ""
+            raise ValueError(f"{where}: must be an integer >= {low}{allowed}")
 
 
 def _all_fields_defaulted(schema: type) -> bool:

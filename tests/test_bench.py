@@ -15,7 +15,7 @@ from eqsolve.runs import read_results
 
 TINY = ["model.hidden_size=16", "model.H_cycles=1", "model.L_cycles=1", "model.L_layers=1",
         "model.expansion=2.0"]
-ROW_KEYS = {"solver", "depth", "breadth", "n", "nfe_mean", "accuracy", "accuracy_by_bucket", "bucket_counts",
+ROW_KEYS = {"solver", "depth", "breadth", "n", "nfe_mean", "steps_mean", "accuracy", "accuracy_by_bucket", "bucket_counts",
             "residual_mean", "nonfinite_residuals", "seconds", "puzzles_per_s"}
 
 
@@ -107,9 +107,10 @@ def test_bench_end_to_end_writes_results_and_plots(puzzle_csv, tmp_path, capsys)
         assert r["n"] == 4 and 0.0 <= r["accuracy"] <= 1.0
         assert sum(r["bucket_counts"].values()) == 4
         budget = r["depth"] * r["breadth"]
-        assert 0 < r["nfe_mean"] <= budget
+        assert 0 < r["steps_mean"] <= budget
+        assert r["nfe_mean"] == 2 * r["steps_mean"]  # the TINY model: 1 H-cycle x (1 L-cycle + 1) x 1 layer
         if r["solver"] == "fixed_point":
-            assert r["nfe_mean"] == budget  # no halting: plain iteration spends the whole budget
+            assert r["steps_mean"] == budget  # no halting: plain iteration spends the whole budget
     assert set(results["per_puzzle"]) == {f"{r['solver']}/d{r['depth']}/b{r['breadth']}" for r in rows}
     for name in results["plots"].values():
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -151,3 +152,36 @@ def test_load_model_reads_official_and_native_checkpoints(tmp_path):
 def test_cuda_device_without_cuda_is_a_clear_error():
     with pytest.raises(ValueError, match="CUDA is not available"):
         bench.load_model(compose("config_bench", ["device=cuda", "checkpoint=random"]))
+
+
+def test_inner_equilibrium_reasoner_gets_the_solver_inside_and_equal_compute(puzzle_csv):
+    """With an inner solver the cell's solver solves the inner equilibrium; NFE counts blocks."""
+    cfg = tiny_cfg(puzzle_csv, "model.inner_solver=anderson", "model.inner_iter=3", "bench.depth=[2]",
+                   "bench.breadth=[1]", "bench.limit=2")
+    model = bench.load_model(cfg)
+    seen: list = []
+    original = type(model)._inner_equilibrium
+
+    def spy(self, z, inj, beta, generator):
+        seen.append(type(self.inner_solver).__name__)
+        return original(self, z, inj, beta, generator)
+
+    type(model)._inner_equilibrium = spy
+    try:
+        options = bench.RunOptions(batch_size=2, noise=0.0)
+        questions = np.zeros((2, 81), dtype=np.int64)
+        for name in ("anderson", "fixed_point"):
+            seen.clear()
+            out = bench.evaluate_chunk(model, questions, questions + 1, bench.Cell(name, 2, 1), options, 0)
+            assert set(seen) == {type(bench_solver(name)).__name__}
+            assert out["steps"].tolist() == [2.0, 2.0]
+            assert out["nfe"].tolist() == [8.0, 8.0]  # 2 steps x 1 H-cycle x (3 inner + 1) x 1 layer
+    finally:
+        type(model)._inner_equilibrium = original
+    assert model.inner_solver == "anderson"  # restored after the cell
+
+
+def bench_solver(name):
+    from eqsolve.solvers import get_solver
+
+    return get_solver(name)
