@@ -115,8 +115,14 @@ def check_compatible(ckpt: dict[str, Any], model_config: dict[str, Any],
     Raises:
         ValueError: naming every differing key with both values.
     """
-    diffs = [f"model.{k}: checkpoint {ckpt['config'].get(k)!r} != run {v!r}"
-             for k, v in model_config.items() if ckpt["config"].get(k) != v]
+    from eqsolve.models.eqr_config import EqRConfig
+
+    # a field added to EqRConfig after the checkpoint was written is compatible at its default
+    # (e.g. ffn_multiple: 256 is what every older model was built with)
+    model_defaults = EqRConfig().to_dict()
+    saved_model = {**model_defaults, **ckpt["config"]}
+    diffs = [f"model.{k}: checkpoint {saved_model.get(k)!r} != run {v!r}"
+             for k, v in model_config.items() if saved_model.get(k) != v]
     saved = ckpt["train"]["train_config"]
     # a key added to TrainConfig after the checkpoint was written is compatible at its default
     defaults = TrainConfig().to_dict()

@@ -62,14 +62,14 @@ class ReasoningBlock(nn.Module):
         self.eps = config.rms_eps
         self.mixer = config.mixer
         if self.mixer == "mlp_t":
-            self.mlp_t = SwiGLU(config.seq_len, config.expansion)
+            self.mlp_t = SwiGLU(config.seq_len, config.expansion, config.ffn_multiple)
         elif self.mixer == "sudoku_pool":
             self.pool = SudokuPool(config.hidden_size, math.isqrt(config.seq_len))
         elif self.mixer == "grid_conv":
             self.grid_conv = GridConv(config.hidden_size, *config.board(), config.grid_kernel)
         else:
             self.self_attn = SelfAttention(config.hidden_size, config.num_heads)
-        self.mlp = SwiGLU(config.hidden_size, config.expansion)
+        self.mlp = SwiGLU(config.hidden_size, config.expansion, config.ffn_multiple)
 
     def forward(
         self, h: Tensor, rotary: RotaryEmbedding | None = None, mask: Tensor | None = None

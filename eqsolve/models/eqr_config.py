@@ -54,6 +54,9 @@ class EqRConfig:
         board_height: Board rows for ``rope2d`` and ``grid_conv`` (default ``sqrt(seq_len)``).
         board_width: Board columns for ``rope2d`` and ``grid_conv`` (default ``sqrt(seq_len)``).
         grid_kernel: Odd kernel side of the ``grid_conv`` mixer.
+        ffn_multiple: The SwiGLU hidden width ``round(expansion * n * 2 / 3)`` is rounded up to a
+            multiple of this (256 in the release, which makes a d = 48 maze model's channel MLP
+            256 wide instead of 128; a small multiple keeps small models small).
         halt_max_steps: Depth the release trains and evaluates with (informational default).
         inner_solver: ``None`` (the release): each H-cycle runs ``L_cycles`` plain updates of
             ``z_L``. A registered solver name (``"anderson"``, ``"fixed_point"``, ...): each
@@ -86,6 +89,7 @@ class EqRConfig:
     board_height: int | None = None
     board_width: int | None = None
     grid_kernel: int = 3
+    ffn_multiple: int = 256
     halt_max_steps: int = 16
     inner_solver: str | None = None
     inner_iter: int = 6
@@ -95,7 +99,7 @@ class EqRConfig:
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "seq_len", "hidden_size", "H_cycles", "L_cycles", "L_layers",
-                     "num_heads", "halt_max_steps", "inner_iter", "inner_grad_k"):
+                     "num_heads", "halt_max_steps", "inner_iter", "inner_grad_k", "ffn_multiple"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"EqRConfig.{name} must be a positive int, got {value!r}")

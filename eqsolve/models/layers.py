@@ -78,9 +78,17 @@ def rms_norm(h: Tensor, eps: float = 1e-5) -> Tensor:
     return (h32 * torch.rsqrt(h32.square().mean(-1, keepdim=True) + eps)).to(h.dtype)
 
 
-def swiglu_hidden_size(n: int, expansion: float) -> int:
-    """Hidden width of the release's SwiGLU: ``ceil(round(expansion·n·2/3) / 256) · 256``."""
-    return -(-round(expansion * n * 2 / 3) // 256) * 256
+def swiglu_hidden_size(n: int, expansion: float, multiple: int = 256) -> int:
+    """Hidden width of the release's SwiGLU: ``ceil(round(expansion·n·2/3) / multiple) · multiple``.
+
+    The release rounds to 256 (``EqRConfig.ffn_multiple``); a smaller multiple keeps a small
+    model's MLP near ``expansion · n · 2/3``.
+
+    Examples:
+        >>> swiglu_hidden_size(48, 4.0), swiglu_hidden_size(48, 4.0, 16), swiglu_hidden_size(512, 4.0)
+        (256, 128, 1536)
+    """
+    return -(-round(expansion * n * 2 / 3) // multiple) * multiple
 
 
 class Linear(nn.Module):
@@ -129,11 +137,12 @@ class SwiGLU(nn.Module):
     Args:
         n: Width of the axis it acts on (hidden size, or sequence length for the token mixer).
         expansion: Expansion factor (4 in the release).
+        multiple: The hidden width is rounded up to a multiple of this (256 in the release).
     """
 
-    def __init__(self, n: int, expansion: float) -> None:
+    def __init__(self, n: int, expansion: float, multiple: int = 256) -> None:
         super().__init__()
-        hidden = swiglu_hidden_size(n, expansion)
+        hidden = swiglu_hidden_size(n, expansion, multiple)
         self.gate_up_proj = Linear(n, 2 * hidden)
         self.down_proj = Linear(hidden, n)
 
