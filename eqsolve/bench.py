@@ -1,4 +1,7 @@
-"""``eqsolve bench``: a solver against plain iteration over a depth × breadth grid.
+"""``eqsolve bench``: a solver against plain iteration over a depth × breadth grid, on any task.
+
+The task (``task.name``, :func:`eqsolve.tasks.base.get_task`) says how puzzles are read,
+encoded, decoded (``predict``) and scored (``check_batch``), and how they are bucketed.
 
 For every grid cell (solver, depth, breadth) the bench solves every puzzle with
 :func:`eqsolve.scaling.solve_many` (``breadth`` random starts per puzzle as one batch, at most
@@ -34,9 +37,10 @@ import torch
 log = logging.getLogger("eqsolve.bench")
 
 _ASSETS = Path(__file__).resolve().parent / "assets"
-#: The shipped reasoners by name (``--model``): ``deq`` solves an inner equilibrium in every outer
-#: step (the bench's solver solves it); ``eqr`` runs plain inner updates (the solver runs the
-#: outer map). Each has a model card next to it.
+#: The shipped Sudoku reasoners by name (``--model``): ``deq`` solves an inner equilibrium in every
+#: outer step (the bench's solver solves it); ``eqr`` runs plain inner updates (the solver runs the
+#: outer map). Each has a model card next to it. Other tasks list theirs in
+#: ``Task.shipped_reasoners``.
 SHIPPED_REASONERS = {"deq": _ASSETS / "reasoner_deq.pt", "eqr": _ASSETS / "reasoner.pt"}
 #: The ``eqr`` reasoner's file (kept for scripts that name it).
 SHIPPED_REASONER = SHIPPED_REASONERS["eqr"]
@@ -78,9 +82,10 @@ class RunOptions:
     stop: str = "rel"
     batch_size: int = 32
     seed: int = 0
+    task: str = "sudoku-extreme"
 
 
-#: evaluate(model, questions (n,81) digits, answers (n,81), cell, options, seed) -> per-puzzle dict
+#: evaluate(model, questions (n, L), answers (n, L), cell, options, seed) -> per-puzzle dict
 Evaluator = Callable[[torch.nn.Module, np.ndarray, np.ndarray, Cell, RunOptions, int], dict[str, np.ndarray]]
 
 
@@ -89,46 +94,88 @@ def load_model(cfg: Any) -> torch.nn.Module:
     """Build the reasoner a bench/diagnose config asks for.
 
     Args:
-        cfg: Config with ``checkpoint`` (``None``: the shipped reasoner; ``"random"``: an
-            untrained EqR from ``cfg.model`` seeded by ``cfg.seed``; else a path to an eqsolve
-            checkpoint or an official ``eqr.pth``), ``model``, ``seed`` and ``device``.
+        cfg: Config with ``checkpoint`` (``None``: the task's shipped reasoner; ``"random"``: an
+            untrained EqR from the task's ``random_model`` preset and ``cfg.model`` seeded by
+            ``cfg.seed``; else a path to an eqsolve checkpoint or an official ``eqr.pth``),
+            ``model``, ``seed``, ``device`` and ``task.name``.
 
     Returns:
         The model in eval mode on ``cfg.device``.
 
     Raises:
         FileNotFoundError: The checkpoint (or the shipped reasoner) is missing.
-        ValueError: ``model.*`` overrides given together with a real checkpoint.
+        ValueError: ``model.*`` overrides given together with a real checkpoint, or a model
+            whose sequence length or vocabulary is not the task's.
     """
     from eqsolve.models.eqr import EqR, EqRConfig
 
+    task = get_task(cfg.task.name)
     device = torch.device(cfg.device)  # a malformed name raises here, before any loading
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={cfg.device!r} but CUDA is not available on this machine; use --device cpu")
     model_overrides = dict(cfg.model or {})
     if cfg.checkpoint == "random":
         torch.manual_seed(int(cfg.seed))
-        model = EqR(EqRConfig(**model_overrides))
+        model = EqR(EqRConfig(**{**random_model_fields(task), **model_overrides}))
     else:
         if model_overrides:
             raise ValueError(
                 f"model.* overrides {sorted(model_overrides)} only apply with checkpoint=random; "
                 "a checkpoint brings its own architecture"
             )
-        path = Path(cfg.checkpoint) if cfg.checkpoint else shipped_reasoner(cfg.reasoner)
+        path = Path(cfg.checkpoint) if cfg.checkpoint else shipped_reasoner(cfg.reasoner, task)
         if not path.is_file():
-            what = f"the shipped reasoner {cfg.reasoner!r}" if not cfg.checkpoint else "checkpoint"
+            what = f"the shipped {task.name} reasoner {cfg.reasoner!r}" if not cfg.checkpoint else "checkpoint"
             raise FileNotFoundError(f"{what} not found at {path}; pass --checkpoint PATH (or 'random')")
         model = _load_checkpoint(path)
+    check_model_fits(model, task, cfg.checkpoint or "the shipped reasoner")
     return model.to(device).eval()
 
 
-def shipped_reasoner(name: str) -> Path:
-    """The file of the shipped reasoner ``name`` (``--model``); an unknown name is an error."""
-    if name not in SHIPPED_REASONERS:
-        raise ValueError(f"reasoner={name!r} is not a shipped reasoner; valid: {', '.join(SHIPPED_REASONERS)} "
+def get_task(name: str) -> Any:
+    """The registered task ``name`` (:func:`eqsolve.tasks.base.get_task`)."""
+    from eqsolve.tasks.base import get_task as lookup
+
+    return lookup(name)
+
+
+def random_model_fields(task: Any) -> dict[str, Any]:
+    """``EqRConfig`` fields of an untrained model for ``task`` (before ``model.*`` overrides).
+
+    The task's ``random_model`` preset when it names one, else only its ``seq_len`` and
+    ``vocab_size`` (for Sudoku these are ``EqRConfig``'s defaults: the release's model).
+    """
+    fields: dict[str, Any] = {}
+    if task.random_model:
+        from omegaconf import OmegaConf
+
+        path = Path(__file__).resolve().parent / "conf" / "model" / f"{task.random_model}.yaml"
+        fields.update(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
+    fields.update(seq_len=task.seq_len, vocab_size=task.vocab_size)
+    return fields
+
+
+def check_model_fits(model: torch.nn.Module, task: Any, what: Any) -> None:
+    """A model for another task (sequence length or vocabulary) is an error naming both."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return
+    seq_len, vocab = getattr(config, "seq_len", task.seq_len), getattr(config, "vocab_size", task.vocab_size)
+    if (seq_len, vocab) != (task.seq_len, task.vocab_size):
+        raise ValueError(f"{what}: the model reads seq_len={seq_len}, vocab_size={vocab} but task {task.name!r} "
+                         f"has seq_len={task.seq_len}, vocab_size={task.vocab_size}; pass a checkpoint "
+                         f"trained on {task.name} (--checkpoint PATH)")
+
+
+def shipped_reasoner(name: str, task: Any = None) -> Path:
+    """The file of the shipped reasoner ``name`` (``--model``) of ``task`` (default Sudoku)."""
+    shipped = SHIPPED_REASONERS if task is None else dict(task.shipped_reasoners)
+    if name not in shipped:
+        where = "" if task is None else f" for task {task.name!r}"
+        valid = ", ".join(shipped) or "none yet"
+        raise ValueError(f"reasoner={name!r} is not a shipped reasoner{where}; valid: {valid} "
                          "(or pass --checkpoint PATH)")
-    return SHIPPED_REASONERS[name]
+    return Path(shipped[name])
 
 
 def solves_inner(model: torch.nn.Module) -> bool:
@@ -150,7 +197,7 @@ def _load_checkpoint(path: Path) -> torch.nn.Module:
 
 
 def load_puzzles(cfg: Any, limit: int | None) -> Any:
-    """Load ``cfg.task.data`` (or the shipped evaluation set) and keep ``limit`` puzzles.
+    """Load ``cfg.task.data`` (or the task's shipped evaluation set) and keep ``limit`` puzzles.
 
     The subset is a seeded random sample (``cfg.seed``), in file order, so that it mixes the
     difficulty buckets like the whole file does.
@@ -160,21 +207,14 @@ def load_puzzles(cfg: Any, limit: int | None) -> Any:
         limit: Number of puzzles (``None``: all).
 
     Returns:
-        A ``SudokuSet``.
+        A :class:`~eqsolve.tasks.base.TaskData`.
     """
-    from eqsolve.tasks import sudoku
-
-    if cfg.task.name != "sudoku-extreme":
-        raise ValueError(f"unknown task {cfg.task.name!r}; valid: sudoku-extreme")
+    task = get_task(cfg.task.name)
     if limit is not None and limit < 1:
         raise ValueError(f"--limit {limit} (bench.limit / task.limit): the number of puzzles must be "
                          ">= 1; leave it out (null) for all of them")
-    # the loader samples (the same seeded draw as before) and then proves only the kept puzzles
-    # unique: ~5 ms each, instead of every row of a large file
-    options: dict[str, Any] = {"subsample": limit, "seed": int(cfg.seed)}
-    if cfg.task.min_rating is not None:
-        options["min_rating"] = int(cfg.task.min_rating)
-    data = sudoku.load_any(cfg.task.data, **options) if cfg.task.data else sudoku.default_eval_set(**options)
+    min_rating = None if cfg.task.min_rating is None else int(cfg.task.min_rating)
+    data = task.load(cfg.task.data or None, limit=limit, seed=int(cfg.seed), min_rating=min_rating)
     if len(data) == 0:
         raise ValueError(f"no puzzles to evaluate (data={cfg.task.data!r}, limit={limit})")
     return data
@@ -189,10 +229,10 @@ def evaluate_chunk(
 
     Args:
         model: The reasoner.
-        questions: ``(n, 81)`` digits, 0 = blank.
-        answers: ``(n, 81)`` solution digits (only used to score, never by the solver).
+        questions: ``(n, L)`` questions in the task's answer space (Sudoku: digits, 0 = blank).
+        answers: ``(n, L)`` answers (only used by the ``any_correct`` oracle, never by the solver).
         cell: Grid cell.
-        options: Shared settings.
+        options: Shared settings (``options.task`` encodes, decodes and scores).
         seed: Seed of this chunk (initial states and path noise).
 
     For a reasoner that solves an inner equilibrium (:func:`solves_inner`) the cell's solver
@@ -208,10 +248,9 @@ def evaluate_chunk(
     """
     from eqsolve.scaling import solve_many
     from eqsolve.solvers import get_solver
-    from eqsolve.tasks.sudoku import check_batch, encode_tokens
-
+    task = get_task(options.task)
     device = next(model.parameters()).device
-    tokens = encode_tokens(questions).to(device)
+    tokens = task.encode(questions).to(device)
     halt = None if options.halt == "none" else options.halt
     solver = get_solver(cell.solver, **dict(cell.options))
     outer_solver, inner_before = solver, getattr(model, "inner_solver", None)
@@ -225,7 +264,8 @@ def evaluate_chunk(
                 solver=outer_solver, residual=options.stop,
                 aggregate=options.aggregate, halt=halt, halt_tol=options.halt_tol,
                 noise=options.noise, init=options.init, seed=seed,
-                # the oracle compares with predictions, which are digits 1..9 (not tokens)
+                predict=task.predictor(model),  # the task's answer space (Sudoku: digits 1..9)
+                # the oracle compares with predictions, which are answers (not tokens)
                 answers=torch.as_tensor(answers, device=device) if options.aggregate == "any_correct" else None,
             )
     finally:
@@ -233,7 +273,7 @@ def evaluate_chunk(
             model.inner_solver = inner_before
     predictions = result.predictions.cpu().numpy()
     return {
-        "correct": np.asarray(check_batch(predictions, questions), dtype=bool),
+        "correct": np.asarray(task.check_batch(predictions, questions), dtype=bool),
         "nfe": blocks * result.nfe.detach().cpu().double().numpy().reshape(-1),
         "steps": result.nfe.detach().cpu().double().numpy().reshape(-1),
         "residual": result.residual.detach().cpu().double().numpy().reshape(-1),
@@ -256,7 +296,7 @@ def run_grid(
 
     Args:
         model: The reasoner.
-        puzzles: ``SudokuSet``.
+        puzzles: Puzzles with ``questions`` and ``answers`` (a ``TaskData``).
         cells: Grid cells.
         options: Shared settings.
         evaluate: Chunk evaluator (default :func:`evaluate_chunk`; tests inject others).
@@ -305,7 +345,8 @@ def _gather(local: dict[int, dict[str, np.ndarray]], elapsed: float, world: int)
 
 
 # ----------------------------------------------------------------------------- summaries
-def summarise(cell: Cell, arrays: Mapping[str, np.ndarray], buckets: np.ndarray, seconds: float) -> dict[str, Any]:
+def summarise(cell: Cell, arrays: Mapping[str, np.ndarray], buckets: np.ndarray, seconds: float,
+              names: Sequence[str] = BUCKETS) -> dict[str, Any]:
     """One table row from per-puzzle arrays.
 
     Args:
@@ -313,6 +354,7 @@ def summarise(cell: Cell, arrays: Mapping[str, np.ndarray], buckets: np.ndarray,
         arrays: ``correct``, ``nfe``, ``residual`` over all puzzles.
         buckets: Difficulty bucket name per puzzle.
         seconds: Wall time of the cell.
+        names: The task's bucket names, in column order (default: Sudoku's).
 
     Returns:
         JSON-able row: solver, depth, breadth, n, nfe_mean (block applications per puzzle),
@@ -329,14 +371,14 @@ def summarise(cell: Cell, arrays: Mapping[str, np.ndarray], buckets: np.ndarray,
     correct = np.asarray(arrays["correct"], dtype=bool)
     residual = np.asarray(arrays["residual"], dtype=float)
     finite = residual[np.isfinite(residual)]
-    by_bucket = {b: float(correct[buckets == b].mean()) if (buckets == b).any() else None for b in BUCKETS}
+    by_bucket = {b: float(correct[buckets == b].mean()) if (buckets == b).any() else None for b in names}
     return {
         "solver": cell.solver, "depth": cell.depth, "breadth": cell.breadth, "n": int(correct.size),
         "nfe_mean": float(np.mean(arrays["nfe"])),
         "steps_mean": float(np.mean(arrays.get("steps", arrays["nfe"]))),
         "accuracy": float(correct.mean()),
         "accuracy_by_bucket": by_bucket,
-        "bucket_counts": {b: int((buckets == b).sum()) for b in BUCKETS},
+        "bucket_counts": {b: int((buckets == b).sum()) for b in names},
         "residual_mean": float(finite.mean()) if finite.size else None,
         "nonfinite_residuals": int(residual.size - finite.size),
         "seconds": float(seconds),
@@ -344,8 +386,12 @@ def summarise(cell: Cell, arrays: Mapping[str, np.ndarray], buckets: np.ndarray,
     }
 
 
-def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """Render bench rows as a fixed-width text table.
+def format_table(rows: Sequence[Mapping[str, Any]], labels: Mapping[str, str] | None = None) -> str:
+    """Render bench rows as a fixed-width text table, one accuracy column per bucket.
+
+    Args:
+        rows: :func:`summarise` rows (bucket columns in the order of ``accuracy_by_bucket``).
+        labels: Short column headings per bucket name (default: Sudoku's, ``medium`` -> ``med``).
 
     Examples:
         >>> print(format_table([{"solver": "anderson", "depth": 4, "breadth": 1, "nfe_mean": 4.0,
@@ -353,8 +399,12 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
         ...     "residual_mean": 0.01, "puzzles_per_s": 12.5}]).splitlines()[2])
         anderson         4       1     4.0   50.0  100.0      -    0.0   1.00e-02     12.5
     """
-    header = (f"{'solver':<12} {'depth':>5} {'breadth':>7} {'NFE':>7} {'acc%':>6} {'easy%':>6} "
-              f"{'med%':>6} {'hard%':>6} {'residual':>10} {'puz/s':>8}")
+    labels = {"medium": "med"} if labels is None else labels
+    names = list(rows[0]["accuracy_by_bucket"]) if rows else list(BUCKETS)
+    heads = [f"{labels.get(b, b)}%" for b in names]
+    widths = [max(6, len(h)) for h in heads]
+    header = (f"{'solver':<12} {'depth':>5} {'breadth':>7} {'NFE':>7} {'acc%':>6} "
+              + "".join(f"{h:>{w}} " for h, w in zip(heads, widths)) + f"{'residual':>10} {'puz/s':>8}")
     lines = [header, "-" * len(header)]
 
     def pct(value: Any) -> str:
@@ -366,21 +416,24 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
         speed = "-" if r["puzzles_per_s"] is None else f"{r['puzzles_per_s']:.1f}"
         lines.append(
             f"{r['solver']:<12} {r['depth']:>5} {r['breadth']:>7} {r['nfe_mean']:>7.1f} {pct(r['accuracy']):>6} "
-            f"{pct(b['easy']):>6} {pct(b['medium']):>6} {pct(b['hard']):>6} {residual:>10} {speed:>8}"
+            + "".join(f"{pct(b.get(name)):>{w}} " for name, w in zip(names, widths)) + f"{residual:>10} {speed:>8}"
         )
     return "\n".join(lines)
 
 
 def describe_run(cfg: Any, inner: bool, blocks_per_step: int, n_puzzles: int) -> str:
     """The lines printed above the table: what ran, what the solver solves, the compute unit."""
+    task = get_task(cfg.task.name)
     what = f"checkpoint {cfg.checkpoint}" if cfg.checkpoint else f"shipped reasoner {cfg.reasoner!r}"
-    data = cfg.task.data or "the shipped eval set (generated Sudoku-Extreme-style puzzles, not the official test split)"
+    shipped_set = ("the shipped eval set (generated Sudoku-Extreme-style puzzles, not the official test split)"
+                   if task.name == "sudoku-extreme" else f"the shipped {task.name} eval set")
+    data = cfg.task.data or shipped_set
     solved = ("the solver solves the inner equilibrium of every outer step; depth = outer steps"
               if inner else "the solver runs the outer map; depth = outer steps")
     lines = [f"{what} on {n_puzzles} puzzles of {data}",
              f"{solved}; NFE = block applications ({blocks_per_step} per outer step), equal for equal compute"]
-    if not cfg.checkpoint:
-        others = [name for name in SHIPPED_REASONERS if name != cfg.reasoner]
+    others = [name for name in task.shipped_reasoners if name != cfg.reasoner]
+    if not cfg.checkpoint and others:
         lines.append("the other shipped reasoner: " + ", ".join(f"eqsolve bench --model {n}" for n in others)
                      + "; a real list: --data FILE (e.g. the Sudoku-Extreme test CSV from `eqsolve data fetch`)")
     return "\n".join(lines)
@@ -446,7 +499,7 @@ def run_bench(cfg: Any, run_dir: Path | None = None) -> dict[str, Any] | None:
         puzzles = load_puzzles(cfg, limit)
         options = RunOptions(aggregate=cfg.bench.aggregate, halt=cfg.bench.halt, halt_tol=float(cfg.bench.halt_tol),
                              noise=cfg.bench.noise, init=cfg.bench.init, stop=cfg.solver.stop,
-                             batch_size=int(cfg.bench.batch_size), seed=int(cfg.seed))
+                             batch_size=int(cfg.bench.batch_size), seed=int(cfg.seed), task=str(cfg.task.name))
         log.info("bench: %d puzzles, %d cells, %d process(es) × %d thread(s)", len(puzzles), len(cells), world, threads)
         per_puzzle, seconds = run_grid(model, puzzles, cells, options, progress=rank == 0 and sys.stderr.isatty())
     finally:
@@ -454,13 +507,14 @@ def run_bench(cfg: Any, run_dir: Path | None = None) -> dict[str, Any] | None:
             torch.distributed.destroy_process_group()
     if rank != 0:
         return None
-    from eqsolve.tasks.sudoku import bucket
-
-    buckets = np.array([bucket(int(r)) for r in puzzles.ratings])
-    rows = [summarise(c, per_puzzle[c.key], buckets, seconds[c.key]) for c in cells]
+    task = get_task(cfg.task.name)
+    buckets = np.array(task.bucket(puzzles.ratings))
+    names = task.bucket_names(buckets.tolist())
+    rows = [summarise(c, per_puzzle[c.key], buckets, seconds[c.key], names) for c in cells]
     inner = solves_inner(model)
     blocks_per_step = int(model.blocks_per_map()) if hasattr(model, "blocks_per_map") else 1
-    table = describe_run(cfg, inner, blocks_per_step, len(puzzles)) + "\n" + format_table(rows)
+    labels = {name: task.bucket_labels.get(name, name) for name in names}
+    table = describe_run(cfg, inner, blocks_per_step, len(puzzles)) + "\n" + format_table(rows, labels)
     print(table)
     log.debug("bench results\n%s", table)  # printed on stdout already; DEBUG keeps it in log.txt only
     payload: dict[str, Any] = {
@@ -468,7 +522,8 @@ def run_bench(cfg: Any, run_dir: Path | None = None) -> dict[str, Any] | None:
         "options": asdict(options),
         "n_puzzles": len(puzzles),
         "data": cfg.task.data or "shipped eval set",
-        "checkpoint": cfg.checkpoint or str(shipped_reasoner(cfg.reasoner)),
+        "task": task.name,
+        "checkpoint": cfg.checkpoint or str(shipped_reasoner(cfg.reasoner, task)),
         "reasoner": None if cfg.checkpoint else cfg.reasoner,
         "solver_solves": "inner equilibrium" if inner else "outer map",
         "nfe_unit": f"block applications ({blocks_per_step} per outer step)",

@@ -3,7 +3,9 @@
 Examples:
     eqsolve bench --solver anderson --task sudoku-extreme
     eqsolve bench --solver broyden --depth 4,8,16 --breadth 1,8 --limit 32 bench.noise=0.01
+    eqsolve bench --task maze-unique --checkpoint runs/train-maze/last.pt --depth 16,64,256
     eqsolve train --data sudoku.csv --grad implicit train.steps=2000
+    eqsolve train --task maze-unique --out runs/train-maze
     eqsolve diagnose --checkpoint eqr.pth --limit 20
     eqsolve data generate --n 100 --seed 0 --out puzzles.csv
     eqsolve data fetch sudoku-extreme --out data/
@@ -124,14 +126,33 @@ def _solver_override(name: str) -> str:
 
 
 def _task_override(name: str) -> str:
-    """``--task sudoku-extreme`` selects ``task/sudoku_extreme.yaml``."""
+    """``--task sudoku-extreme`` selects ``task/sudoku_extreme.yaml``; a task registered in
+    Python (:func:`eqsolve.tasks.base.register_task`) without a YAML file sets ``task.name``."""
     from eqsolve.config import group_options
+    from eqsolve.tasks.base import available_tasks
 
     option = name.replace("-", "_")
-    valid = group_options("task")
-    if option not in valid:
-        raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(v.replace('_', '-') for v in valid)}")
-    return f"task={option}"
+    files = group_options("task")
+    if option in files:
+        return f"task={option}"
+    registered = available_tasks()
+    if name not in registered:
+        valid = sorted(set(registered) | {v.replace("_", "-") for v in files})
+        raise ValueError(f"unknown task {name!r}; valid: {', '.join(valid)}")
+    return f"task.name={_quote(name)}"
+
+
+def _task_presets(command: str, name: str, user: Sequence[str]) -> list[str]:
+    """The task's default presets: its bench grid (bench), its model and training recipe
+    (train, compare-grads); a group the user chose in a trailing override is left alone."""
+    from eqsolve.tasks.base import get_task
+
+    task = get_task(name)
+    chosen = {o.split("=", 1)[0].lstrip("+") for o in user if "=" in o}
+    groups = {"bench": {"bench": task.bench_config},
+              "train": {"model": task.model_config, "train": task.train_config},
+              "compare-grads": {"model": task.model_config}}.get(command, {})
+    return [f"{group}={option}" for group, option in groups.items() if group not in chosen]
 
 
 def _flag_overrides(command: str, args: argparse.Namespace) -> list[str]:
@@ -139,7 +160,13 @@ def _flag_overrides(command: str, args: argparse.Namespace) -> list[str]:
     section = {"bench": "bench", "diagnose": "diagnose"}.get(command)
     out: list[str] = []
     if getattr(args, "task", None):
-        out.append(_task_override(args.task))
+        if command in ("train", "compare-grads"):
+            from eqsolve.tasks.base import get_task
+
+            task = f"train.task={_quote(get_task(args.task).name)}"
+        else:
+            task = _task_override(args.task)
+        out.extend(_task_presets(command, args.task, getattr(args, "overrides", [])) + [task])
     if getattr(args, "solver", None):
         out.append(_solver_override(args.solver))
     training = command in ("train", "compare-grads")
@@ -218,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose.add_argument("--starts", type=int, help="starting points per puzzle")
 
     train = sub.add_parser("train", help="train an equilibrium reasoner")
+    train.add_argument("--task", help="task (default sudoku-extreme); also picks its model and train presets")
     _add_common(train, model_flags=False)
     train.add_argument("--resume", nargs="?", const=True, metavar="PATH",
                        help="continue from <out>/last.pt, or from the checkpoint PATH")

@@ -208,21 +208,23 @@ def write_figures(run: CensusRun, modes: list[str] | None, run_dir: str | Path) 
     return {k: str(v) for k, v in out.items()}
 
 
-def eqr_system(model: torch.nn.Module, noise: float = 0.0) -> FixedPointSystem:
-    """The EqR reasoner as a `FixedPointSystem` (state (B, 2, L, d), answer = digits).
+def eqr_system(model: torch.nn.Module, noise: float = 0.0, task: Any = "sudoku-extreme") -> FixedPointSystem:
+    """The EqR reasoner as a `FixedPointSystem` (state (B, 2, L, d), answer in the task's space).
 
     Args:
-        model: an `eqsolve.models.eqr.EqR` (anything with `map`, `init_state`,
-            `predict_digits`).
+        model: an `eqsolve.models.eqr.EqR` (anything with `map`, `init_state`, `decode`).
         noise: path-noise scale inside the map (0: deterministic, as a census needs).
+        task: task name or object; its `predict` decodes answers (Sudoku: digits).
 
     Returns:
-        A system whose `is_correct(digits, answers)` compares with the (N, 81) answer digits.
+        A system whose `is_correct(predictions, answers)` compares with the (N, L) answers.
     """
+    from eqsolve.tasks.base import get_task
+
     return FixedPointSystem(
         map=lambda s, x: model.map(s, x, noise=noise),
         init_state=lambda n, g: model.init_state(n, generator=g),
-        decode=model.predict_digits,
+        decode=get_task(task).predictor(model),
         is_correct=lambda digits, answers: (digits == answers).all(dim=1),
     )
 
@@ -272,17 +274,18 @@ def run_diagnose(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
                     spurious_residual_factor=float(_opt(d, "spurious_residual_factor", 10.0)),
                     broad_basin=float(_opt(d, "broad_basin", 0.5)))
     checkpoints = [int(c) for c in _opt(d, "checkpoints", [1, 2, 4, 8, 16, 32]) if int(c) < depth]
-    from eqsolve.tasks.sudoku import encode_tokens
+    from eqsolve.bench import get_task
 
+    task = get_task(cfg.task.name)
     device = next(model.parameters()).device
-    system = eqr_system(model)
+    system = eqr_system(model, task=task)
     generator = torch.Generator().manual_seed(int(cfg.seed))
     per_chunk = max(1, int(_opt(d, "batch_rows", 512)) // starts)
     runs = []
     for lo in range(0, len(data.questions), per_chunk):
         q = data.questions[lo:lo + per_chunk]
         with torch.no_grad():
-            x = model.embed(encode_tokens(q).to(device))
+            x = model.embed(task.encode(q).to(device))
         target = torch.as_tensor(data.answers[lo:lo + per_chunk], device=device)
         runs.append(run_census(
             system, x, target, n_starts=starts, solver=cfg.solver.name, max_iter=depth, tol=tol,
@@ -295,14 +298,13 @@ def run_diagnose(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
                  len(data.questions), time.perf_counter() - t0)
     run = merge_runs(runs)
     report = summarize(run, rule, float(_opt(d, "target_accuracy", 0.95)))
-    report["settings"].update(solver=str(cfg.solver.name), checkpoint=cfg.checkpoint,
+    report["settings"].update(task=task.name, solver=str(cfg.solver.name), checkpoint=cfg.checkpoint,
                               data=cfg.task.data, seed=int(cfg.seed), n_puzzles=len(data.questions))
-    from eqsolve.tasks.sudoku import bucket
-
     by_bucket: dict[str, list[str]] = {}
-    for problem, rating in zip(report["problems"], np.asarray(data.ratings).tolist()):
-        problem["rating"] = rating  # difficulty (backtrack count) of the puzzle
-        by_bucket.setdefault(bucket(rating), []).append(problem["mode"])
+    ratings = np.asarray(data.ratings).tolist()
+    for problem, rating, name in zip(report["problems"], ratings, task.bucket(ratings)):
+        problem["rating"] = rating  # difficulty (Sudoku: backtrack count; Maze: path length)
+        by_bucket.setdefault(name, []).append(problem["mode"])
     report["mode_shares_by_difficulty"] = {
         b: {"n": len(m), **mode_shares(m)} for b, m in sorted(by_bucket.items())}
     report["figures"] = write_figures(run, report["modes"], run_dir)

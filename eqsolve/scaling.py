@@ -5,7 +5,8 @@ Signature::
     solve_many(reasoner, inputs, *, depth=16, breadth=1, solver="fixed_point",
                solver_options=None, noise=None, init="random", aggregate="min_residual",
                answers=None, halt=None, halt_tol=1e-3, residual="abs", window=3,
-               max_rows=None, refill_threshold=None, seed=0, generator=None) -> ScalingResult
+               max_rows=None, refill_threshold=None, seed=0, generator=None,
+               predict=None) -> ScalingResult
 
 Every puzzle gets ``breadth`` starting points; the ``N × breadth`` rows are queued puzzle-major
 and run through any eqsolve solver's ``init``/``step`` protocol in one batch of at most
@@ -32,7 +33,9 @@ In voting rules the chosen start is the lowest-residual member of the winning an
 The reasoner protocol (:class:`Reasoner`): ``init_state(batch, generator=None, std=None,
 device=None)``, ``map(s, x, noise)`` (may accept ``generator=``), ``decode(s)``; optional
 ``embed(inputs)`` (default: ``x = inputs``), ``predict(s)`` (default ``decode(s).argmax(-1)``)
-and ``halt_logit(s)`` (needed by ``halt="logit"``). :class:`eqsolve.models.EqR` is one.
+and ``halt_logit(s)`` (needed by ``halt="logit"``). :class:`eqsolve.models.EqR` is one. A task
+maps states to answers in its own answer space: pass ``predict=task.predictor(reasoner)``
+(:meth:`eqsolve.tasks.base.Task.predictor`; e.g. Sudoku digits rather than tokens).
 """
 
 from __future__ import annotations
@@ -277,6 +280,7 @@ def solve_many(
     refill_threshold: int | None = None,
     seed: int | None = 0,
     generator: torch.Generator | None = None,
+    predict: Any = None,
 ) -> ScalingResult:
     """Solve ``N`` problems with ``breadth`` starts each under an NFE budget, and aggregate.
 
@@ -302,6 +306,9 @@ def solve_many(
             ``max(1, max_rows // 8)``), so refills come in batches.
         seed: Seed of the random starts and noise when ``generator`` is None (None: global RNG).
         generator: Random generator (on the inputs' device).
+        predict: ``state -> answers`` of a row (default: ``reasoner.predict``, else the argmax
+            of ``reasoner.decode``); a task's :meth:`~eqsolve.tasks.base.Task.predictor`.
+            Predictions, votes and the ``any_correct`` oracle are in its answer space.
 
     Returns:
         A :class:`ScalingResult`.
@@ -344,7 +351,10 @@ def solve_many(
     if generator is None and seed is not None:
         generator = torch.Generator(device=device).manual_seed(int(seed))
     embed = getattr(reasoner, "embed", None)
-    predict = getattr(reasoner, "predict", None) or (lambda s: reasoner.decode(s).argmax(-1))
+    if predict is None:
+        predict = getattr(reasoner, "predict", None) or (lambda s: reasoner.decode(s).argmax(-1))
+    elif not callable(predict):
+        raise TypeError(f"predict must be a callable state -> answers, got {type(predict).__name__}")
     map_kwargs = {"generator": generator} if _accepts(reasoner.map, "generator") else {}
     track_logits = callable(getattr(reasoner, "decode", None))
 

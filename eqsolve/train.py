@@ -1,4 +1,7 @@
-"""``eqsolve train``: train an equilibrium reasoner on Sudoku under a chosen gradient.
+"""``eqsolve train``: train an equilibrium reasoner on any task under a chosen gradient.
+
+The task (``train.task``, :func:`eqsolve.tasks.base.get_task`; ``eqsolve train --task NAME``
+also picks its model and training presets) gives the pool, tokens, augmentation and eval set.
 
 The run (this module) wires a :class:`~eqsolve.training_loop.Trainer` (model, AdamW, EMA, data
 draw, sot carry) to files: ``config.json``, ``pool.npz``, ``metrics.jsonl`` (one JSON line per
@@ -44,6 +47,7 @@ from eqsolve import runs
 from eqsolve._atomic import atomic_write
 from eqsolve.distributed import process_group
 from eqsolve.models.eqr import EqR, EqRConfig
+from eqsolve.tasks.base import get_task
 from eqsolve.training_checkpoint import (
     TRAIN_STATE_VERSION,
     atomic_torch_save,
@@ -99,11 +103,11 @@ def _get_pool(cfg: TrainConfig, out: Path, rank: int) -> PuzzlePool:
     cache = out / "pool.npz"
     if rank == 0 and not cache.is_file():
         build_pool(cfg.data, limit=cfg.data_limit, gen_easy=cfg.gen_easy, gen_hard=cfg.gen_hard,
-                   seed=cfg.seed).save(cache)
+                   seed=cfg.seed, task=cfg.task).save(cache)
     if dist.is_initialized():
         dist.barrier()
     pool = PuzzlePool.load(cache)
-    expected = pool_source(cfg.data, cfg.gen_easy, cfg.gen_hard, cfg.seed, rows=len(pool))
+    expected = pool_source(cfg.data, cfg.gen_easy, cfg.gen_hard, cfg.seed, rows=len(pool), task=cfg.task)
     if pool.source != expected:
         raise ValueError(f"{cache} holds the pool {pool.source!r} but this run's config asks for "
                          f"{expected!r}; delete the file or use another run folder")
@@ -177,7 +181,7 @@ def _run_training(cfg: TrainConfig, model_config: EqRConfig | None = None) -> di
 
     Args:
         cfg: training options (``cfg.out`` is the run folder).
-        model_config: architecture (default: the ``small`` preset).
+        model_config: architecture (default: the task's model preset, ``small`` for Sudoku).
 
     Returns:
         ``{"step", "steps", "stopped", "losses", "final", "eval", "checkpoint", "elapsed_s"}``:
@@ -190,7 +194,7 @@ def _run_training(cfg: TrainConfig, model_config: EqRConfig | None = None) -> di
         RunFolderBusy: Another process is running in ``cfg.out``.
     """
     if model_config is None:
-        model_config = EqRConfig.from_dict(load_preset("model", "small"))
+        model_config = EqRConfig.from_dict(load_preset("model", get_task(cfg.task).model_config))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     rank, world = _dist_setup()
@@ -231,7 +235,7 @@ def _train_in(cfg: TrainConfig, model_config: EqRConfig, out: Path, rank: int,
     stop = {"flag": False}
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True)) \
         if rank == 0 and hasattr(signal, "SIGTERM") else None
-    eval_set = default_eval_set() if rank == 0 else None
+    eval_set = default_eval_set(cfg.task) if rank == 0 else None
     bar = None
     if cfg.progress and rank == 0:
         from tqdm import tqdm
@@ -267,7 +271,7 @@ def _train_in(cfg: TrainConfig, model_config: EqRConfig, out: Path, rank: int,
                                     steps_per_s=n_window / (time.perf_counter() - t_window))
                 if cfg.eval_every and trainer.step % cfg.eval_every == 0 and eval_set is not None:
                     evaluation = evaluate(trainer.ema_model(), eval_set.head(cfg.eval_size),
-                                          depth=cfg.eval_depth, seed=cfg.seed)
+                                          depth=cfg.eval_depth, seed=cfg.seed, task=cfg.task)
                     last_metrics.update({f"eval_{k}": v for k, v in evaluation.items()})
                 if rank == 0:
                     with open(out / "metrics.jsonl", "a") as handle:
@@ -288,7 +292,7 @@ def _train_in(cfg: TrainConfig, model_config: EqRConfig, out: Path, rank: int,
                 break
         if eval_set is not None:
             evaluation = evaluate(trainer.ema_model(), eval_set.head(cfg.eval_size),
-                                  depth=cfg.eval_depth, seed=cfg.seed)
+                                  depth=cfg.eval_depth, seed=cfg.seed, task=cfg.task)
         if dist.is_initialized():
             # ranks leave together: rank 0 still evaluates here, and a peer that destroys its
             # gloo group meanwhile can abort ("terminate called without an active exception")
@@ -307,7 +311,8 @@ def _train_in(cfg: TrainConfig, model_config: EqRConfig, out: Path, rank: int,
 def main(cfg: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Entry point for the CLI: ``cfg`` holds groups ``model`` and ``train`` (dict/DictConfig).
 
-    Missing groups fall back to the ``small`` presets; unknown keys are errors.
+    Missing groups fall back to the task's presets (``train.task``; Sudoku: ``small``); unknown
+    keys are errors.
 
     Args:
         cfg: composed configuration.
@@ -319,7 +324,8 @@ def main(cfg: Mapping[str, Any] | None = None) -> dict[str, Any]:
     unknown = sorted(set(cfg) - {"model", "train"})
     if unknown:
         raise ValueError(f"unknown config group(s) {unknown}; valid: model, train")
-    model_values = dict(cfg.get("model") or load_preset("model", "small"))
     train_values = dict(cfg.get("train") or load_preset("train", "small"))
+    task = get_task(train_values.get("task", TrainConfig.task))
+    model_values = dict(cfg.get("model") or load_preset("model", task.model_config))
     model_config = dataclass_from_dict(EqRConfig, model_values, "model")
     return run_training(TrainConfig.from_dict(train_values), model_config)

@@ -103,11 +103,13 @@ class TrainConfig:
             the DEQ modes' solution; 0 disables (and costs nothing).
         init: initial latent state: ``random`` (truncated normal, the paper's RI) or ``zeros``.
         noise: path noise scale during training (None = the model's ``noise_scale``).
-        data: CSV/plain file of training puzzles (None = the project's generator).
+        data: training puzzles in a file the task reads (None = the task's generator).
         data_limit: use at most this many rows of ``data``.
-        gen_easy: generated easy puzzles in the training pool (when ``data`` is None).
-        gen_hard: generated rated (harder) puzzles in the training pool (when ``data`` is None).
-        augment: apply a random Sudoku symmetry to every drawn puzzle.
+        gen_easy: puzzles from the task's training generator in the pool (when ``data`` is None;
+            Sudoku: ``generate_easy``; Maze: ``generate`` without the eval set's mazes).
+        gen_hard: generated rated (harder) puzzles in the training pool (when ``data`` is None;
+            tasks with a second generator only, Sudoku's ``generate``).
+        augment: apply a random symmetry of the task to every drawn puzzle.
         reveal_start: curriculum: at step 0 a drawn puzzle gets up to this fraction of its blanks
             revealed from the answer (uniformly drawn per puzzle).
         reveal_end: the same bound at ``curriculum_steps`` and after (linear in between).
@@ -130,6 +132,8 @@ class TrainConfig:
         device: ``cpu`` or ``cuda``.
         progress: show a tqdm bar.
         time_limit_s: stop cleanly (with a checkpoint) after this many seconds (0 = no limit).
+        task: registered task name (:func:`eqsolve.tasks.base.get_task`): what the pool, the
+            tokens, the augmentation and the evaluation are (``eqsolve train --task``).
     """
 
     grad: str = "sot"
@@ -181,6 +185,7 @@ class TrainConfig:
     device: str = "cpu"
     progress: bool = True
     time_limit_s: float = 0.0
+    task: str = "sudoku-extreme"
 
     def __post_init__(self) -> None:
         _check(self.grad in GRAD_MODES, f"grad={self.grad!r}; valid: {', '.join(GRAD_MODES)}")

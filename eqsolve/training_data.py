@@ -1,8 +1,10 @@
-"""Training data for Sudoku reasoners: a puzzle pool and a deterministic, resumable draw.
+"""Training data for reasoners on any task: a puzzle pool and a deterministic, resumable draw.
 
-The pool is either a user's file (``--data``: Sudoku-Extreme CSV or one puzzle per line) or
-puzzles from the project's generator, built once per run and cached as ``pool.npz`` in the run
-folder (so a resumed run trains on the very same puzzles).
+The pool is either a user's file (``--data``, read by the task: e.g. a Sudoku-Extreme CSV or a
+maze CSV) or puzzles from the task's generator, built once per run and cached as ``pool.npz``
+in the run folder (so a resumed run trains on the very same puzzles). The task
+(:class:`~eqsolve.tasks.base.Task`, by name) also gives the augmentation (one random symmetry
+per draw), the optional reveal curriculum (Sudoku's) and the tokens.
 
 Every drawn puzzle is a pure function of ``(seed, stream, slot, count)``: which pool row, which
 symmetry and which extra clues (the reveal curriculum) all come from a numpy generator seeded
@@ -23,21 +25,26 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from eqsolve.tasks.base import get_task
+
+SUDOKU = "sudoku-extreme"
 
 __all__ = ["PuzzlePool", "build_pool", "draw_puzzle", "draw_batch", "reveal_bound", "to_tokens"]
 
 
 @dataclass
 class PuzzlePool:
-    """Questions and answers as ``(N, 81)`` int64 digit arrays (0 = blank), with provenance.
+    """Questions and answers as ``(N, seq_len)`` int64 arrays in the task's answer space.
 
     Attributes:
-        questions: ``(N, 81)`` puzzles.
-        answers: ``(N, 81)`` solutions.
+        questions: ``(N, seq_len)`` puzzles (Sudoku: digits, 0 = blank; Maze: grid codes).
+        answers: ``(N, seq_len)`` solutions.
         source: human-readable description (file or generator call).
     """
 
@@ -49,7 +56,7 @@ class PuzzlePool:
         if self.questions.shape != self.answers.shape or self.questions.ndim != 2:
             raise ValueError(
                 f"pool questions {self.questions.shape} and answers {self.answers.shape} "
-                "must both be (N, 81)"
+                "must both be (N, seq_len)"
             )
         if len(self.questions) == 0:
             raise ValueError(f"empty training pool ({self.source})")
@@ -80,58 +87,42 @@ class PuzzlePool:
 
 
 def build_pool(data: str | None, *, limit: int | None, gen_easy: int, gen_hard: int,
-               seed: int) -> PuzzlePool:
-    """Load the user's file, or generate a pool with the project's Sudoku generator.
+               seed: int, task: Any = SUDOKU) -> PuzzlePool:
+    """Load the user's file, or generate a pool with the task's generator.
 
     Args:
-        data: path of a Sudoku-Extreme CSV or a plain one-puzzle-per-line file, or None.
+        data: path of a training file the task reads (Sudoku: CSV or one puzzle per line), or None.
         limit: keep at most this many rows of ``data``.
-        gen_easy: number of generated easy puzzles (``generate_easy``) when ``data`` is None.
-        gen_hard: number of generated rated puzzles (``generate``) when ``data`` is None.
+        gen_easy: rows from the task's training generator when ``data`` is None.
+        gen_hard: rows from its harder generator (Sudoku's rated ``generate``) when ``data`` is None.
         seed: generator seed.
+        task: task name or :class:`~eqsolve.tasks.base.Task`.
 
     Returns:
         The pool (answers solved by the loader when the file has none).
     """
-    from eqsolve.tasks.sudoku_generator import generate_easy
-
+    task = get_task(task)
     if data is not None:
-        from eqsolve.tasks.sudoku_io import load_any
-
         path = Path(data)
-        if not path.is_file():
+        if not path.is_file() and not path.is_dir():
             raise ValueError(f"training data file not found: {path}")
-        # unique=False: a puzzle paired with one of its solutions is still a correct target, and
-        # proving uniqueness would cost ~5 ms per row of files with millions of rows
-        loaded = load_any(path, unique=False)
-        questions, answers = np.asarray(loaded.questions), np.asarray(loaded.answers)
-        if limit is not None:
-            questions, answers = questions[:limit], answers[:limit]
-        return PuzzlePool(questions.astype(np.int64), answers.astype(np.int64),
-                          pool_source(data, gen_easy, gen_hard, seed, rows=len(questions)))
-    parts_q, parts_a = [], []
-    if gen_easy:
-        easy = generate_easy(gen_easy, seed=seed)
-        parts_q.append(np.asarray([q for q, _, _ in easy]))
-        parts_a.append(np.asarray([a for _, a, _ in easy]))
-    if gen_hard:
-        from eqsolve.tasks.sudoku import generate
-
-        hard = generate(gen_hard, seed=seed + 1)
-        parts_q.append(np.asarray([q for q, _, _ in hard]))
-        parts_a.append(np.asarray([a for _, a, _ in hard]))
-    questions = np.concatenate(parts_q).reshape(-1, 81).astype(np.int64)
-    answers = np.concatenate(parts_a).reshape(-1, 81).astype(np.int64)
-    return PuzzlePool(questions, answers, pool_source(None, gen_easy, gen_hard, seed))
+        loaded = task.load_training(str(path), limit=limit)
+        return PuzzlePool(loaded.questions, loaded.answers,
+                          pool_source(data, gen_easy, gen_hard, seed, rows=len(loaded), task=task))
+    generated = task.generate_pool(gen_easy, seed, hard=gen_hard)
+    return PuzzlePool(generated.questions, generated.answers,
+                      pool_source(None, gen_easy, gen_hard, seed, task=task))
 
 
-def pool_source(data: str | None, gen_easy: int, gen_hard: int, seed: int, rows: int = 0) -> str:
+def pool_source(data: str | None, gen_easy: int, gen_hard: int, seed: int, rows: int = 0,
+                task: Any = SUDOKU) -> str:
     """The ``source`` string :func:`build_pool` gives a pool (what a cached ``pool.npz`` matches).
 
     Args:
         data: the training file, or None for a generated pool.
         gen_easy, gen_hard, seed: the generator settings (used when ``data`` is None).
         rows: rows loaded from ``data``.
+        task: task name or object (its :meth:`~eqsolve.tasks.base.Task.pool_source`).
 
     Examples:
         >>> pool_source(None, 2000, 0, 0)
@@ -141,12 +132,7 @@ def pool_source(data: str | None, gen_easy: int, gen_hard: int, seed: int, rows:
     """
     if data is not None:
         return f"file {Path(data)} ({rows} rows)"
-    desc = []
-    if gen_easy:
-        desc.append(f"generate_easy({gen_easy}, seed={seed})")
-    if gen_hard:
-        desc.append(f"generate({gen_hard}, seed={seed + 1})")
-    return " + ".join(desc)
+    return get_task(task).pool_source(gen_easy, seed, hard=gen_hard)
 
 
 def reveal_bound(step: int, start: float, end: float, steps: int) -> float:
@@ -161,41 +147,40 @@ def reveal_bound(step: int, start: float, end: float, steps: int) -> float:
 
 
 def draw_puzzle(pool: PuzzlePool, *, seed: int, key: tuple[int, ...], reveal_max: float,
-                reveal_prob: float, augment: bool) -> tuple[np.ndarray, np.ndarray]:
+                reveal_prob: float, augment: bool, task: Any = SUDOKU) -> tuple[np.ndarray, np.ndarray]:
     """Draw one training puzzle, determined entirely by ``(seed, *key)``.
 
     Args:
         pool: the puzzle pool.
         seed: run seed.
         key: identifies the draw (e.g. ``(stream, slot, count)``); any ints >= 0.
-        reveal_max: upper bound of the fraction of blanks filled in from the answer.
+        reveal_max: upper bound of the fraction of blanks filled in from the answer (tasks with
+            a reveal curriculum only; > 0 on another task is an error).
         reveal_prob: probability that any clue is revealed at all.
-        augment: apply a random symmetry (digit permutation, transpose, band/stack/row/column
-            permutations) via :func:`eqsolve.tasks.sudoku.augment`.
+        augment: apply one random symmetry of the task (:meth:`~eqsolve.tasks.base.Task.augment`;
+            Sudoku: digit permutation, transpose, band/stack/row/column permutations).
+        task: task name or object.
 
     Returns:
-        ``(question, answer)`` as ``(81,)`` int64 arrays.
+        ``(question, answer)`` as ``(seq_len,)`` int64 arrays.
     """
+    task = get_task(task)
     rng = np.random.default_rng((seed, *key))
     idx = int(rng.integers(len(pool)))
     q, a = pool.questions[idx].copy(), pool.answers[idx].copy()
     if augment:
-        from eqsolve.tasks.sudoku import augment as sudoku_augment
-
-        q, a = sudoku_augment(q, a, rng)
-        q, a = np.asarray(q, dtype=np.int64), np.asarray(a, dtype=np.int64)
+        q, a = task.augment(q, a, rng)
+    if reveal_max > 0 and not task.supports_reveal:
+        raise ValueError(f"reveal curriculum (reveal_max={reveal_max}) asked for task {task.name!r}, "
+                         "which has none; set train.reveal_start=0 and train.reveal_end=0")
     if reveal_max > 0 and rng.random() < reveal_prob:
-        blanks = np.flatnonzero(q == 0)
-        n = int(round(rng.uniform(0.0, reveal_max) * len(blanks)))
-        if n:
-            cells = rng.choice(blanks, size=n, replace=False)
-            q[cells] = a[cells]
+        q = task.reveal(q, a, reveal_max, rng)
     return q, a
 
 
 def draw_batch(pool: PuzzlePool, keys: list[tuple[int, ...]], *, seed: int, reveal_max: float,
-               reveal_prob: float, augment: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Draw several puzzles (one key each); returns ``(questions, answers)`` of shape ``(n, 81)``.
+               reveal_prob: float, augment: bool, task: Any = SUDOKU) -> tuple[np.ndarray, np.ndarray]:
+    """Draw several puzzles (one key each); returns ``(questions, answers)`` of shape ``(n, seq_len)``.
 
     Examples:
         >>> pool = PuzzlePool(np.zeros((3, 81), np.int64), np.ones((3, 81), np.int64), "toy")
@@ -203,20 +188,22 @@ def draw_batch(pool: PuzzlePool, keys: list[tuple[int, ...]], *, seed: int, reve
         ...            augment=False)[0].shape
         (2, 81)
     """
+    task = get_task(task)
     qs, answers = zip(*(draw_puzzle(pool, seed=seed, key=k, reveal_max=reveal_max,
-                                    reveal_prob=reveal_prob, augment=augment) for k in keys))
+                                    reveal_prob=reveal_prob, augment=augment, task=task) for k in keys))
     return np.stack(qs), np.stack(answers)
 
 
-def to_tokens(questions: np.ndarray, answers: np.ndarray, device: torch.device | str = "cpu"
-              ) -> tuple[Tensor, Tensor]:
-    """Model tokens (official encoding: blank 1, digit d -> d + 1) for inputs and labels.
+def to_tokens(questions: np.ndarray, answers: np.ndarray, device: torch.device | str = "cpu",
+              task: Any = SUDOKU) -> tuple[Tensor, Tensor]:
+    """Model tokens for inputs (``task.encode``) and labels (``task.targets``).
+
+    Sudoku's are the official encoding: blank 1, digit d -> d + 1.
 
     Examples:
         >>> t, l = to_tokens(np.zeros((1, 81), np.int64), np.full((1, 81), 9))
         >>> int(t[0, 0]), int(l[0, 0])
         (1, 10)
     """
-    from eqsolve.tasks.sudoku_board import encode_tokens
-
-    return encode_tokens(questions).to(device), encode_tokens(answers).to(device)
+    task = get_task(task)
+    return task.encode(questions).to(device), task.targets(answers).to(device)

@@ -1,4 +1,8 @@
-"""Exact-accuracy evaluation of a reasoner during and after training (plain iteration).
+"""Exact-accuracy evaluation of a reasoner during and after training (plain iteration), any task.
+
+The task (by name) encodes the questions, decodes the answers (``predict``), scores them with
+its exact-accuracy rule (``check_batch``), picks the cells the cell accuracy counts
+(``scored_cells``) and names the difficulty buckets.
 
 Examples:
     >>> import numpy as np, torch
@@ -12,18 +16,20 @@ Examples:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
-from eqsolve.tasks.sudoku_board import bucket, check_batch, encode_tokens
+from eqsolve.tasks.base import get_task
 
 __all__ = ["EvalSet", "default_eval_set", "evaluate"]
 
 
 @dataclass
 class EvalSet:
-    """Held-out puzzles: ``(N, 81)`` questions and answers (digits), ``(N,)`` ratings (or -1)."""
+    """Held-out puzzles: ``(N, seq_len)`` questions and answers (the task's answer space), ``(N,)``
+    ratings (or -1)."""
 
     questions: np.ndarray
     answers: np.ndarray
@@ -34,15 +40,11 @@ class EvalSet:
         return EvalSet(self.questions[:n], self.answers[:n], self.ratings[:n])
 
 
-def default_eval_set() -> EvalSet | None:
-    """The shipped evaluation set (``eqsolve/assets``), or None when it is not available."""
+def default_eval_set(task: Any = "sudoku-extreme") -> EvalSet | None:
+    """The task's shipped evaluation set (``eqsolve/assets``), or None when it has none."""
     try:
-        from eqsolve.tasks.sudoku import default_eval_set as shipped
-    except ImportError:
-        return None
-    try:
-        data = shipped()
-    except (FileNotFoundError, OSError):
+        data = get_task(task).load(None)
+    except (FileNotFoundError, OSError, NotImplementedError):
         return None
     ratings = getattr(data, "ratings", None)
     ratings = np.full(len(data.questions), -1) if ratings is None else np.asarray(ratings)
@@ -52,7 +54,8 @@ def default_eval_set() -> EvalSet | None:
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, data: EvalSet, *, depth: int = 16, seed: int = 0,
-             init: str = "random", noise: float = 0.0, batch: int = 256) -> dict[str, float]:
+             init: str = "random", noise: float = 0.0, batch: int = 256,
+             task: Any = "sudoku-extreme") -> dict[str, float]:
     """Iterate the outer map ``depth`` times from the initial state and score the answers.
 
     Args:
@@ -63,12 +66,14 @@ def evaluate(model: torch.nn.Module, data: EvalSet, *, depth: int = 16, seed: in
         init: ``random`` (the training distribution) or ``zeros``.
         noise: path noise during evaluation.
         batch: rows per forward pass.
+        task: task name or object.
 
     Returns:
-        ``exact`` (fraction of puzzles exactly solved), ``cell_acc`` (fraction of blank cells
-        right), ``residual`` (mean relative change of the last step), ``n`` and
+        ``exact`` (fraction of puzzles exactly solved), ``cell_acc`` (fraction of the task's
+        scored cells right, Sudoku: the blanks), ``residual`` (mean relative change of the last step), ``n`` and
         ``exact_<bucket>`` for each difficulty bucket present (when ratings are known).
     """
+    task = get_task(task)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -77,16 +82,16 @@ def evaluate(model: torch.nn.Module, data: EvalSet, *, depth: int = 16, seed: in
     for start in range(0, len(data.questions), batch):
         q = data.questions[start:start + batch]
         a = data.answers[start:start + batch]
-        tokens = encode_tokens(q).to(device)
+        tokens = task.encode(q).to(device)
         x = model.embed(tokens)
         s = model.init_state(len(q), generator=gen, std=0.0 if init == "zeros" else None,
                              device=device)
         prev = s
         for _ in range(depth):
             prev, s = s, model.map(s, x, noise)
-        pred = model.predict_digits(s).cpu().numpy()
-        exact.append(check_batch(pred, q))
-        blank = q == 0
+        pred = task.predict(model.decode(s)).cpu().numpy()
+        exact.append(task.check_batch(pred, q))
+        blank = task.scored_cells(tokens).cpu().numpy()
         cells += int(((pred == a) & blank).sum())
         blanks += int(blank.sum())
         residuals.append(((s - prev).flatten(1).norm(dim=1)
@@ -97,8 +102,8 @@ def evaluate(model: torch.nn.Module, data: EvalSet, *, depth: int = 16, seed: in
            "cell_acc": cells / max(blanks, 1),
            "residual": float(np.concatenate(residuals).mean()) if residuals else 0.0}
     if len(ok) and (data.ratings >= 0).all():
-        names = np.array([bucket(int(r)) for r in data.ratings])
-        for name in ("easy", "medium", "hard"):
+        names = np.array(task.bucket(data.ratings))
+        for name in task.bucket_names(names.tolist()):
             if (names == name).any():
                 out[f"exact_{name}"] = float(ok[names == name].mean())
     return out

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from eqsolve.models.eqr import EqR, EqRConfig
 from eqsolve.models.eqr_config import SOLVE_FIELDS
+from eqsolve.tasks.base import get_task
 from eqsolve.training_config import TrainConfig
 from eqsolve.training_data import PuzzlePool, draw_batch, reveal_bound, to_tokens
 from eqsolve.training_losses import reasoning_loss
@@ -76,6 +77,15 @@ class Trainer:
         if cfg.batch_size % world:
             raise ValueError(f"batch_size={cfg.batch_size} is not divisible by the {world} ranks")
         self.cfg, self.pool, self.rank, self.world = cfg, pool, rank, world
+        #: The task: tokens, augmentation, reveal curriculum and the cells the accuracy counts.
+        self.task = task = get_task(cfg.task)
+        if (model_config.seq_len, model_config.vocab_size) != (task.seq_len, task.vocab_size):
+            raise ValueError(f"model seq_len={model_config.seq_len}, vocab_size={model_config.vocab_size} do not fit "
+                             f"task {task.name!r} (seq_len={task.seq_len}, vocab_size={task.vocab_size}); "
+                             f"use its model preset (model={task.model_config})")
+        if (cfg.reveal_start > 0 or cfg.reveal_end > 0) and not task.supports_reveal:
+            raise ValueError(f"train.reveal_start={cfg.reveal_start}, train.reveal_end={cfg.reveal_end}: task "
+                             f"{task.name!r} has no reveal curriculum; set both to 0")
         self.device = torch.device(cfg.device)
         self.local_batch = cfg.batch_size // world
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
@@ -121,8 +131,8 @@ class Trainer:
         cfg = self.cfg
         reveal = reveal_bound(self.step, cfg.reveal_start, cfg.reveal_end, cfg.curriculum_steps)
         q, a = draw_batch(self.pool, keys, seed=cfg.seed, reveal_max=reveal,
-                          reveal_prob=cfg.reveal_prob, augment=cfg.augment)
-        return to_tokens(q, a, self.device)
+                          reveal_prob=cfg.reveal_prob, augment=cfg.augment, task=self.task)
+        return to_tokens(q, a, self.device, task=self.task)
 
     def deq_batch(self) -> tuple[Tensor, Tensor, Tensor]:
         """Tokens, labels and initial states of this step's batch in the DEQ modes.
@@ -213,7 +223,7 @@ class Trainer:
             s_new, logits, halt, info = self.forward(s0, tokens, cfg.noise, self.noise_gen)
         loss, stats = reasoning_loss(logits, labels, halt if cfg.halt_weight > 0 else None,
                                      kind=cfg.loss, halt_weight=cfg.halt_weight,
-                                     blank_mask=tokens == 1)
+                                     blank_mask=self.task.scored_cells(tokens))
         jac = info["jac"].mean() if "jac" in info else None
         if jac is not None:
             loss = loss + cfg.jac_weight * jac

@@ -45,7 +45,7 @@ def test_solver_without_yaml_goes_to_solver_name():
 
 def test_task_flag_accepts_dashed_name_and_rejects_unknown():
     assert "task=sudoku_extreme" in overrides_for(["bench", "--task", "sudoku-extreme"])
-    with pytest.raises(ValueError, match="valid tasks: sudoku-extreme"):
+    with pytest.raises(ValueError, match="unknown task .*; valid: maze-unique, sudoku-extreme"):
         overrides_for(["bench", "--task", "maze"])
 
 

@@ -171,7 +171,7 @@ def test_eqr_depth_matches_plain_iteration_and_breadth_rows_are_independent():
             residuals.append((fs - s).flatten(1).norm(dim=1))
             logits.append(model.decode(fs))
             s = fs
-    assert torch.equal(r.row_predictions.view(6, 81), model.predict_digits(s))
+    assert torch.equal(r.row_predictions.view(6, 81), model.predict(s))  # tokens: the task-agnostic readout
     expected = torch.stack(residuals[-3:]).mean(0).view(2, 3)
     torch.testing.assert_close(r.row_residual, expected, rtol=1e-5, atol=1e-5)
     assert torch.equal(r.chosen, expected.argmin(1))
@@ -182,7 +182,14 @@ def test_eqr_depth_matches_plain_iteration_and_breadth_rows_are_independent():
     by_logits = model.reason(tok, depth=5, breadth=3, noise=0.0, init=init.view(2, 3, 2, 81, 16),
                              aggregate="logit_change")
     assert torch.equal(by_logits.chosen, r.row_logit_change.argmin(1))
-    assert r.predictions.min() >= 1 and r.predictions.max() <= 9
+    assert r.predictions.min() >= 0 and r.predictions.max() <= 10  # tokens
+    # the Sudoku task's readout gives digits, with everything else the same
+    from eqsolve.tasks.base import get_task
+
+    digits = model.reason(tok, depth=5, breadth=3, noise=0.0, init=init, aggregate="min_residual",
+                          predict=get_task("sudoku-extreme").predictor(model))
+    assert torch.equal(digits.row_predictions.view(6, 81), model.predict_digits(s))
+    assert torch.equal(digits.chosen, r.chosen) and digits.predictions.min() >= 1
 
 
 def test_eqr_logit_halting_and_answers():

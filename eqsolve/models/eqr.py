@@ -317,8 +317,13 @@ class EqR(nn.Module):
         return self.decode(s)[..., 2:].argmax(-1) + 1
 
     def predict(self, s: Tensor) -> Tensor:
-        """Predicted answer per row, used by :func:`eqsolve.scaling.solve_many` (digits 1..9)."""
-        return self.predict_digits(s)
+        """Predicted tokens ``(B, L)``: the argmax over the whole vocabulary of the logits.
+
+        Task-agnostic: a task's own answer space (Sudoku digits, say) comes from its
+        :meth:`~eqsolve.tasks.base.Task.predict`, passed to
+        :func:`eqsolve.scaling.solve_many` as ``predict=task.predictor(model)``.
+        """
+        return self.decode(s).argmax(-1)
 
     # ----------------------------------------------------------------------------- loading
     @classmethod
@@ -378,10 +383,12 @@ class EqR(nn.Module):
             noise: Path noise (``None``: ``config.noise_scale``; 0 disables).
             init: ``"random"``, ``"zeros"`` or an explicit state tensor.
             aggregate: ``min_residual``, ``logit_change``, ``vote``, ``weighted_vote`` or ``any_correct``.
-            **options: Further keyword options of ``solve_many`` (``halt``, ``answers``, ``seed``...).
+            **options: Further keyword options of ``solve_many`` (``halt``, ``answers``, ``seed``,
+                ``predict``: e.g. ``get_task("sudoku-extreme").predictor(model)`` for digits).
 
         Returns:
-            A ``ScalingResult``; ``.predictions`` are digits 1..9, shape ``(N, seq_len)``.
+            A ``ScalingResult``; ``.predictions`` are :meth:`predict`'s tokens (or what
+            ``predict=`` returns), shape ``(N, seq_len)``.
         """
         from eqsolve.scaling import solve_many
 
