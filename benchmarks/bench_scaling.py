@@ -49,9 +49,12 @@ from eqsolve.config import compose
 from eqsolve.runs import atomic_write_json, atomic_write_text, run_metadata
 from eqsolve.scaling import solve_many
 from eqsolve.solvers import flat_map, get_solver
+from eqsolve.tasks.base import get_task
 from eqsolve.tasks.sudoku import check_batch, encode_tokens
 
 RESULTS = Path(__file__).resolve().parent / "results"
+#: ``model -> (state -> digits 1..9)``: solve_many's predictions in Sudoku's answer space.
+DIGITS = get_task("sudoku-extreme").predictor
 
 
 def parse_solver_spec(spec: str) -> tuple[str, dict[str, Any]]:
@@ -157,7 +160,7 @@ def stopping_consistency(model: Any, questions: np.ndarray, init: torch.Tensor, 
     name, options = parse_solver_spec(solver)
     with torch.no_grad():
         res = solve_many(model, encode_tokens(questions), depth=depth, breadth=1, solver=get_solver(name, **options),
-                         noise=0.0, init=init, residual="rel", halt="residual", halt_tol=tol)
+                         noise=0.0, init=init, residual="rel", halt="residual", halt_tol=tol, predict=DIGITS(model))
     rows = np.arange(len(step))
     same = (res.predictions.numpy() == curves["digits"][rows, step]).all(axis=1)
     return {"solver": solver, "tol": tol, "agree": float(same.mean()),
@@ -173,7 +176,7 @@ def consistency_check(model: Any, questions: np.ndarray, init: torch.Tensor, cur
         name, options = parse_solver_spec(solver)
         with torch.no_grad():
             res = solve_many(model, tokens, depth=depth, breadth=1, solver=get_solver(name, **options), noise=0.0,
-                             init=init, residual="rel")
+                             init=init, residual="rel", predict=DIGITS(model))
         same = (res.predictions.numpy() == curves["digits"][:, depth - 1]).all(axis=1)
         checks.append({"solver": solver, "depth": depth, "agree": float(same.mean())})
     return checks

@@ -130,6 +130,7 @@ def measure(model: Any, data: Any, grid: list[tuple[int, int]], *, noise: float 
         One row per grid point.
     """
     from eqsolve.scaling import solve_many
+    from eqsolve.tasks.base import get_task
     from eqsolve.tasks.sudoku_board import bucket, check_batch, encode_tokens
 
     questions = np.asarray(data.questions)
@@ -142,7 +143,7 @@ def measure(model: Any, data: Any, grid: list[tuple[int, int]], *, noise: float 
         t0 = time.perf_counter()
         res = solve_many(model, tokens, depth=depth, breadth=breadth, solver="fixed_point",
                          noise=noise, init="random", aggregate="min_residual", seed=seed,
-                         max_rows=max_rows)
+                         max_rows=max_rows, predict=get_task("sudoku-extreme").predictor(model))
         if device.type == "cuda":
             torch.cuda.synchronize()
         wall = time.perf_counter() - t0

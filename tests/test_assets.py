@@ -22,6 +22,7 @@ def test_shipped_reasoner_solves_easy_puzzles_and_depth_helps():
     # A regression guard on the weights (not a benchmark): measured 78% / 90% of the easy
     # bucket at depth 16 / 64 on all 250; here 24 of them, with a wide margin.
     from eqsolve.scaling import solve_many
+    from eqsolve.tasks.base import get_task
     from eqsolve.train import load_model
 
     torch.set_num_threads(1)
@@ -32,7 +33,8 @@ def test_shipped_reasoner_solves_easy_puzzles_and_depth_helps():
     solved = {}
     with torch.no_grad():
         for depth in (2, 32):
-            res = solve_many(model, encode_tokens(questions), depth=depth, noise=0.0, seed=0)
+            res = solve_many(model, encode_tokens(questions), depth=depth, noise=0.0, seed=0,
+                             predict=get_task("sudoku-extreme").predictor(model))  # digits
             solved[depth] = int(check_batch(res.predictions.numpy(), questions).sum())
     assert solved[32] >= 16, solved
     assert solved[32] > solved[2], solved

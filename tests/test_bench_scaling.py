@@ -57,7 +57,7 @@ def test_anytime_curves_match_solve_many_answers(bs):
         for depth in (1, 3, 5):
             with torch.no_grad():
                 result = solve_many(model, encode_tokens(questions), depth=depth, solver=solver, noise=0.0,
-                                    init=init, residual="rel")
+                                    init=init, residual="rel", predict=bs.DIGITS(model))
             np.testing.assert_array_equal(result.predictions.numpy(), curves["digits"][:, depth - 1])
 
 
