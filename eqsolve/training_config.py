@@ -101,6 +101,9 @@ class TrainConfig:
             one probe; Bai et al., 2021, "Stabilizing Equilibrium Models by Jacobian
             Regularization"), taken at the input of the last H-cycle of each sot segment or at
             the DEQ modes' solution; 0 disables (and costs nothing).
+        inner_jac_weight: weight of the same penalty on the *inner* map of a reasoner with an
+            inner equilibrium (``model.inner_solver``), at each inner solution; it pushes the
+            inner equilibria towards attractors (spectral radius < 1). 0 disables.
         init: initial latent state: ``random`` (truncated normal, the paper's RI) or ``zeros``.
         noise: path noise scale during training (None = the model's ``noise_scale``).
         data: training puzzles in a file the task reads (None = the task's generator).
@@ -160,6 +163,7 @@ class TrainConfig:
     halt_weight: float = 0.5
     halt_explore: float = 0.1
     jac_weight: float = 0.0
+    inner_jac_weight: float = 0.0
     init: str = "random"
     noise: float | None = None
     data: str | None = None
@@ -204,7 +208,8 @@ class TrainConfig:
             _check(isinstance(value, int) and value >= 0, f"{name}={value!r} must be an int >= 0")
         for name in ("lr", "tol"):
             _check(getattr(self, name) > 0, f"{name}={getattr(self, name)!r} must be > 0")
-        for name in ("weight_decay", "grad_clip", "halt_weight", "jac_weight", "time_limit_s"):
+        for name in ("weight_decay", "grad_clip", "halt_weight", "jac_weight", "inner_jac_weight",
+                     "time_limit_s"):
             _check(getattr(self, name) >= 0, f"{name}={getattr(self, name)!r} must be >= 0")
         for name in ("ema_decay", "halt_explore", "reveal_start", "reveal_end", "reveal_prob",
                      "min_lr_ratio", "phantom_tau", "beta1", "beta2"):

@@ -211,6 +211,11 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         """One optimizer step; returns this rank's metrics (loss, ce, acc, NFE, residual...)."""
         cfg = self.cfg
+        inner_jac = cfg.inner_jac_weight > 0
+        if inner_jac and self.model.inner_solver is None:
+            raise ValueError("train.inner_jac_weight > 0 needs a model with an inner equilibrium "
+                             "(model.inner_solver); set model=deq or model.inner_solver=anderson")
+        self.model.inner_jacobian_terms = [] if inner_jac else None
         if cfg.grad == "sot":
             if self.carry is None:
                 self.carry = self._new_carry()
@@ -227,6 +232,10 @@ class Trainer:
         jac = info["jac"].mean() if "jac" in info else None
         if jac is not None:
             loss = loss + cfg.jac_weight * jac
+        inner_terms, self.model.inner_jacobian_terms = self.model.inner_jacobian_terms, None
+        inner_jac_value = torch.cat(inner_terms).mean() if inner_terms else None
+        if inner_jac_value is not None:
+            loss = loss + cfg.inner_jac_weight * inner_jac_value
         grad_norm = self._optimize(loss)
         scalars = {"loss": loss.detach(), "ce": stats["ce"], "halt_loss": stats["halt"],
                    "cell_acc": stats["cell_acc"], "exact": stats["exact"].float().mean(),
@@ -234,6 +243,8 @@ class Trainer:
                    "grad_norm": grad_norm}
         if jac is not None:
             scalars["jac"] = jac
+        if inner_jac_value is not None:
+            scalars["inner_jac"] = inner_jac_value
         if cfg.grad == "sot":
             c = self.carry
             c["s"] = s_new.detach()

@@ -139,6 +139,10 @@ class EqR(nn.Module):
         #: Solver of the inner equilibrium (a name or solver object; ``None``: plain L-cycles).
         #: Set from ``config.inner_solver``; reassign it to solve the same model another way.
         self.inner_solver: Any = config.inner_solver
+        #: Set to a list to collect, per inner solve with autograd on, a one-probe Hutchinson
+        #: estimate of ``||J||_F^2 / n`` of the inner map at its solution (with a graph): the
+        #: training loop's inner Jacobian penalty. ``None``: nothing is computed.
+        self.inner_jacobian_terms: list[Tensor] | None = None
 
     # ----------------------------------------------------------------------------- inputs, state
     def embed(self, tokens: Tensor) -> Tensor:
@@ -262,9 +266,10 @@ class EqR(nn.Module):
         from eqsolve.solvers import solve
 
         cfg = self.config
+        damping = cfg.lambda_ if cfg.inner_damping is None else cfg.inner_damping
 
         def inner_map(z: Tensor, inj: Tensor) -> Tensor:
-            return self._update(z, inj, 0.0, None)
+            return (1.0 - damping) * z + damping * self.L_level(z + inj, self.rotary, self.attn_mask)
 
         options: dict[str, Any] = dict(solver=self.inner_solver, tol=float(cfg.inner_tol), max_iter=cfg.inner_iter - 1)
         if cfg.inner_grad != "unrolled":  # unrolled runs its own loop, which never stops a row early
@@ -276,6 +281,13 @@ class EqR(nn.Module):
                 grad_options["tau"] = 1.0
             strategy = get_gradient(cfg.inner_grad, **grad_options)
             z, _ = strategy(inner_map, z_L, injection, **options)
+            if self.inner_jacobian_terms is not None:
+                from eqsolve.jacobian import jac_reg
+
+                z_star = z.detach().requires_grad_(True)
+                out = inner_map(z_star, injection.detach())
+                self.inner_jacobian_terms.append(
+                    jac_reg(out, z_star, vecs=1, create_graph=True, generator=generator) / z_star[0].numel())
         else:
             z = solve(inner_map, z_L, injection, **options).z
         if beta:

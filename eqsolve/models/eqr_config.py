@@ -26,7 +26,8 @@ POS_ENCODINGS = ("rope", "rope2d", "none")
 INNER_GRADS = ("phantom", "implicit", "onestep", "unrolled")
 #: Fields that say how the map is solved, not what the weights are: weights move freely between
 #: configs that differ only in these.
-SOLVE_FIELDS = frozenset({"L_cycles", "inner_solver", "inner_iter", "inner_tol", "inner_grad", "inner_grad_k"})
+SOLVE_FIELDS = frozenset({"L_cycles", "inner_solver", "inner_iter", "inner_tol", "inner_grad", "inner_grad_k",
+                          "inner_damping"})
 
 
 @dataclass
@@ -68,6 +69,9 @@ class EqRConfig:
         inner_grad: Gradient strategy of the inner equilibrium in training
             (:mod:`eqsolve.gradients` name: ``phantom``, ``implicit``, ``onestep``, ``unrolled``).
         inner_grad_k: Steps of the ``phantom`` / ``unrolled`` inner gradient.
+        inner_damping: Damping of the inner map ``z <- (1 - a) z + a Blocks(z + inj)`` (``None``:
+            ``lambda_``). The inner fixed points do not depend on it; plain iteration's stability
+            does (a damped map turns oscillating directions into contracting ones).
     """
 
     vocab_size: int = 11
@@ -96,6 +100,7 @@ class EqRConfig:
     inner_tol: float = 0.0
     inner_grad: str = "phantom"
     inner_grad_k: int = 2
+    inner_damping: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "seq_len", "hidden_size", "H_cycles", "L_cycles", "L_layers",
@@ -122,6 +127,8 @@ class EqRConfig:
             raise ValueError(f"EqRConfig.inner_solver must be None or a solver name, got {self.inner_solver!r}")
         if not (isinstance(self.inner_tol, (int, float)) and 0.0 <= self.inner_tol < 1.0):
             raise ValueError(f"EqRConfig.inner_tol must be in [0, 1), got {self.inner_tol!r}")
+        if self.inner_damping is not None and not 0.0 < self.inner_damping <= 1.0:
+            raise ValueError(f"EqRConfig.inner_damping must be None or in (0, 1], got {self.inner_damping!r}")
         if self.inner_grad not in INNER_GRADS:
             raise ValueError(f"EqRConfig.inner_grad={self.inner_grad!r}; valid: {', '.join(INNER_GRADS)}")
         if isinstance(self.grid_kernel, bool) or not isinstance(self.grid_kernel, int) or self.grid_kernel < 1 \

@@ -117,3 +117,60 @@ def test_weights_move_between_configs_that_differ_only_in_how_they_are_solved(tm
     wider = EqR(EqRConfig(**{**TINY, "hidden_size": 16}))
     with pytest.raises(ValueError, match="hidden_size"):
         _load_initial_weights(wider, str(tmp_path / "plain.pt"))
+
+
+def test_inner_damping_moves_no_fixed_point_but_stabilises_plain_iteration():
+    """The damped and undamped inner maps share their fixed points (z = Blocks(z + inj))."""
+    model = tiny(inner_solver="anderson", inner_iter=80, inner_damping=0.5)
+    s, x = inputs(model)
+    with torch.no_grad():
+        damped = model.map(s, x, noise=0.0)
+        solved = inner_residual(model, s, x, damped) < 1e-10
+        model.config.inner_damping = None  # lambda_ = 0.95: the map's own update
+        assert solved.sum() >= 2
+        # a fixed point of the undamped map too
+        assert inner_residual(model, s, x, damped)[solved].max() < 1e-9
+    with pytest.raises(ValueError, match="inner_damping"):
+        EqRConfig(inner_solver="anderson", inner_damping=0.0)
+
+
+def test_inner_jacobian_terms_estimate_the_inner_map_jacobian():
+    """One Hutchinson term per inner solve, unbiased for ||J||_F^2 / n of the (damped) inner map."""
+    model = tiny(inner_solver="anderson", inner_iter=60, inner_damping=0.5)
+    s, x = inputs(model, batch=1)
+    estimates = []
+    for seed in range(300):
+        model.inner_jacobian_terms = []
+        model.map(s, x, noise=0.0, generator=torch.Generator().manual_seed(seed))
+        (term,) = model.inner_jacobian_terms
+        assert term.requires_grad  # a penalty on it trains the weights
+        estimates.append(term.detach())
+    with torch.no_grad():
+        z_star = model.map(s, x, noise=0.0)[:, 1]
+    inj = (s[:, 0] + x).detach()
+
+    def inner(z):
+        return 0.5 * z + 0.5 * model.L_level(z + inj, None, None)
+
+    dense = torch.autograd.functional.jacobian(inner, z_star).reshape(z_star.numel(), -1)
+    exact = dense.square().sum() / z_star.numel()
+    assert abs(torch.stack(estimates).mean() / exact - 1) < 0.1
+
+
+def test_training_with_an_inner_jacobian_penalty_logs_and_lowers_it(tmp_path):
+    from eqsolve.training_config import TrainConfig
+    from eqsolve.training_data import build_pool
+    from eqsolve.training_loop import Trainer
+
+    config = EqRConfig(**TINY, inner_solver="anderson", inner_iter=6, inner_damping=0.5)
+    pool = build_pool(None, limit=None, gen_easy=16, gen_hard=0, seed=0)
+    values = {}
+    for weight in (0.0, 50.0):
+        cfg = TrainConfig(steps=25, batch_size=4, lr=3e-3, warmup_steps=1, inner_jac_weight=weight,
+                          gen_easy=16, ema_decay=0.0, halt_weight=0.0, out=str(tmp_path / f"w{weight}"))
+        trainer = Trainer(config, cfg, pool)
+        metrics = [trainer.train_step() for _ in range(cfg.steps)]
+        values[weight] = metrics
+    assert all("inner_jac" not in m for m in values[0.0])
+    penalised = [m["inner_jac"] for m in values[50.0]]
+    assert penalised[-1] < 0.5 * penalised[0]
