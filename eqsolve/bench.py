@@ -65,9 +65,16 @@ class Cell:
     options: Mapping[str, Any] = field(default_factory=dict)
 
     @property
+    def label(self) -> str:
+        """The solver with its options, e.g. ``fixed_point`` or ``fixed_point(tau=0.5)``."""
+        if not self.options:
+            return self.solver
+        return f"{self.solver}({','.join(f'{k}={v}' for k, v in sorted(self.options.items()))})"
+
+    @property
     def key(self) -> str:
-        """Stable name, e.g. ``anderson/d16/b4``."""
-        return f"{self.solver}/d{self.depth}/b{self.breadth}"
+        """Stable name, e.g. ``anderson/d16/b4`` (options in parentheses after the solver)."""
+        return f"{self.label}/d{self.depth}/b{self.breadth}"
 
 
 @dataclass(frozen=True)
@@ -373,7 +380,7 @@ def summarise(cell: Cell, arrays: Mapping[str, np.ndarray], buckets: np.ndarray,
     finite = residual[np.isfinite(residual)]
     by_bucket = {b: float(correct[buckets == b].mean()) if (buckets == b).any() else None for b in names}
     return {
-        "solver": cell.solver, "depth": cell.depth, "breadth": cell.breadth, "n": int(correct.size),
+        "solver": cell.solver, "solver_options": dict(cell.options), "label": cell.label, "depth": cell.depth, "breadth": cell.breadth, "n": int(correct.size),
         "nfe_mean": float(np.mean(arrays["nfe"])),
         "steps_mean": float(np.mean(arrays.get("steps", arrays["nfe"]))),
         "accuracy": float(correct.mean()),
@@ -403,7 +410,7 @@ def format_table(rows: Sequence[Mapping[str, Any]], labels: Mapping[str, str] | 
     names = list(rows[0]["accuracy_by_bucket"]) if rows else list(BUCKETS)
     heads = [f"{labels.get(b, b)}%" for b in names]
     widths = [max(6, len(h)) for h in heads]
-    header = (f"{'solver':<12} {'depth':>5} {'breadth':>7} {'NFE':>7} {'acc%':>6} "
+    header = (f"{'solver':<20} {'depth':>5} {'breadth':>7} {'NFE':>7} {'acc%':>6} "
               + "".join(f"{h:>{w}} " for h, w in zip(heads, widths)) + f"{'residual':>10} {'puz/s':>8}")
     lines = [header, "-" * len(header)]
 
@@ -415,7 +422,7 @@ def format_table(rows: Sequence[Mapping[str, Any]], labels: Mapping[str, str] | 
         residual = "-" if r["residual_mean"] is None else f"{r['residual_mean']:.2e}"
         speed = "-" if r["puzzles_per_s"] is None else f"{r['puzzles_per_s']:.1f}"
         lines.append(
-            f"{r['solver']:<12} {r['depth']:>5} {r['breadth']:>7} {r['nfe_mean']:>7.1f} {pct(r['accuracy']):>6} "
+            f"{r.get('label', r['solver']):<20} {r['depth']:>5} {r['breadth']:>7} {r['nfe_mean']:>7.1f} {pct(r['accuracy']):>6} "
             + "".join(f"{pct(b.get(name)):>{w}} " for name, w in zip(names, widths)) + f"{residual:>10} {speed:>8}"
         )
     return "\n".join(lines)
@@ -440,6 +447,13 @@ def describe_run(cfg: Any, inner: bool, blocks_per_step: int, n_puzzles: int) ->
 
 
 # ----------------------------------------------------------------------------- entry point
+def _option_value(text: str) -> Any:
+    """``"0.5"`` -> 0.5, ``"3"`` -> 3, ``"true"`` -> True; anything else stays a string."""
+    import yaml
+
+    return yaml.safe_load(text)
+
+
 def make_cells(cfg: Any) -> list[Cell]:
     """The grid of a bench config: (solver, then baseline) × depth × breadth."""
     b = cfg.bench
@@ -462,6 +476,11 @@ def make_cells(cfg: Any) -> list[Cell]:
     solvers = [(cfg.solver.name, dict(cfg.solver.options))]
     if b.baseline and b.baseline != cfg.solver.name:
         solvers.append((b.baseline, {}))
+    for extra in b.extra_baselines or []:  # e.g. "fixed_point:tau=0.5"
+        name, _, opts = str(extra).partition(":")
+        options = {k: _option_value(v) for k, v in (o.split("=", 1) for o in opts.split(",") if o)}
+        if (name, options) not in solvers:
+            solvers.append((name, options))
     return [Cell(name, int(d), int(w), opts)
             for name, opts in solvers for d in b.depth for w in b.breadth]
 

@@ -92,6 +92,8 @@ class BenchConfig:
             below ``halt_tol``) or ``logit`` (learned halting logit > 0).
         halt_tol: Threshold of ``halt: residual``.
         baseline: Solver run at equal NFE for comparison (``null`` to skip).
+        extra_baselines: More solvers run at equal NFE, each ``"name"`` or
+            ``"name:option=value,..."`` (e.g. ``"fixed_point:tau=0.5"``, damped plain iteration).
         noise: Path-noise scale at inference (``null`` = the model's own).
         init: Initial states: ``random`` or ``zeros``.
         batch_size: Puzzles per chunk (each chunk has its own seed, so results do not depend on
@@ -106,6 +108,7 @@ class BenchConfig:
     halt: str = "none"
     halt_tol: float = 1e-3
     baseline: str | None = "fixed_point"
+    extra_baselines: list[str] = field(default_factory=list)
     noise: float | None = 0.0
     init: str = "random"
     batch_size: int = 24

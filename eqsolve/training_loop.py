@@ -245,6 +245,8 @@ class Trainer:
             scalars["jac"] = jac
         if inner_jac_value is not None:
             scalars["inner_jac"] = inner_jac_value
+        if self.model.inner_solver is not None and self.model.last_inner_residual is not None:
+            scalars["inner_residual"] = self.model.last_inner_residual.float().mean()
         if cfg.grad == "sot":
             c = self.carry
             c["s"] = s_new.detach()

@@ -15,7 +15,7 @@ from eqsolve.runs import read_results
 
 TINY = ["model.hidden_size=16", "model.H_cycles=1", "model.L_cycles=1", "model.L_layers=1",
         "model.expansion=2.0"]
-ROW_KEYS = {"solver", "depth", "breadth", "n", "nfe_mean", "steps_mean", "accuracy", "accuracy_by_bucket", "bucket_counts",
+ROW_KEYS = {"solver", "solver_options", "label", "depth", "breadth", "n", "nfe_mean", "steps_mean", "accuracy", "accuracy_by_bucket", "bucket_counts",
             "residual_mean", "nonfinite_residuals", "seconds", "puzzles_per_s"}
 
 
@@ -185,3 +185,11 @@ def bench_solver(name):
     from eqsolve.solvers import get_solver
 
     return get_solver(name)
+
+
+def test_extra_baselines_run_at_equal_budgets_with_their_options(puzzle_csv):
+    cells = bench.make_cells(tiny_cfg(puzzle_csv, "bench.depth=[2]", "bench.breadth=[1]",
+                                      'bench.extra_baselines=["fixed_point:tau=0.5", "broyden"]'))
+    assert [(c.label, dict(c.options)) for c in cells] == [
+        ("anderson", {}), ("fixed_point", {}), ("fixed_point(tau=0.5)", {"tau": 0.5}), ("broyden", {})]
+    assert len({c.key for c in cells}) == 4  # damped and plain iteration never share a key

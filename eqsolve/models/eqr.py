@@ -143,6 +143,8 @@ class EqR(nn.Module):
         #: estimate of ``||J||_F^2 / n`` of the inner map at its solution (with a graph): the
         #: training loop's inner Jacobian penalty. ``None``: nothing is computed.
         self.inner_jacobian_terms: list[Tensor] | None = None
+        #: Per-row relative residual of the last inner solve (``None`` before the first one).
+        self.last_inner_residual: Tensor | None = None
 
     # ----------------------------------------------------------------------------- inputs, state
     def embed(self, tokens: Tensor) -> Tensor:
@@ -280,7 +282,7 @@ class EqR(nn.Module):
             if cfg.inner_grad == "phantom":
                 grad_options["tau"] = 1.0
             strategy = get_gradient(cfg.inner_grad, **grad_options)
-            z, _ = strategy(inner_map, z_L, injection, **options)
+            z, sol = strategy(inner_map, z_L, injection, **options)
             if self.inner_jacobian_terms is not None:
                 from eqsolve.jacobian import jac_reg
 
@@ -289,7 +291,9 @@ class EqR(nn.Module):
                 self.inner_jacobian_terms.append(
                     jac_reg(out, z_star, vecs=1, create_graph=True, generator=generator) / z_star[0].numel())
         else:
-            z = solve(inner_map, z_L, injection, **options).z
+            sol = solve(inner_map, z_L, injection, **options)
+            z = sol.z
+        self.last_inner_residual = sol.rel_residual.detach()
         if beta:
             z = z + beta * torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
         return z
