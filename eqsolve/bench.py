@@ -485,10 +485,21 @@ def make_cells(cfg: Any) -> list[Cell]:
             for name, opts in solvers for d in b.depth for w in b.breadth]
 
 
-def _init_distributed() -> bool:
-    """Join the torchrun process group (gloo) when launched by torchrun; True if this call did."""
+def _init_distributed(device: str = "auto") -> bool:
+    """Join the torchrun process group when launched by torchrun; True if this call did.
+
+    Device and backend come from :func:`eqsolve.distributed.select_device`: with CUDA each rank
+    takes its own GPU (``cuda:LOCAL_RANK``) and the group uses nccl (plus gloo for the CPU-side
+    gather of results); without CUDA, gloo.
+
+    Args:
+        device: The run's device (``cfg.device``); ``"auto"`` picks CUDA when it is available.
+    """
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("gloo")
+        from eqsolve.distributed import init_process_group, select_device
+
+        _, backend = select_device(device)
+        init_process_group(backend)
         return True
     return False
 

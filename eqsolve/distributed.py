@@ -15,6 +15,10 @@ barrier and ``destroy_process_group``, three gloo threads were still running; im
 ``torch._dynamo`` before ``init_process_group`` leaves none). :func:`init_process_group` therefore
 imports it first, and :func:`leave_process_group` leaves in the safe order: every rank done
 (barrier), the caller's models released (``gc``), then destroy.
+
+Joining starts with :func:`select_device`, the one place that maps a requested device to this
+rank's device and the backend of the group: each rank takes its own GPU (``LOCAL_RANK``), and
+CUDA ranks talk over nccl for CUDA tensors and gloo for CPU ones.
 """
 
 from __future__ import annotations
@@ -25,16 +29,82 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import torch
 import torch.distributed as dist
 
-__all__ = ["gloo_threads", "init_process_group", "leave_process_group", "process_group"]
+__all__ = ["CPU_BACKEND", "CUDA_BACKEND", "gloo_threads", "init_process_group",
+           "leave_process_group", "process_group", "select_device"]
+
+#: Backend of a group whose ranks compute on the CPU.
+CPU_BACKEND = "gloo"
+#: Backend of a group whose ranks compute on CUDA: nccl carries CUDA tensors (DDP's gradient
+#: all-reduce) and gloo the CPU ones (logged metrics, stop flags, ``all_gather_object``), which
+#: nccl alone refuses ("No backend type associated with device type cpu").
+CUDA_BACKEND = "cpu:gloo,cuda:nccl"
+
+
+def select_device(requested: str = "auto") -> tuple[torch.device, str]:
+    """This process's device and the process-group backend that goes with it.
+
+    Under ``torchrun`` every rank must compute on its own GPU: ``"cuda"`` means
+    ``cuda:LOCAL_RANK`` and becomes the current CUDA device (:func:`torch.cuda.set_device`), so
+    that ``torch.device("cuda")`` elsewhere, nccl and ``all_gather_object`` all use that GPU.
+    Outside ``torchrun`` ``LOCAL_RANK`` is unset and ``"cuda"`` means ``cuda:0``.
+
+    Args:
+        requested: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, or ``"auto"`` (``"cuda"`` when CUDA is
+            available, else ``"cpu"``). Under ``torchrun`` with several processes an explicit
+            ``"cuda:N"`` must be this rank's own GPU (``N == LOCAL_RANK``).
+
+    Returns:
+        ``(device, backend)``: the resolved device (``cuda:N`` with its index, or ``cpu``) and
+        :data:`CPU_BACKEND` or :data:`CUDA_BACKEND`.
+
+    Raises:
+        ValueError: The name is not a CPU/CUDA device, CUDA is requested but unavailable, this
+            rank has no GPU of its own (more processes than GPUs), or ``cuda:N`` under
+            ``torchrun`` names another rank's GPU.
+
+    Examples:
+        >>> select_device("cpu")
+        (device(type='cpu'), 'gloo')
+    """
+    name = str(requested)
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device={requested!r} is not a torch device; valid: cpu, cuda, cuda:N, "
+                         "auto") from None
+    if device.type == "cpu":
+        return torch.device("cpu"), CPU_BACKEND
+    if device.type != "cuda":
+        raise ValueError(f"device={requested!r}: only cpu and cuda are supported")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device={requested!r} but CUDA is not available on this machine; "
+                         "use --device cpu")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    index = local_rank if device.index is None else device.index
+    if device.index is not None and world > 1 and device.index != local_rank:
+        raise ValueError(f"device={requested!r} under torchrun (WORLD_SIZE={world}) would put "
+                         f"rank LOCAL_RANK={local_rank} on another rank's GPU; use --device cuda "
+                         "(each rank takes cuda:LOCAL_RANK)")
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise ValueError(f"device={requested!r}: cuda:{index} does not exist (LOCAL_RANK="
+                         f"{local_rank}, {count} GPU(s) visible); start at most one process per "
+                         "GPU (torchrun --nproc_per_node)")
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index), CUDA_BACKEND
 
 
 def init_process_group(backend: str, **kwargs: object) -> None:
     """``torch.distributed.init_process_group`` after importing ``torch._dynamo`` (see module doc).
 
     Args:
-        backend: ``"gloo"`` or ``"nccl"``.
+        backend: A backend string, normally the one :func:`select_device` returns.
         **kwargs: Passed on (``rank``, ``world_size``, ``init_method``, ...).
     """
     importlib.import_module("torch._dynamo")  # imported later, it would pin the group (module doc)

@@ -20,8 +20,10 @@ produces exactly the losses of an uninterrupted one: every random draw is either
 ``(seed, step/slot, count)`` or its generator state is in the checkpoint.
 
 Scale-out: under ``torchrun`` (``WORLD_SIZE > 1``) the process group is initialised (gloo on
-CPU, nccl on GPU) and the step module is wrapped in DistributedDataParallel; ``batch_size``
-is the global batch and each rank trains on its slice of the same global rows.
+CPU; on GPU each rank takes ``cuda:LOCAL_RANK`` and nccl carries CUDA tensors, see
+:func:`eqsolve.distributed.select_device`) and the step module is wrapped in
+DistributedDataParallel; ``batch_size`` is the global batch and each rank trains on its slice of
+the same global rows.
 
 Examples:
     >>> cfg = load_preset("train", "small")
@@ -45,7 +47,7 @@ import torch.distributed as dist
 
 from eqsolve import runs
 from eqsolve._atomic import atomic_write
-from eqsolve.distributed import process_group
+from eqsolve.distributed import process_group, select_device
 from eqsolve.models.eqr import EqR, EqRConfig
 from eqsolve.tasks.base import get_task
 from eqsolve.training_checkpoint import (
@@ -162,10 +164,13 @@ def run_training(cfg: TrainConfig, model_config: EqRConfig | None = None) -> dic
     Under ``torchrun`` the process group is joined here and left here, after
     :func:`_run_training` has returned: its trainer (the DDP model) is released by then, so
     leaving the group stops gloo's threads before the process exits (see
-    :mod:`eqsolve.distributed`). A group the caller created is left to the caller.
+    :mod:`eqsolve.distributed`). A group the caller created is left to the caller. On CUDA each
+    rank trains on its own GPU, ``cuda:LOCAL_RANK``, made the current device
+    (:func:`eqsolve.distributed.select_device`), so ``device="cuda"`` resolves to it.
     """
-    cuda = cfg.device.startswith("cuda")
-    with process_group("nccl" if cuda else "gloo"):
+    device, backend = select_device(cfg.device)
+    cuda = device.type == "cuda"
+    with process_group(backend):
         if not cuda:
             return _run_training(cfg, model_config)
         saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
