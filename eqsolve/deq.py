@@ -34,7 +34,11 @@ class DEQ(nn.Module):
 
     In training (module in train mode and grad enabled) the fixed point gets the gradient of
     ``grad``; otherwise it is a plain solve with no graph and the eval budget (test-time depth:
-    ``eval_max_iter`` / ``eval_tol`` override the training ones).
+    ``eval_max_iter`` / ``eval_tol`` override the training ones). Eval mode therefore returns
+    no gradient by default (as in torchdeq); ``grad_in_eval=True`` attaches ``grad`` in eval
+    mode too (with grad enabled), for inputs' gradients, attacks or sensitivity analysis on a
+    frozen model. The eval budget still applies there, and only ``z`` gets the gradient
+    (``sol.states`` is a training-only supervision).
 
     Trajectory supervision (fixed-point correction, Bai et al. 2022): with ``n_states = s > 1``,
     ``sol.states`` holds ``s`` iterates with a graph — ``s - 1`` taken at evenly spaced points of
@@ -55,6 +59,8 @@ class DEQ(nn.Module):
         solver_options: options of a named forward solver.
         n_states: number of supervised states in training (1: only ``z``).
         state_grad: gradient attached to the intermediate states (default ``OneStep()``).
+        grad_in_eval: attach ``grad`` in eval mode as well (default ``False``: no graph in
+            eval). An attribute: ``deq.grad_in_eval = True`` switches an existing layer.
 
     Examples:
         >>> deq = DEQ(lambda z, x: 0.5 * z + x, solver="fixed_point", eval_max_iter=100)
@@ -62,13 +68,19 @@ class DEQ(nn.Module):
         >>> z, sol = deq(torch.zeros(2, 3), torch.ones(2, 3))
         >>> round(z[0, 0].item(), 3), z.requires_grad
         (2.0, False)
+        >>> x = torch.ones(2, 3, requires_grad=True)
+        >>> deq.grad_in_eval = True
+        >>> z, _ = deq(torch.zeros(2, 3), x)
+        >>> z.sum().backward()
+        >>> round(x.grad[0, 0].item(), 3)  # dz*/dx = 1 / (1 - 0.5)
+        2.0
     """
 
     def __init__(self, f: Callable[..., Tensor], solver: Any = "anderson",
                  grad: GradientStrategy | str = "implicit", max_iter: int = 50, tol: float = 1e-4,
                  stop: str = "rel", eval_max_iter: int | None = None, eval_tol: float | None = None,
                  solver_options: dict[str, Any] | None = None, n_states: int = 1,
-                 state_grad: GradientStrategy | None = None) -> None:
+                 state_grad: GradientStrategy | None = None, grad_in_eval: bool = False) -> None:
         super().__init__()
         for name, value in (("max_iter", max_iter), ("eval_max_iter", eval_max_iter), ("n_states", n_states)):
             if value is not None and not (isinstance(value, int) and value >= 1):
@@ -88,10 +100,12 @@ class DEQ(nn.Module):
         self.eval_tol = eval_tol or tol
         self.solver_options = dict(solver_options or {})
         self.state_grad = state_grad or OneStep()
+        self.grad_in_eval = bool(grad_in_eval)
 
     def extra_repr(self) -> str:
         return (f"solver={self.solver!r}, grad={self.grad!r}, max_iter={self.max_iter}, tol={self.tol:g}, "
-                f"eval_max_iter={self.eval_max_iter}, eval_tol={self.eval_tol:g}, n_states={self.n_states}")
+                f"eval_max_iter={self.eval_max_iter}, eval_tol={self.eval_tol:g}, n_states={self.n_states}"
+                + (", grad_in_eval=True" if self.grad_in_eval else ""))
 
     def forward(self, z0: Tensor, *args: Tensor) -> tuple[Tensor, GradSolution]:
         """Solve from ``z0`` and return ``(z, sol)``.
@@ -101,15 +115,18 @@ class DEQ(nn.Module):
             *args: batch-first tensors passed to ``f`` (e.g. the injected input).
 
         Returns:
-            ``z`` (with the strategy's graph in training) and a :class:`GradSolution`
+            ``z`` (with the strategy's graph in training, or in eval with ``grad_in_eval``) and
+            a :class:`GradSolution`
             (``sol.backward`` is filled by ``backward()`` for ``Implicit``; ``sol.states`` with
             ``n_states > 1``).
         """
         options = dict(solver=self.solver, stop=self.stop, **self.solver_options)
-        if not (self.training and torch.is_grad_enabled()):
+        if not (torch.is_grad_enabled() and (self.training or self.grad_in_eval)):
             with torch.no_grad():
                 sol = solve(self.f, z0, *args, tol=self.eval_tol, max_iter=self.eval_max_iter, **options)
             return sol.z, GradSolution.extend(sol)
+        if not self.training:  # grad_in_eval: the eval budget, the gradient on z only
+            return self.grad(self.f, z0, *args, **options, tol=self.eval_tol, max_iter=self.eval_max_iter)
         options.update(tol=self.tol, max_iter=self.max_iter)
         if self.n_states == 1:
             return self.grad(self.f, z0, *args, **options)

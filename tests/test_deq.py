@@ -57,6 +57,50 @@ def test_train_and_eval_budgets_are_separate() -> None:
     assert sol.converged.all()
 
 
+def test_eval_mode_gives_no_gradient_by_default() -> None:
+    deq = DEQ(Cell(), grad=Implicit(tol=1e-10), tol=1e-10, max_iter=100).eval()
+    x = inputs().requires_grad_()
+    z, sol = deq(torch.zeros(3, 6, dtype=D), x)
+    assert not z.requires_grad and sol.backward is None
+    assert "grad_in_eval" not in repr(deq)
+
+
+@pytest.mark.parametrize("grad", ["implicit", "unrolled", "onestep"])
+def test_grad_in_eval_gives_the_training_gradient_with_the_eval_budget(grad) -> None:
+    """The switch (torchdeq issue #4): an eval-mode DEQ differentiates like a training one."""
+    z0, x = torch.zeros(3, 6, dtype=D), inputs()
+    grads = {}
+    for mode in ("train", "eval"):
+        cell = Cell(rho=0.8)
+        deq = DEQ(cell, solver="fixed_point", grad=grad, max_iter=2, tol=1e-12,
+                  eval_max_iter=300, eval_tol=1e-12, grad_in_eval=True)
+        if mode == "train":  # the same budget as eval gets, for a like-for-like gradient
+            deq.max_iter, deq.tol = 300, 1e-12
+        else:
+            deq.eval()
+        xi = x.clone().requires_grad_()
+        z, sol = deq(z0, xi)
+        assert z.requires_grad and (sol.nstep > 2).all()  # the eval budget, not max_iter=2
+        z.pow(2).sum().backward()
+        grads[mode] = (xi.grad, cell.W.grad)
+    for a, b in zip(grads["train"], grads["eval"]):
+        assert a.abs().sum() > 0 and torch.allclose(a, b, atol=1e-8)
+
+
+def test_grad_in_eval_respects_no_grad_and_skips_states() -> None:
+    deq = DEQ(Cell(rho=0.95), solver="fixed_point", grad=Implicit(tol=1e-10), max_iter=200,
+              tol=1e-9, n_states=3, grad_in_eval=True).eval()
+    assert "grad_in_eval=True" in repr(deq)
+    x = inputs().requires_grad_()
+    with torch.no_grad():
+        z, sol = deq(torch.zeros(3, 6, dtype=D), x)
+    assert not z.requires_grad
+    z, sol = deq(torch.zeros(3, 6, dtype=D), x)
+    assert z.requires_grad and sol.states is None  # trajectory supervision is for training
+    z.sum().backward()
+    assert x.grad is not None and sol.backward.ran
+
+
 @pytest.mark.parametrize("grad", ["implicit", "phantom", "onestep", "unrolled", Phantom(k=2, tau=0.7), Unrolled(k=2)])
 def test_every_strategy_trains_through_the_layer(grad) -> None:
     cell = Cell()
