@@ -206,6 +206,8 @@ def _add_common(p: argparse.ArgumentParser, *, model_flags: bool) -> None:
     p.add_argument("--out", help="run folder (default runs/<command>-<timestamp>)")
     p.add_argument("--device", help="torch device, e.g. cpu or cuda")
     p.add_argument("--seed", type=int, help="base random seed")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved, validated configuration as YAML and exit (no run folder)")
     if model_flags:
         p.add_argument("--solver", help="registered solver name (see `eqsolve solvers`)")
         p.add_argument("--model", help="shipped reasoner: deq (inner equilibrium) | eqr (plain inner updates)")
@@ -385,6 +387,24 @@ def run_command(command: str, overrides: Sequence[str]) -> tuple[Path | None, di
     return run_dir, payload
 
 
+def resolved_config(command: str, overrides: Sequence[str]) -> str:
+    """The configuration a run command would run with, as YAML (``--print-config``).
+
+    It is composed and validated exactly as :func:`run_command` does, so a typo fails the same
+    way; nothing is written and no run folder is made.
+
+    Args:
+        command: One of :data:`RUN_COMMANDS`.
+        overrides: Hydra overrides (flags already translated).
+
+    Returns:
+        The YAML text that the run would store as ``config.yaml``.
+    """
+    from eqsolve.config import compose, to_yaml
+
+    return to_yaml(compose(RUN_COMMANDS[command].config, overrides))
+
+
 def _discard_run_dir(run_dir: Path, files: set[str]) -> None:
     """Remove a run folder this command made, holding only the ``files`` it wrote at start."""
     for name in files:
@@ -555,11 +575,14 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             # a bare `--resume` followed by overrides: argparse took the first override as PATH
             args.overrides.insert(0, args.resume)
             args.resume = True
+        overrides = _flag_overrides(args.command, args) + list(args.overrides)
+        if args.print_config:
+            print(resolved_config(args.command, overrides), end="")
+            return 0
         out = getattr(args, "out", None)
         if out is not None and Path(out).exists() and not Path(out).is_dir():
             raise FileExistsError(f"--out {out} is an existing file, not a run folder; give a new "
                                   "or empty folder")
-        overrides = _flag_overrides(args.command, args) + list(args.overrides)
         run_dir, payload = run_command(args.command, overrides)
         if run_dir is not None:
             print(f"run folder: {run_dir}")
