@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 #: label -> model overrides
 MODES = {
-    "implicit": ["model.inner_grad=implicit"],
+    "implicit (adjoint budget 8)": ["model.inner_grad=implicit", "model.inner_backward_iter=8"],
     "unrolled (all 8 steps)": ["model.inner_grad=unrolled", "model.inner_grad_k=8"],
     "unrolled (last 2 steps)": ["model.inner_grad=unrolled", "model.inner_grad_k=2"],
     "phantom k=2 (shipped recipe)": ["model.inner_grad=phantom", "model.inner_grad_k=2"],
@@ -59,7 +59,7 @@ def train_mode(label: str, overrides: list[str], out: Path, seconds: int) -> dic
     shutil.copyfile(ROOT / "checkpoints/pools/pool_easy2000_hard800_seed0.npz", run / "pool.npz")
     cmd = ["/usr/bin/time", "-f", "%M", sys.executable, "-m", "eqsolve", "train", "--out", str(run),
            "model=deq", "train=deq", f"train.time_limit_s={seconds}", "train.checkpoint_every=20",
-           "train.keep_checkpoints=1000", "train.log_every=10", "train.progress=false",
+           "train.keep_checkpoints=1000", "train.log_every=2", "train.progress=false",
            "train.init_from=" + str(ROOT / "eqsolve/assets/reasoner.pt"), *overrides]
     began = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
@@ -92,6 +92,7 @@ def gradient_cosine(path: Path, overrides: list[str], n: int, seed: int) -> floa
     def grad(inner_grad: str, k: int, iters: int) -> torch.Tensor:
         model = load_model(str(path)).double()
         model.config.inner_grad, model.config.inner_grad_k, model.config.inner_iter = inner_grad, k, iters
+        model.config.inner_backward_iter = iters  # the adjoint gets the forward's budget
         with torch.no_grad():
             x = model.embed(tokens)
             s = model.init_state(n, generator=torch.Generator().manual_seed(seed))

@@ -173,6 +173,7 @@ def section_gradients(deq_path: Path, n: int, seed: int) -> dict:
                  damping: float | None = None) -> torch.Tensor:
         model = load_reasoner("deq", deq_path).double()
         model.config.inner_grad, model.config.inner_grad_k, model.config.inner_iter = inner_grad, k, iters
+        model.config.inner_backward_iter = iters  # the adjoint gets the forward's budget
         model.config.inner_damping = damping
         model.inner_solver = solver
         model.zero_grad()

@@ -281,6 +281,8 @@ class EqR(nn.Module):
             grad_options = {"k": cfg.inner_grad_k} if cfg.inner_grad in ("phantom", "unrolled") else {}
             if cfg.inner_grad == "phantom":
                 grad_options["tau"] = 1.0
+            if cfg.inner_grad == "implicit":
+                grad_options["max_iter"] = cfg.inner_backward_iter
             strategy = get_gradient(cfg.inner_grad, **grad_options)
             z, sol = strategy(inner_map, z_L, injection, **options)
             if self.inner_jacobian_terms is not None:

@@ -27,7 +27,7 @@ INNER_GRADS = ("phantom", "implicit", "onestep", "unrolled")
 #: Fields that say how the map is solved, not what the weights are: weights move freely between
 #: configs that differ only in these.
 SOLVE_FIELDS = frozenset({"L_cycles", "inner_solver", "inner_iter", "inner_tol", "inner_grad", "inner_grad_k",
-                          "inner_damping"})
+                          "inner_damping", "inner_backward_iter"})
 
 
 @dataclass
@@ -69,6 +69,8 @@ class EqRConfig:
         inner_grad: Gradient strategy of the inner equilibrium in training
             (:mod:`eqsolve.gradients` name: ``phantom``, ``implicit``, ``onestep``, ``unrolled``).
         inner_grad_k: Steps of the ``phantom`` / ``unrolled`` inner gradient.
+        inner_backward_iter: Iteration budget of the ``implicit`` inner gradient's adjoint solve
+            (Anderson, relative tolerance 1e-6).
         inner_damping: Damping of the inner map ``z <- (1 - a) z + a Blocks(z + inj)`` (``None``:
             ``lambda_``). The inner fixed points do not depend on it; plain iteration's stability
             does (a damped map turns oscillating directions into contracting ones).
@@ -100,6 +102,7 @@ class EqRConfig:
     inner_tol: float = 0.0
     inner_grad: str = "phantom"
     inner_grad_k: int = 2
+    inner_backward_iter: int = 30
     inner_damping: float | None = None
 
     def __post_init__(self) -> None:

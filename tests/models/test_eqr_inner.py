@@ -70,7 +70,7 @@ def test_every_inner_gradient_reaches_the_weights_and_the_input(grad):
 
 def test_implicit_inner_gradient_passes_gradcheck():
     """float64 gradcheck of the map w.r.t. the input injection, with the implicit inner gradient."""
-    model = tiny(inner_solver="anderson", inner_iter=60, inner_grad="implicit")
+    model = tiny(inner_solver="anderson", inner_iter=60, inner_grad="implicit", inner_backward_iter=200)
     s, x = inputs(model, batch=1)
     gen = torch.Generator().manual_seed(3)
     directions = torch.randn(4, *x.shape[1:], dtype=x.dtype, generator=gen)  # x moves in a 4-D subspace
@@ -88,7 +88,8 @@ def test_implicit_and_long_phantom_gradients_agree_at_a_converged_inner_solution
     """At the inner fixed point, IFT and a long unroll from it give the same gradient."""
     grads = {}
     for grad, k in (("implicit", 2), ("phantom", 200)):
-        model = tiny(inner_solver="anderson", inner_iter=60, inner_grad=grad, inner_grad_k=k)
+        model = tiny(inner_solver="anderson", inner_iter=60, inner_grad=grad, inner_grad_k=k,
+                     inner_backward_iter=200)
         s, x = inputs(model)
         model.map(s, x, noise=0.0).square().sum().backward()
         grads[grad] = torch.cat([p.grad.flatten() for p in model.L_level.parameters()])
