@@ -451,10 +451,17 @@ def _cmd_data(args: argparse.Namespace) -> int:
         raise ValueError(f"--n must be >= 1, got {args.n}")
     out = Path(args.out)
     check_writable_file(out, "--out")  # before generating, which takes minutes
-    generate = load_entry("eqsolve.tasks.sudoku:generate")
+    # iter_generate yields the puzzles of generate(n, seed) one by one, in order, so that a bar
+    # can follow this step, which takes minutes for a few hundred puzzles
+    iter_generate = load_entry("eqsolve.tasks.sudoku:iter_generate")
+    from eqsolve.runs import progress_bar
     from eqsolve.tasks.sudoku import SudokuSet, save_csv
 
-    items = generate(args.n, seed=args.seed, workers=args.workers)
+    items = []
+    with progress_bar(args.n, "generate", unit="puzzle") as bar:
+        for _, item, _ in iter_generate(args.seed, 0, args.n, workers=args.workers):
+            items.append(item)
+            bar.update(1)
     data = SudokuSet.from_items(items, f"eqsolve-generate-seed{args.seed}")
     save_csv(data, out)
     print(f"wrote {len(data)} puzzles to {out} (mean rating {data.ratings.mean():.1f})")

@@ -29,7 +29,7 @@ import json
 import multiprocessing as mp
 import resource
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ import torch
 
 from eqsolve._atomic import atomic_write
 from eqsolve.models.eqr import EqRConfig
+from eqsolve.runs import progress_bar
 from eqsolve.training_config import TrainConfig, dataclass_from_dict
 
 __all__ = ["CompareConfig", "parse_mode", "run", "run_compare"]
@@ -144,8 +145,11 @@ def _peak_rss_mb() -> float:
 
 
 def _run_mode(model: dict[str, Any], train: dict[str, Any], compare: dict[str, Any], mode: str,
-              pool_path: str) -> dict[str, Any]:
-    """Train one mode from the shared initial weights; returns its curves and measurements."""
+              pool_path: str, tick: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Train one mode from the shared initial weights; returns its curves and measurements.
+
+    ``tick`` is called after every training step (the parent's progress bar).
+    """
     from eqsolve.gradients import get_gradient
     from eqsolve.training_data import PuzzlePool
     from eqsolve.training_eval import default_eval_set, evaluate
@@ -177,6 +181,8 @@ def _run_mode(model: dict[str, Any], train: dict[str, Any], compare: dict[str, A
         for key in curves:
             curves[key].append(trainer.step if key == "step" else
                                wall if key == "wall_s" else metrics[key])
+        if tick is not None:
+            tick()
     # peak memory of training alone: read before the (memory-hungry) reference gradients
     peak_mb = torch.cuda.max_memory_allocated() / 2**20 if cuda else _peak_rss_mb()
     final_state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
@@ -203,20 +209,29 @@ def _run_mode(model: dict[str, Any], train: dict[str, Any], compare: dict[str, A
     return out
 
 
-def _worker(args: tuple, queue: Any) -> None:
+def _worker(args: tuple, queue: Any, ticks: bool = False) -> None:
+    tick = (lambda: queue.put(("tick", None))) if ticks else None
     try:
-        queue.put(("ok", _run_mode(*args)))
+        queue.put(("ok", _run_mode(*args, tick=tick)))
     except BaseException as err:  # report, never hang the parent
         queue.put(("error", f"{type(err).__name__}: {err}"))
 
 
-def _wait(proc: Any, queue: Any, mode: str) -> tuple[str, Any]:
-    """The worker's report; a worker that died without one is an error, never a hang."""
+def _wait(proc: Any, queue: Any, mode: str,
+          tick: Callable[[], None] | None = None) -> tuple[str, Any]:
+    """The worker's report; a worker that died without one is an error, never a hang.
+
+    ``("tick", None)`` messages (one per training step) are passed to ``tick``.
+    """
     import queue as queue_module
 
     while True:
         try:
             item = queue.get(timeout=1.0)
+            if item[0] == "tick":
+                if tick is not None:
+                    tick()
+                continue
             proc.join()
             return item
         except queue_module.Empty:
@@ -286,18 +301,25 @@ def run_compare(model: EqRConfig, train: TrainConfig, compare: CompareConfig) ->
                               "torch_threads": train.threads or torch.get_num_threads(),
                               "modes": {}}
     ctx = mp.get_context("spawn")
-    for mode in compare.modes:
-        args = (*args_common, mode, str(pool_path))
-        if not compare.isolate:
-            result["modes"][mode] = _run_mode(*args)
-            continue
-        queue = ctx.Queue()
-        proc = ctx.Process(target=_worker, args=(args, queue))
-        proc.start()
-        status, payload = _wait(proc, queue, mode)
-        if status != "ok":
-            raise RuntimeError(f"compare-grads: mode {mode!r} failed: {payload}")
-        result["modes"][mode] = payload
+    with progress_bar(len(compare.modes) * train.steps, "compare-grads", enabled=train.progress,
+                      unit="step") as bar:
+        def tick() -> None:
+            bar.update(1)
+
+        for mode in compare.modes:
+            bar.set_postfix(mode=mode)
+            args = (*args_common, mode, str(pool_path))
+            if not compare.isolate:
+                result["modes"][mode] = _run_mode(*args, tick=tick)
+                continue
+            queue = ctx.Queue()
+            # steps are reported through the queue only when a bar draws them
+            proc = ctx.Process(target=_worker, args=(args, queue, not bar.disable))
+            proc.start()
+            status, payload = _wait(proc, queue, mode, tick)
+            if status != "ok":
+                raise RuntimeError(f"compare-grads: mode {mode!r} failed: {payload}")
+            result["modes"][mode] = payload
     result["summary"] = {
         mode: {"final_loss": res["curves"]["loss"][-1],
                "final_cell_acc": res["curves"]["cell_acc"][-1],

@@ -253,7 +253,7 @@ def run_diagnose(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
         Small dict of summary numbers (mode shares, AUROC, accuracy, figure paths).
     """
     from eqsolve.bench import load_model, load_puzzles
-    from eqsolve.runs import atomic_write_json
+    from eqsolve.runs import atomic_write_json, progress_bar
 
     run_dir = Path(run_dir)
     d = cfg.diagnose
@@ -282,20 +282,22 @@ def run_diagnose(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
     generator = torch.Generator().manual_seed(int(cfg.seed))
     per_chunk = max(1, int(_opt(d, "batch_rows", 512)) // starts)
     runs = []
-    for lo in range(0, len(data.questions), per_chunk):
-        q = data.questions[lo:lo + per_chunk]
-        with torch.no_grad():
-            x = model.embed(task.encode(q).to(device))
-        target = torch.as_tensor(data.answers[lo:lo + per_chunk], device=device)
-        runs.append(run_census(
-            system, x, target, n_starts=starts, solver=cfg.solver.name, max_iter=depth, tol=tol,
-            stop=str(_opt(cfg.solver, "stop", "rel")),
-            solver_options=dict(_opt(cfg.solver, "options", {})), checkpoints=checkpoints,
-            probe_steps=int(_opt(d, "probe_steps", 16)),
-            latent_rtol=float(_opt(d, "latent_rtol", 0.05)),
-            stability_iters=int(_opt(d, "spectral_iters", 20)), generator=generator))
-        log.info("diagnose: %d/%d puzzles (%.0f s)", min(lo + per_chunk, len(data.questions)),
-                 len(data.questions), time.perf_counter() - t0)
+    with progress_bar(len(data.questions), "diagnose", unit="puzzle") as bar:
+        for lo in range(0, len(data.questions), per_chunk):
+            q = data.questions[lo:lo + per_chunk]
+            with torch.no_grad():
+                x = model.embed(task.encode(q).to(device))
+            target = torch.as_tensor(data.answers[lo:lo + per_chunk], device=device)
+            runs.append(run_census(
+                system, x, target, n_starts=starts, solver=cfg.solver.name, max_iter=depth, tol=tol,
+                stop=str(_opt(cfg.solver, "stop", "rel")),
+                solver_options=dict(_opt(cfg.solver, "options", {})), checkpoints=checkpoints,
+                probe_steps=int(_opt(d, "probe_steps", 16)),
+                latent_rtol=float(_opt(d, "latent_rtol", 0.05)),
+                stability_iters=int(_opt(d, "spectral_iters", 20)), generator=generator))
+            bar.update(len(q))
+            log.info("diagnose: %d/%d puzzles (%.0f s)", min(lo + per_chunk, len(data.questions)),
+                     len(data.questions), time.perf_counter() - t0)
     run = merge_runs(runs)
     report = summarize(run, rule, float(_opt(d, "target_accuracy", 0.95)))
     report["settings"].update(task=task.name, solver=str(cfg.solver.name), checkpoint=cfg.checkpoint,

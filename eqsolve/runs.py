@@ -439,3 +439,25 @@ def read_results(path: str | os.PathLike) -> dict[str, Any]:
     if schema != RESULTS_SCHEMA:
         raise ValueError(f"{path}: schema {schema!r} is not supported (expected {RESULTS_SCHEMA!r})")
     return document
+
+
+def progress_bar(total: int | None, desc: str, *, enabled: bool = True, **kwargs: Any) -> Any:
+    """A tqdm bar on stderr for long work, shown only when stderr is a terminal.
+
+    Logs, pipes and CI output stay free of bar redraws; the returned object is a disabled bar
+    there, which accepts the same calls (``update``, ``set_postfix``, ``close``) and draws
+    nothing.
+
+    Args:
+        total: Number of units of work (``None``: unknown).
+        desc: Label shown before the bar.
+        enabled: ``False`` disables it regardless (e.g. on ranks other than 0).
+        **kwargs: Passed on to ``tqdm``.
+
+    Returns:
+        The ``tqdm`` bar (a context manager).
+    """
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not (enabled and sys.stderr.isatty()),
+                dynamic_ncols=True, **kwargs)

@@ -101,7 +101,8 @@ def test_data_generate_writes_loadable_csv(monkeypatch, tmp_path, capsys):
     from eqsolve.tasks import sudoku
 
     # the real hard generator is slow; the CLI plumbing is what is under test here
-    monkeypatch.setattr(sudoku, "generate", lambda n, seed, workers: sudoku.generate_easy(n, seed=seed))
+    monkeypatch.setattr(sudoku, "iter_generate", lambda seed, start, stop, workers: (
+        (k, item, 1) for k, item in enumerate(sudoku.generate_easy(stop - start, seed=seed), start)))
     out = tmp_path / "sub" / "p.csv"
     assert cli.main(["data", "generate", "--n", "3", "--seed", "1", "--out", str(out)]) == 0
     data = sudoku.load_any(out)
