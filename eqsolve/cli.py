@@ -62,6 +62,8 @@ class RunCommand:
         resume_key: Config key that asks to continue the run in ``--out`` (resumable commands).
         run_files: Globs of the files that mark an earlier run in ``--out``; without a resume
             such a folder is refused, never overwritten.
+        figures: ``"module:function"`` called as ``function(run_dir)`` once ``results.json`` is
+            written (rank 0); its failure is a warning, never a lost result.
     """
 
     config: str
@@ -72,6 +74,7 @@ class RunCommand:
     drop_keys: tuple[str, ...] = ()
     resume_key: str | None = None
     run_files: tuple[str, ...] = ("results.json",)
+    figures: str | None = None
 
 
 RUN_COMMANDS: dict[str, RunCommand] = {
@@ -80,7 +83,8 @@ RUN_COMMANDS: dict[str, RunCommand] = {
     # per-step losses are in the run's metrics.jsonl
     "train": RunCommand("config_train", "eqsolve.train:main", "train.out", "train.seed", resumable=True,
                         drop_keys=("losses",), resume_key="train.resume",
-                        run_files=("last.pt", "ckpt_*.pt", "metrics.jsonl", "config.json", "results.json")),
+                        run_files=("last.pt", "ckpt_*.pt", "metrics.jsonl", "config.json", "results.json"),
+                        figures="eqsolve.train:plot_curves"),
     "compare-grads": RunCommand("config_compare_grads", "eqsolve.compare_grads:run", "train.out", "train.seed"),
 }
 
@@ -373,6 +377,8 @@ def run_command(command: str, overrides: Sequence[str]) -> tuple[Path | None, di
             payload = entry(plain)
         if run_dir is not None and payload is not None:
             runs.write_results(run_dir, command, {k: v for k, v in payload.items() if k not in spec.drop_keys})
+            if spec.figures is not None:
+                _draw_figures(command, spec.figures, run_dir)
     except USAGE_ERRORS:
         # bad input found before the run produced anything: leave no folder behind
         discard = startup is not None and set(os.listdir(run_dir)) == startup
@@ -385,6 +391,15 @@ def run_command(command: str, overrides: Sequence[str]) -> tuple[Path | None, di
         if discard:
             _discard_run_dir(run_dir, startup)
     return run_dir, payload
+
+
+def _draw_figures(command: str, spec: str, run_dir: Path) -> None:
+    """Call a command's figure function after its results are written; a failure only warns."""
+    try:
+        load_entry(spec)(run_dir)
+    except Exception as exc:  # a figure is never worth the run: results.json is complete
+        log.warning("eqsolve %s: the figures failed (%s: %s); the results are in %s", command,
+                    type(exc).__name__, exc, run_dir / "results.json")
 
 
 def resolved_config(command: str, overrides: Sequence[str]) -> str:

@@ -7,7 +7,8 @@ The run (this module) wires a :class:`~eqsolve.training_loop.Trainer` (model, Ad
 draw, sot carry) to files: ``config.json``, ``pool.npz``, ``metrics.jsonl`` (one JSON line per
 ``log_every`` steps: loss, accuracy, NFE, residual, steps/s), and atomic checkpoints
 ``last.pt`` (+ numbered independent copies, ``ckpt_<step>.pt``) every ``checkpoint_every`` steps
-and at the end. AdamW replaces the release's AdamATan2, which is CUDA-only.
+and at the end; ``eqsolve train`` then draws ``curves.png`` (:func:`plot_curves`) after
+``results.json``. AdamW replaces the release's AdamATan2, which is CUDA-only.
 
 The run folder belongs to one run: it is locked for the whole run (a second run with the same
 ``out`` fails at once), and a folder that already holds a run is refused unless ``resume`` is
@@ -311,6 +312,66 @@ def _train_in(cfg: TrainConfig, model_config: EqRConfig, out: Path, rank: int,
             "final": last_metrics, "eval": evaluation,
             "checkpoint": str(out / "last.pt"),
             "elapsed_s": elapsed0 + time.perf_counter() - t_start}
+
+
+#: Accuracy curves of :func:`plot_curves`: metrics key and legend label.
+_ACCURACY_CURVES = (("cell_acc", "cell (training batch)"), ("exact", "exact (training batch)"),
+                    ("eval_cell_acc", "cell (eval set)"), ("eval_exact", "exact (eval set)"))
+
+
+def plot_curves(run_dir: str | os.PathLike) -> Path | None:
+    """Draw a run's ``metrics.jsonl`` as ``curves.png``: loss, accuracy and residual per step.
+
+    ``eqsolve train`` calls it after ``results.json`` is written, so a failure here never costs
+    the results. matplotlib is imported only here.
+
+    Args:
+        run_dir: A training run folder.
+
+    Returns:
+        The figure's path, or ``None`` when the run logged no metrics (nothing to draw).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    run_dir = Path(run_dir)
+    metrics = run_dir / "metrics.jsonl"
+    lines = [json.loads(line) for line in metrics.read_text().splitlines()
+             if line.strip()] if metrics.is_file() else []
+    if not lines:
+        return None
+
+    def curve(key: str, scale: float = 1.0) -> tuple[list[float], list[float]]:
+        points = [(m["step"], m[key] * scale) for m in lines
+                  if isinstance(m.get(key), (int, float)) and m[key] == m[key]]
+        return [x for x, _ in points], [y for _, y in points]
+
+    fig = Figure(figsize=(15, 4))
+    FigureCanvasAgg(fig)
+    loss_ax, acc_ax, res_ax = fig.subplots(1, 3)
+    loss_ax.plot(*curve("loss"), label="loss")
+    loss_ax.set_ylabel("training loss")
+    for key, label in _ACCURACY_CURVES:
+        steps, values = curve(key, 100.0)
+        if steps:
+            acc_ax.plot(steps, values, marker="o" if key.startswith("eval") else None, label=label)
+    acc_ax.set_ylabel("accuracy (%)")
+    acc_ax.set_ylim(-2, 102)
+    for key, label in (("residual", "outer map"), ("inner_residual", "inner solve")):
+        steps, values = curve(key)
+        if steps:
+            res_ax.plot(steps, values, label=label)
+    res_ax.set_ylabel("relative residual ||f(z) - z|| / ||f(z)||")
+    if any(v > 0 for v in curve("residual")[1]):
+        res_ax.set_yscale("log")
+    for ax in (loss_ax, acc_ax, res_ax):
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.suptitle(f"training curves: {run_dir.name}")
+    fig.tight_layout()
+    return atomic_write(run_dir / "curves.png", lambda handle: fig.savefig(handle, format="png", dpi=110))
 
 
 def main(cfg: Mapping[str, Any] | None = None) -> dict[str, Any]:
