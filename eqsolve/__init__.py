@@ -41,6 +41,7 @@ from eqsolve.solvers import (
     solve,
 )
 
+#: The one place the version is written; pyproject.toml reads it (tool.setuptools.dynamic).
 __version__ = "0.1.0"
 
 # Heavier parts (numpy/hydra users) load on first use, so `import eqsolve` stays torch-only.

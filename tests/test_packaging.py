@@ -52,3 +52,40 @@ def test_installed_wheel_imports_solvers(wheel: Path, tmp_path: Path) -> None:
                           cwd=tmp_path, env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr
     assert Path(proc.stdout.strip()).is_relative_to(target.resolve())
+
+
+def test_wheel_metadata_license_typing_and_one_version(wheel: Path) -> None:
+    """LICENSE and py.typed ship; the version is eqsolve.__version__, written nowhere else."""
+    import tomllib
+
+    import eqsolve
+
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "eqsolve/py.typed" in names  # PEP 561: type checkers use the inline annotations
+    dist_info = f"eqsolve-{eqsolve.__version__}.dist-info"
+    assert f"{dist_info}/licenses/LICENSE" in names
+    meta = zipfile.ZipFile(wheel).read(f"{dist_info}/METADATA").decode()
+    assert f"Version: {eqsolve.__version__}\n" in meta
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    assert "version" not in project and "version" in project["dynamic"]
+    assert f"License-Expression: {project['license']}\n" in meta
+    assert "MIT License" in (REPO_ROOT / "LICENSE").read_text() and project["license"] == "MIT"
+    assert project["classifiers"] and all(f"Classifier: {c}\n" in meta for c in project["classifiers"])
+    assert project["urls"] and all(f"Project-URL: {k}, {v}\n" in meta for k, v in project["urls"].items())
+
+
+def test_version_flag_prints_the_package_version() -> None:
+    import eqsolve
+
+    proc = subprocess.run([sys.executable, "-m", "eqsolve", "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"eqsolve {eqsolve.__version__}"
+
+
+@pytest.mark.parametrize("module", ["hydra", "omegaconf", "matplotlib"])
+def test_import_eqsolve_stays_light(module: str) -> None:
+    """The core (solvers, gradients, DEQ) needs only torch: `import eqsolve` loads no app stack."""
+    code = (f"import sys, eqsolve; from eqsolve import DEQ, Implicit, solve; "
+            f"print(sorted(m for m in sys.modules if m.split('.')[0] == {module!r}))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]", f"import eqsolve loaded {proc.stdout.strip()}"
