@@ -23,8 +23,8 @@ The code lives in package-private modules, all re-exported here (import from thi
 :class:`BackwardStats`, :class:`ConvergenceWarning`), ``eqsolve._grad_implicit``
 (:class:`Implicit` and its ``autograd.Function``) and ``eqsolve._grad_unrolled``
 (:class:`Phantom`, :class:`OneStep`, :class:`Unrolled`), as ``eqsolve.solvers`` keeps its
-classes in private modules; import them from here (pickles made before the split, which name
-``eqsolve.gradients.<Class>``, still load).
+classes in private modules; import them from here. The classes also stay reachable as
+``eqsolve.gradients.<Class>``, the name that pickles of strategy objects record, so they load.
 
 Examples:
     >>> import torch

@@ -73,8 +73,9 @@ class Anderson(Solver):
     Args:
         m: history size (number of stored differences). Memory is ``2 m`` iterates per row.
             Long histories suit contractive maps; on maps whose useful behaviour is a transient
-            (eqsolve's shipped Sudoku reasoner) a short one is safer: there m=1 matched plain
-            iteration (70.7% vs 70.3% at 64 NFE on 256 puzzles) where m=20 reached 21.9%.
+            (eqsolve's shipped Sudoku reasoner) a short one is safer, because extrapolating over
+            a long history lands on nearby unstable equilibria; the measurements are in
+            ``benchmarks/results/bench_scaling.md``.
         beta: mixing in ``(0, 1]``; 1 mixes the images ``f(z_i)`` only (undamped).
         ridge: Tikhonov term relative to the (Jacobi-scaled) Gram diagonal, ``>= 0``.
         max_cond: drop history columns whose Cholesky pivot of the scaled Gram matrix is below
@@ -82,9 +83,9 @@ class Anderson(Solver):
             ``1e-2 / eps`` of the dtype.
         delay: number of plain ``z + beta g`` steps a row takes before extrapolating (its history
             fills meanwhile): a warm start for maps whose early iterates are far from the
-            fixed point sought. It is no cure for maps with many unstable fixed points: on
-            eqsolve's shipped Sudoku reasoner, Anderson after 16 plain steps still converged to
-            nearby unstable equilibria and lost answers (``benchmarks/results/bench_scaling.md``).
+            fixed point sought. It is no cure for maps with many unstable fixed points, where
+            the extrapolation still reaches nearby unstable equilibria after the plain steps
+            (measured on the shipped Sudoku reasoner: ``benchmarks/results/bench_scaling.md``).
 
     Examples:
         >>> import torch

@@ -15,7 +15,7 @@ def test_eval_set_is_the_documented_one():
     assert len(data.questions) == 1000
     assert (buckets.count("easy"), buckets.count("hard")) == (250, 750)
     assert EVAL_SET_PATH.stat().st_size <= 1_000_000
-    assert float(np.mean(data.ratings)) >= 20  # the "mean rating >= 20" on our rater
+    assert float(np.mean(data.ratings)) >= 20  # Sudoku-Extreme-like: mean rating >= 20 on our rater
 
 
 def test_shipped_reasoner_solves_easy_puzzles_and_depth_helps():

@@ -1,4 +1,4 @@
-"""Bad inputs end in one clear line: the table of issue 13 (add rows here; never remove them).
+"""Bad inputs end in one clear line: a table of every bad input found (add rows; never remove them).
 
 Every CLI row runs ``eqsolve`` in-process, so an uncaught exception (a raw traceback) fails the
 test. Each row asserts the exit status (2: the user's input is wrong, 1: the environment failed),

@@ -1,4 +1,6 @@
-"""EqR against a reference written from the formulas of issue 4 §2 (not from eqsolve's code)."""
+"""EqR against an independent reference written from the official release's architecture (the
+formulas of the TRM backbone: latent (z_H, z_L), weight-tied blocks, H/L cycles), not from
+eqsolve's code, so that a shared mistake cannot make both agree."""
 
 from __future__ import annotations
 

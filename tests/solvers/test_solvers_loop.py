@@ -364,7 +364,8 @@ def test_a_map_without_fixed_point_never_converges(name, solver, dtype):
         assert (sol.status == Status.MAX_ITER).all()
     elif dtype == torch.float32 or name == "shift_sin":
         # The secant methods throw z far out, where the relative residual is tiny (in float32,
-        # f(z) - z even rounds to 0 on "shift"): before the state test they reported CONVERGED.
+        # f(z) - z even rounds to 0 on "shift"): without the runaway-state test they would
+        # report CONVERGED.
         # (On "shift" in float64 their differences vanish and they fall back to plain steps.)
         assert (sol.status == Status.DIVERGED).all(), sol.status.tolist()
         assert (sol.nstep < 200).all()

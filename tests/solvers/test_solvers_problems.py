@@ -38,7 +38,7 @@ def test_problem_suite(problem, solver, compact):
         assert {status[r] for r in good_rows} <= {int(expected), int(Status.CONVERGED)}, status
 
 
-def test_suite_covers_the_issue():
+def test_suite_covers_the_required_problem_kinds():
     names = {p.name for p in problems()}
     assert {"tanh_contractive", "linear_sym_0.95", "linear_nonnormal", "linear_below_-1", "nan_rows",
             "mixed_easy_hard"} <= names
