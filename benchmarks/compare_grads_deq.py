@@ -58,7 +58,7 @@ def train_mode(label: str, overrides: list[str], out: Path, seconds: int) -> dic
     # the recipe's pool (2,000 easy + 800 hard puzzles) is pre-built: generating it takes ~25 min
     shutil.copyfile(ROOT / "checkpoints/pools/pool_easy2000_hard800_seed0.npz", run / "pool.npz")
     cmd = ["/usr/bin/time", "-f", "%M", sys.executable, "-m", "eqsolve", "train", "--out", str(run),
-           "model=deq", "train=deq", f"train.time_limit_s={seconds}", "train.checkpoint_every=20",
+           "model=deq", "train=deq", f"train.time_limit_s={seconds}", "train.checkpoint_every=5",
            "train.keep_checkpoints=1000", "train.log_every=2", "train.progress=false",
            "train.init_from=" + str(ROOT / "eqsolve/assets/reasoner.pt"), *overrides]
     began = time.perf_counter()

@@ -519,7 +519,7 @@ def run_bench(cfg: Any, run_dir: Path | None = None) -> dict[str, Any] | None:
     cells = make_cells(cfg)
     for cell in {(c.solver, tuple(sorted(c.options.items()))) for c in cells}:
         get_solver(cell[0], **dict(cell[1]))  # unknown solver/option: fail before any work
-    started_group = _init_distributed()
+    started_group = _init_distributed(str(cfg.device))
     try:
         rank, world = _distributed()
         threads = max(1, int(cfg.bench.threads) // world)

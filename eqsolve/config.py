@@ -288,7 +288,7 @@ def check_override_keys(overrides: Sequence[str], schema: type) -> None:
         >>> check_override_keys(["bench.dept=[4]"], BenchRoot)
         Traceback (most recent call last):
         ...
-        ValueError: unknown config key 'bench.dept' (did you mean 'depth'?); valid keys of 'bench': aggregate, baseline, batch_size, breadth, depth, halt, halt_tol, init, limit, noise, threads
+        ValueError: unknown config key 'bench.dept' (did you mean 'depth'?); valid keys of 'bench': aggregate, baseline, batch_size, breadth, depth, extra_baselines, halt, halt_tol, init, limit, noise, threads
     """
     for override in overrides:
         if "=" not in override or override.startswith("~"):

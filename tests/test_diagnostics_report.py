@@ -163,3 +163,37 @@ def test_spectral_radius_on_an_eqr_state_matches_dense_eigvals():
              .reshape(144, 144) for i in range(2)]
     ref = torch.stack([torch.linalg.eigvals(j).abs().max() for j in dense]).detach()
     torch.testing.assert_close(est.double(), ref, rtol=1e-3, atol=1e-6)
+
+
+def test_run_diagnose_puts_the_solver_inside_an_inner_equilibrium_reasoner(tmp_path):
+    """As in the bench: for a reasoner with an inner solver, --solver solves the inner equilibrium."""
+    from eqsolve.config import compose
+    from eqsolve.models.eqr import EqR
+    from eqsolve.tasks.sudoku import generate_easy
+
+    csv = tmp_path / "puzzles.csv"
+    rows = ["source,question,answer,rating"]
+    for q, a, r in generate_easy(2, seed=0):
+        rows.append(f"test,{''.join(map(str, q))},{''.join(map(str, a))},{r}")
+    csv.write_text("\n".join(rows) + "\n")
+    cfg = compose("config_diagnose", [
+        "checkpoint=random", f"task.data={csv}", "solver=broyden", "diagnose.depth=3",
+        "diagnose.starts=2", "diagnose.spectral_iters=3", "diagnose.threads=1", "model.hidden_size=16",
+        "model.H_cycles=1", "model.L_cycles=1", "model.L_layers=1", "model.num_heads=2",
+        "model.inner_solver=anderson", "model.inner_iter=3",
+    ])
+    used = []
+    original = EqR._inner_equilibrium
+
+    def spy(self, *args):
+        used.append(type(self.inner_solver).__name__)
+        return original(self, *args)
+
+    EqR._inner_equilibrium = spy
+    try:
+        run_diagnose(cfg, tmp_path)
+    finally:
+        EqR._inner_equilibrium = original
+    report = json.loads((tmp_path / "diagnostics.json").read_text())
+    assert report["settings"]["solver_solves"] == "inner equilibrium"
+    assert used and set(used) == {"Broyden"}
