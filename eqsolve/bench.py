@@ -130,13 +130,39 @@ def load_model(cfg: Any) -> torch.nn.Module:
                 f"model.* overrides {sorted(model_overrides)} only apply with checkpoint=random; "
                 "a checkpoint brings its own architecture"
             )
-        path = Path(cfg.checkpoint) if cfg.checkpoint else shipped_reasoner(cfg.reasoner, task)
+        if cfg.checkpoint and str(cfg.checkpoint).startswith("hf://"):
+            path = hub_download(str(cfg.checkpoint))
+        else:
+            path = Path(cfg.checkpoint) if cfg.checkpoint else shipped_reasoner(cfg.reasoner, task)
         if not path.is_file():
-            what = f"the shipped {task.name} reasoner {cfg.reasoner!r}" if not cfg.checkpoint else "checkpoint"
+            what = (f"the shipped {task.name} reasoner {reasoner_name(cfg.reasoner, task)!r}"
+                    if not cfg.checkpoint else "checkpoint")
             raise FileNotFoundError(f"{what} not found at {path}; pass --checkpoint PATH (or 'random')")
         model = _load_checkpoint(path)
     check_model_fits(model, task, cfg.checkpoint or "the shipped reasoner")
     return model.to(device).eval()
+
+
+def hub_download(reference: str) -> Path:
+    """A local copy of ``hf://OWNER/REPO/PATH/IN/REPO[@REVISION]`` (the ``hub`` extra).
+
+    Examples:
+        >>> hub_download("hf://locuslab")
+        Traceback (most recent call last):
+        ...
+        ValueError: checkpoint 'hf://locuslab' is not hf://OWNER/REPO/PATH[@REVISION], e.g. hf://locuslab/EqR-model/sudoku-extreme/eqr.pth
+    """
+    body, _, revision = reference.removeprefix("hf://").partition("@")
+    parts = body.split("/")
+    if len(parts) < 3 or not all(parts):
+        raise ValueError(f"checkpoint {reference!r} is not hf://OWNER/REPO/PATH[@REVISION], "
+                         "e.g. hf://locuslab/EqR-model/sudoku-extreme/eqr.pth")
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError as exc:  # optional dependency
+        raise ValueError(f"checkpoint {reference!r} needs huggingface_hub: pip install 'eqsolve[hub]'") from exc
+    local = hf_hub_download(repo_id="/".join(parts[:2]), filename="/".join(parts[2:]), revision=revision or None)
+    return Path(local)
 
 
 def get_task(name: str) -> Any:
@@ -174,9 +200,16 @@ def check_model_fits(model: torch.nn.Module, task: Any, what: Any) -> None:
                          f"trained on {task.name} (--checkpoint PATH)")
 
 
-def shipped_reasoner(name: str, task: Any = None) -> Path:
-    """The file of the shipped reasoner ``name`` (``--model``) of ``task`` (default Sudoku)."""
+def reasoner_name(name: str | None, task: Any = None) -> str | None:
+    """``name``, or when it is ``None`` the task's default shipped reasoner (its first)."""
     shipped = SHIPPED_REASONERS if task is None else dict(task.shipped_reasoners)
+    return name if name is not None else next(iter(shipped), None)
+
+
+def shipped_reasoner(name: str | None, task: Any = None) -> Path:
+    """The file of the shipped reasoner ``name`` (``--model``; ``None``: the default) of ``task``."""
+    shipped = SHIPPED_REASONERS if task is None else dict(task.shipped_reasoners)
+    name = reasoner_name(name, task)
     if name not in shipped:
         where = "" if task is None else f" for task {task.name!r}"
         valid = ", ".join(shipped) or "none yet"
@@ -431,7 +464,8 @@ def format_table(rows: Sequence[Mapping[str, Any]], labels: Mapping[str, str] | 
 def describe_run(cfg: Any, inner: bool, blocks_per_step: int, n_puzzles: int) -> str:
     """The lines printed above the table: what ran, what the solver solves, the compute unit."""
     task = get_task(cfg.task.name)
-    what = f"checkpoint {cfg.checkpoint}" if cfg.checkpoint else f"shipped reasoner {cfg.reasoner!r}"
+    name = reasoner_name(cfg.reasoner, task)
+    what = f"checkpoint {cfg.checkpoint}" if cfg.checkpoint else f"shipped reasoner {name!r}"
     shipped_set = ("the shipped eval set (generated Sudoku-Extreme-style puzzles, not the official test split)"
                    if task.name == "sudoku-extreme" else f"the shipped {task.name} eval set")
     data = cfg.task.data or shipped_set
@@ -439,7 +473,7 @@ def describe_run(cfg: Any, inner: bool, blocks_per_step: int, n_puzzles: int) ->
               if inner else "the solver runs the outer map; depth = outer steps")
     lines = [f"{what} on {n_puzzles} puzzles of {data}",
              f"{solved}; NFE = block applications ({blocks_per_step} per outer step), equal for equal compute"]
-    others = [name for name in task.shipped_reasoners if name != cfg.reasoner]
+    others = [other for other in task.shipped_reasoners if other != name]
     if not cfg.checkpoint and others:
         lines.append("the other shipped reasoner: " + ", ".join(f"eqsolve bench --model {n}" for n in others)
                      + "; a real list: --data FILE (e.g. the Sudoku-Extreme test CSV from `eqsolve data fetch`)")
@@ -554,7 +588,7 @@ def run_bench(cfg: Any, run_dir: Path | None = None) -> dict[str, Any] | None:
         "data": cfg.task.data or "shipped eval set",
         "task": task.name,
         "checkpoint": cfg.checkpoint or str(shipped_reasoner(cfg.reasoner, task)),
-        "reasoner": None if cfg.checkpoint else cfg.reasoner,
+        "reasoner": None if cfg.checkpoint else reasoner_name(cfg.reasoner, task),
         "solver_solves": "inner equilibrium" if inner else "outer map",
         "nfe_unit": f"block applications ({blocks_per_step} per outer step)",
         "torch_threads": threads, "world_size": world,

@@ -102,13 +102,13 @@ class BenchConfig:
         limit: Puzzles evaluated by default (``--limit`` / ``task.limit`` override it).
     """
 
-    depth: list[int] = field(default_factory=lambda: [4, 8, 16, 32])
-    breadth: list[int] = field(default_factory=lambda: [1, 4])
+    depth: list[int] = field(default_factory=lambda: [4, 8, 16, 28])
+    breadth: list[int] = field(default_factory=lambda: [1, 2])
     aggregate: str = "min_residual"
     halt: str = "none"
     halt_tol: float = 1e-3
     baseline: str | None = "fixed_point"
-    extra_baselines: list[str] = field(default_factory=list)
+    extra_baselines: list[str] = field(default_factory=lambda: ["fixed_point:tau=0.5"])
     noise: float | None = 0.0
     init: str = "random"
     batch_size: int = 24
@@ -160,7 +160,7 @@ class _ReasonerRunRoot:
     seed: int = 0
     device: str = "cpu"
     out: str | None = None
-    reasoner: str = "eqr"
+    reasoner: str | None = None
     checkpoint: str | None = None
     model: dict[str, Any] = field(default_factory=dict)
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -175,7 +175,8 @@ class BenchRoot(_ReasonerRunRoot):
         seed: Base seed (chunk ``c`` uses ``seed + c``).
         device: torch device.
         out: Run folder (``None`` = ``runs/bench-<timestamp>``).
-        reasoner: Which shipped reasoner runs when ``checkpoint`` is ``None`` (``--model``):
+        reasoner: Which shipped reasoner runs when ``checkpoint`` is ``None`` (``--model``; ``None``:
+            the task's first):
             ``deq`` (inner equilibrium) or ``eqr`` (plain inner updates).
         checkpoint: eqsolve checkpoint or official ``eqr.pth``; ``None`` = shipped reasoner;
             ``"random"`` = a randomly initialised EqR built from ``model``.

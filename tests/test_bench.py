@@ -31,7 +31,7 @@ def puzzle_csv(tmp_path_factory):
 
 def tiny_cfg(puzzle_csv, *extra):
     return compose("config_bench", ["checkpoint=random", f"task.data={puzzle_csv}", "bench.batch_size=2",
-                                    "bench.threads=1", *TINY, *extra])
+                                    "bench.threads=1", "bench.extra_baselines=[]", *TINY, *extra])
 
 
 def test_cells_cover_solver_and_baseline_at_equal_budgets(puzzle_csv):
@@ -101,7 +101,7 @@ def test_bench_end_to_end_writes_results_and_plots(puzzle_csv, tmp_path, capsys)
     document = read_results(out)
     results = document["results"]
     rows = results["rows"]
-    assert len(rows) == 2 * 2 * 2 and all(set(r) == ROW_KEYS for r in rows)
+    assert len(rows) == 3 * 2 * 2 and all(set(r) == ROW_KEYS for r in rows)  # anderson, plain, damped plain
     assert results["n_puzzles"] == 4 and results["torch_threads"] == 1 and results["world_size"] == 1
     for r in rows:
         assert r["n"] == 4 and 0.0 <= r["accuracy"] <= 1.0
@@ -111,7 +111,7 @@ def test_bench_end_to_end_writes_results_and_plots(puzzle_csv, tmp_path, capsys)
         assert r["nfe_mean"] == 2 * r["steps_mean"]  # the TINY model: 1 H-cycle x (1 L-cycle + 1) x 1 layer
         if r["solver"] == "fixed_point":
             assert r["steps_mean"] == budget  # no halting: plain iteration spends the whole budget
-    assert set(results["per_puzzle"]) == {f"{r['solver']}/d{r['depth']}/b{r['breadth']}" for r in rows}
+    assert set(results["per_puzzle"]) == {f"{r['label']}/d{r['depth']}/b{r['breadth']}" for r in rows}
     for name in results["plots"].values():
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert {"config.yaml", "meta.json", "log.txt", "results.json"} <= {p.name for p in out.iterdir()}
@@ -193,3 +193,23 @@ def test_extra_baselines_run_at_equal_budgets_with_their_options(puzzle_csv):
     assert [(c.label, dict(c.options)) for c in cells] == [
         ("anderson", {}), ("fixed_point", {}), ("fixed_point(tau=0.5)", {"tau": 0.5}), ("broyden", {})]
     assert len({c.key for c in cells}) == 4  # damped and plain iteration never share a key
+
+
+def test_hub_checkpoint_references_download_through_huggingface_hub(monkeypatch, tmp_path):
+    """hf://OWNER/REPO/PATH@REV goes to hf_hub_download (faked: no network here) and loads locally."""
+    import sys
+    import types
+
+    from eqsolve.models import EqR, EqRConfig
+
+    local = tmp_path / "eqr.pt"
+    EqR(EqRConfig(hidden_size=16, H_cycles=1, L_cycles=1, L_layers=1, expansion=2.0)).save_checkpoint(local)
+    calls = []
+    fake = types.ModuleType("huggingface_hub")
+    fake.hf_hub_download = lambda **kw: calls.append(kw) or str(local)
+    monkeypatch.setitem(sys.modules, "huggingface_hub", fake)
+    model = bench.load_model(compose("config_bench", ["checkpoint=hf://locuslab/EqR-model/sudoku-extreme/eqr.pth@v1"]))
+    assert calls == [{"repo_id": "locuslab/EqR-model", "filename": "sudoku-extreme/eqr.pth", "revision": "v1"}]
+    assert model.config.hidden_size == 16
+    with pytest.raises(ValueError, match="OWNER/REPO/PATH"):
+        bench.hub_download("hf://locuslab/EqR-model")
