@@ -28,7 +28,7 @@ export PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 # a pre-built training pool saves generating it on the GPU machine; it must match the run's
 # gen_easy/gen_hard/seed (checked), e.g. POOL=checkpoints/pools/<file> EXTRA="train.gen_hard=800"
-POOL=$(realpath -m "${POOL:-$REPO/checkpoints/reasoner-small/pool.npz}")  # generate_easy(2000, seed=0)
+POOL=$(realpath -m "${POOL:-$REPO/checkpoints/pools/pool_easy2000_seed0.npz}")  # generate_easy(2000, seed=0)
 cd /tmp  # import the installed eqsolve, never the checkout's eqsolve/ folder
 
 overrides() {

@@ -10,7 +10,7 @@ from eqsolve.training_data import PuzzlePool, pool_source
 
 n = int(sys.argv[1])
 t = time.perf_counter()
-easy = PuzzlePool.load(Path("checkpoints/reasoner-small/pool.npz"))  # generate_easy(2000, seed=0)
+easy = PuzzlePool.load(Path("checkpoints/pools/pool_easy2000_seed0.npz"))  # generate_easy(2000, seed=0)
 assert easy.source == pool_source(None, 2000, 0, 0), easy.source
 hard = generate(n, seed=1, workers=2)
 q = np.concatenate([easy.questions, np.asarray([x for x, _, _ in hard]).reshape(-1, 81)]).astype(np.int64)
