@@ -17,10 +17,11 @@ Sections (each writes its part of ``benchmarks/results/reasoner_deq.json`` and t
 * ``stability``: at the inner equilibria that Anderson reaches (tolerance 1e-5) on the
   accuracy subset after the deepest Anderson run, the spectral radius of the inner map's
   Jacobian (undamped, and damped as plain iteration would need), split by right/wrong answers.
-* ``gradients``: on a batch of eval puzzles, the cosine between the parameter gradient of the
-  loss through one outer step with each inner gradient strategy and the exact implicit gradient
-  (IFT with a tight Anderson adjoint); plus the implicit gradient against unrolling damped plain
-  iteration to convergence in float64.
+* ``gradients``: at the trained model's solutions (the end states after 28 outer steps of eval
+  puzzles it solves), the cosine between the parameter gradient of the loss through one more
+  outer step with each inner gradient strategy and the exact implicit gradient (IFT with a
+  200-step Anderson adjoint); plus the implicit gradient against unrolling damped plain iteration
+  to convergence, all in float64.
 * ``hard``: the real hard lists (``../shared/data/sudoku/``, skipped when absent) at depth 64
   with breadth 1 and 16 (lowest-residual start), Anderson inner solver.
 
@@ -159,15 +160,19 @@ def section_gradients(deq_path: Path, n: int, seed: int) -> dict:
     from eqsolve.training_losses import reasoning_loss
 
     data = default_eval_set()
-    idx = np.random.default_rng(seed + 1).choice(len(data), size=n, replace=False)
-    tokens = encode_tokens(data.questions[idx])
-    labels = encode_tokens(data.answers[idx])
+    idx = np.random.default_rng(seed + 1).choice(len(data), size=4 * n, replace=False)
+    tokens_all = encode_tokens(data.questions[idx])
     base = load_reasoner("deq", deq_path).double()
-    with torch.no_grad():  # a realistic state: 8 outer steps of the trained reasoner
-        x = base.embed(tokens)
-        s = base.init_state(n, generator=torch.Generator().manual_seed(seed))
-        for _ in range(8):
+    with torch.no_grad():  # the trained model's solutions: end states after 28 outer steps
+        x = base.embed(tokens_all)
+        s = base.init_state(len(idx), generator=torch.Generator().manual_seed(seed))
+        for _ in range(28):
             s = base.map(s, x, noise=0.0)
+        solved = np.asarray(check_batch(base.predict_digits(s).numpy(), data.questions[idx]), dtype=bool)
+    keep = np.flatnonzero(solved)[:n]  # the puzzles it solved: their inner equilibria are attractors
+    s, tokens = s[keep], tokens_all[keep]
+    labels = encode_tokens(data.answers[idx][keep])
+    n = len(keep)
 
     def gradient(inner_grad: str, k: int = 2, solver: Any = "anderson", iters: int = 8,
                  damping: float | None = None) -> torch.Tensor:
@@ -193,7 +198,8 @@ def section_gradients(deq_path: Path, n: int, seed: int) -> dict:
     for name, g in modes.items():
         out[name] = float(torch.nn.functional.cosine_similarity(g, exact, dim=0))
         print(f"cosine with implicit (200-step forward): {name}: {out[name]:.4f}", flush=True)
-    return {"n": n, "cosine_with_exact_implicit": out}
+    return {"n": n, "state": "end states after 28 outer steps, solved puzzles",
+            "cosine_with_exact_implicit": out}
 
 
 def section_hard(deq_path: Path, n: int, seed: int) -> list[dict]:
@@ -222,6 +228,38 @@ def section_hard(deq_path: Path, n: int, seed: int) -> list[dict]:
                          "se": binomial_se(acc, len(data)), "seconds": time.perf_counter() - began})
             print(rows[-1], flush=True)
     return rows
+
+
+def plot(document: dict, path: Path) -> None:
+    """Accuracy (± binomial SE) against block applications and against wall time, every row group."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = document["accuracy"]["rows"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for key in dict.fromkeys((r["reasoner"], r["solver"]) for r in rows):
+        group = [r for r in rows if (r["reasoner"], r["solver"]) == key]
+        style = "-" if key[0] == "deq" else "--"
+        acc = [100 * r["accuracy"] for r in group]
+        err = [100 * r["se"] for r in group]
+        label = f"{key[0]}: {key[1]}"
+        axes[0].errorbar([r["blocks"] for r in group], acc, yerr=err, marker="o", ls=style, capsize=3, label=label)
+        axes[1].errorbar([1e3 * r["seconds_per_puzzle"] for r in group], acc, yerr=err, marker="o", ls=style,
+                         capsize=3, label=label)
+    axes[0].set_xlabel("block applications per puzzle (inner + outer)")
+    axes[1].set_xlabel("wall time per puzzle (ms, 1 CPU thread, batch of all puzzles)")
+    for ax in axes:
+        ax.set_ylabel("exact accuracy (%)")
+        ax.set_xscale("log", base=2)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"Sudoku, shipped eval set, {rows[0]['n']} puzzles, breadth 1 (± binomial SE)")
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
 
 
 def main() -> None:
@@ -256,6 +294,8 @@ def main() -> None:
     tmp.write_text(json.dumps(document, indent=1))
     os.replace(tmp, out)  # atomic: a crash never leaves half a results file
     print(f"wrote {out}")
+    if "accuracy" in document:  # after the results: a plotting error loses nothing
+        plot(document, out.with_suffix(".png"))
 
 
 if __name__ == "__main__":
