@@ -151,7 +151,7 @@ def test_bench_of_a_nan_model_reports_every_row_as_non_finite(tmp_path, caplog):
     checkpoint = nan_checkpoint(tmp_path / "nan.pt")
     out = tmp_path / "run"
     argv = ["bench", "--checkpoint", str(checkpoint), "--limit", "3", "--depth", "1,2", "--breadth", "1,2",
-            "--out", str(out), "bench.batch_size=3"]
+            "--out", str(out), "bench.batch_size=3", "bench.extra_baselines=[]"]
     assert cli.main(argv) == 0
     results = runs.read_results(out)["results"]
     assert len(results["rows"]) == 8
@@ -169,7 +169,8 @@ def test_bench_results_survive_a_plotting_error(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(eqsolve.plots, "write_bench_plots", broken)
     out = tmp_path / "run"
-    argv = ["bench", "--checkpoint", "random", "--limit", "2", "--depth", "1", "--breadth", "1", "--out", str(out)]
+    argv = ["bench", "--checkpoint", "random", "--limit", "2", "--depth", "1", "--breadth", "1", "--out", str(out),
+            "bench.extra_baselines=[]"]
     assert cli.main(argv) == 1
     err = capsys.readouterr().err
     assert "plots failed" in err and str(out / "results.json") in err

@@ -103,7 +103,8 @@ def test_toy_task_runs_through_bench(toy, tmp_path, capsys):
     stdout = capsys.readouterr().out
     assert "sparse%" in stdout and "dense%" in stdout and "toy-invert" in stdout
     results = json.loads((out / "results.json").read_text())["results"]
-    assert results["task"] == "toy-invert" and len(results["rows"]) == 8
+    # anderson, plain and damped plain iteration (the default extra baseline) x 2 depths x 2 breadths
+    assert results["task"] == "toy-invert" and len(results["rows"]) == 12
     assert set(results["rows"][0]["accuracy_by_bucket"]) == {"sparse", "dense"}
 
 
