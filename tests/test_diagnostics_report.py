@@ -118,8 +118,8 @@ def test_eqr_system_answers_and_census_shapes():
             assert a.spectral_radius is not None and np.isfinite(a.spectral_radius)
 
 
-def test_run_diagnose_end_to_end(tmp_path):
-    from eqsolve.config import compose
+def two_puzzles_csv(tmp_path):
+    """Two generated puzzles with answers in the Sudoku-Extreme CSV schema."""
     from eqsolve.tasks.sudoku import generate_easy
 
     csv = tmp_path / "puzzles.csv"
@@ -127,6 +127,13 @@ def test_run_diagnose_end_to_end(tmp_path):
     for q, a, r in generate_easy(2, seed=0):
         rows.append(f"test,{''.join(map(str, q))},{''.join(map(str, a))},{r}")
     csv.write_text("\n".join(rows) + "\n")
+    return csv
+
+
+def test_run_diagnose_end_to_end(tmp_path):
+    from eqsolve.config import compose
+
+    csv = two_puzzles_csv(tmp_path)
     cfg = compose("config_diagnose", [
         "checkpoint=random", f"task.data={csv}", "solver=fixed_point", "diagnose.depth=4",
         "diagnose.starts=3", "diagnose.spectral_iters=3", "diagnose.threads=1", "model.hidden_size=16",
@@ -169,13 +176,8 @@ def test_run_diagnose_puts_the_solver_inside_an_inner_equilibrium_reasoner(tmp_p
     """As in the bench: for a reasoner with an inner solver, --solver solves the inner equilibrium."""
     from eqsolve.config import compose
     from eqsolve.models.eqr import EqR
-    from eqsolve.tasks.sudoku import generate_easy
 
-    csv = tmp_path / "puzzles.csv"
-    rows = ["source,question,answer,rating"]
-    for q, a, r in generate_easy(2, seed=0):
-        rows.append(f"test,{''.join(map(str, q))},{''.join(map(str, a))},{r}")
-    csv.write_text("\n".join(rows) + "\n")
+    csv = two_puzzles_csv(tmp_path)
     cfg = compose("config_diagnose", [
         "checkpoint=random", f"task.data={csv}", "solver=broyden", "diagnose.depth=3",
         "diagnose.starts=2", "diagnose.spectral_iters=3", "diagnose.threads=1", "model.hidden_size=16",
