@@ -24,6 +24,11 @@ mixer is one of
   (``config.board()``), then a linear map ``proj (d -> d)`` (an eqsolve addition for 30 × 30
   mazes; O(L d (k² + d)), each mix reaches the cells within ``k // 2``).
 
+With ``config.inner_solver`` set (the equilibrium-native reasoner, ``model=deq``) the L-cycles are
+replaced by a solve: each H-cycle finds ``z_L* = U(z_L*, z_H + x)`` (noise-free) with that solver
+in ``inner_iter`` evaluations, attaches a gradient with the ``inner_grad`` strategy, then updates
+``z_H``; :meth:`EqR.blocks_per_map` counts the compute either way.
+
 Heads: ``lm_head`` on ``z_H`` gives per-cell logits; ``q_head`` on ``z_H[:, 0]`` gives two
 logits, the first being the halting logit (init weight 0, bias -5).
 """
