@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -36,6 +35,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reasoner_deq import binomial_se  # noqa: E402  (a sibling script, not a package)
 
+from eqsolve._atomic import atomic_write  # noqa: E402
+from eqsolve.runs import atomic_write_json  # noqa: E402
 from eqsolve.scaling import solve_many  # noqa: E402
 from eqsolve.tasks.sudoku import check_batch, default_eval_set, encode_tokens  # noqa: E402
 from eqsolve.train import load_model  # noqa: E402
@@ -171,9 +172,7 @@ def main() -> None:
                                                   capture_output=True, text=True).stdout.strip()},
                 "rows": rows}
     out = Path(args.out)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(document, indent=1))
-    os.replace(tmp, out)
+    atomic_write_json(out, document)
     plot(document, out.with_suffix(".png"))
     print(f"wrote {out}")
 
@@ -199,9 +198,7 @@ def plot(document: dict, path: Path) -> None:
     axes[1].legend(fontsize=7)
     fig.suptitle(f"deq reasoner: inner gradient modes, {document['meta']['limit']} eval puzzles (± binomial SE)")
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=110))
 
 
 if __name__ == "__main__":

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import platform
 import subprocess
 import time
@@ -44,6 +43,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from eqsolve._atomic import atomic_write
+from eqsolve.runs import atomic_write_json
 from eqsolve.solvers import get_solver, solve
 from eqsolve.tasks.sudoku import check_batch, default_eval_set, encode_tokens, load_any
 from eqsolve.train import load_model
@@ -257,9 +258,7 @@ def plot(document: dict, path: Path) -> None:
     axes[0].legend(fontsize=7)
     fig.suptitle(f"Sudoku, shipped eval set, {rows[0]['n']} puzzles, breadth 1 (± binomial SE)")
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
+    atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=110))
 
 
 def main() -> None:
@@ -290,9 +289,7 @@ def main() -> None:
         document["gradients"] = {"meta": meta, **section_gradients(deq_path, args.grad_batch, args.seed)}
     if "hard" in sections:
         document["hard"] = {"meta": {**meta, "limit": args.hard_limit}, "rows": section_hard(deq_path, args.hard_limit, args.seed)}
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(document, indent=1))
-    os.replace(tmp, out)  # atomic: a crash never leaves half a results file
+    atomic_write_json(out, document)  # a crash never leaves half a results file
     print(f"wrote {out}")
     if "accuracy" in document:  # after the results: a plotting error loses nothing
         plot(document, out.with_suffix(".png"))
