@@ -223,6 +223,21 @@ def solves_inner(model: torch.nn.Module) -> bool:
     return getattr(model, "inner_solver", None) is not None
 
 
+def assign_solver(model: torch.nn.Module, solver: Any) -> Any:
+    """Give ``solver`` its role in ``model`` and return the solver of the outer map.
+
+    For a reasoner with an inner equilibrium (:func:`solves_inner`) the solver solves each outer
+    step's equilibrium (it becomes ``model.inner_solver``) and the outer steps are plain iteration;
+    for any other reasoner it runs the outer map.
+    """
+    if not solves_inner(model):
+        return solver
+    from eqsolve.solvers import get_solver
+
+    model.inner_solver = solver
+    return get_solver("fixed_point")
+
+
 def _load_checkpoint(path: Path) -> torch.nn.Module:
     """Training checkpoints via eqsolve.train when present, native/official ones via eqsolve.models."""
     try:
@@ -292,10 +307,8 @@ def evaluate_chunk(
     device = next(model.parameters()).device
     tokens = task.encode(questions).to(device)
     halt = None if options.halt == "none" else options.halt
-    solver = get_solver(cell.solver, **dict(cell.options))
-    outer_solver, inner_before = solver, getattr(model, "inner_solver", None)
-    if solves_inner(model):  # the cell's solver solves each step's equilibrium; the steps are the depth
-        model.inner_solver, outer_solver = solver, get_solver("fixed_point")
+    inner_before = getattr(model, "inner_solver", None)
+    outer_solver = assign_solver(model, get_solver(cell.solver, **dict(cell.options)))
     try:
         blocks = int(model.blocks_per_map()) if hasattr(model, "blocks_per_map") else 1
         with torch.no_grad():

@@ -278,14 +278,13 @@ def run_diagnose(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
 
     task = get_task(cfg.task.name)
     device = next(model.parameters()).device
-    solver_name, solver_options = str(cfg.solver.name), dict(_opt(cfg.solver, "options", {}))
-    inner = getattr(model, "inner_solver", None) is not None
-    if inner:  # as in the bench: the solver solves each outer step's equilibrium, the steps are plain
-        from eqsolve.solvers import get_solver
+    from eqsolve.bench import assign_solver, solves_inner
+    from eqsolve.solvers import get_solver
 
-        model.inner_solver = get_solver(solver_name, **solver_options)
+    inner = solves_inner(model)
+    if inner:
         model.config.inner_grad = "implicit"  # Jacobian products of the outer map are then exact (IFT)
-        solver_name, solver_options = "fixed_point", {}
+    outer = assign_solver(model, get_solver(str(cfg.solver.name), **dict(_opt(cfg.solver, "options", {}))))
     system = eqr_system(model, task=task)
     generator = torch.Generator().manual_seed(int(cfg.seed))
     per_chunk = max(1, int(_opt(d, "batch_rows", 512)) // starts)
@@ -297,9 +296,9 @@ def run_diagnose(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
                 x = model.embed(task.encode(q).to(device))
             target = torch.as_tensor(data.answers[lo:lo + per_chunk], device=device)
             runs.append(run_census(
-                system, x, target, n_starts=starts, solver=solver_name, max_iter=depth, tol=tol,
+                system, x, target, n_starts=starts, solver=outer, max_iter=depth, tol=tol,
                 stop=str(_opt(cfg.solver, "stop", "rel")),
-                solver_options=solver_options, checkpoints=checkpoints,
+                checkpoints=checkpoints,
                 probe_steps=int(_opt(d, "probe_steps", 16)),
                 latent_rtol=float(_opt(d, "latent_rtol", 0.05)),
                 stability_iters=int(_opt(d, "spectral_iters", 20)), generator=generator))
