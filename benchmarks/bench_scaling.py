@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from eqsolve.bench import SHIPPED_REASONER, load_model, load_puzzles
+from eqsolve.bench.grid import SHIPPED_REASONER, load_model, load_puzzles
 from eqsolve.config import compose
 from eqsolve.runs import atomic_write_json, atomic_write_text, run_metadata
 from eqsolve.scaling import solve_many

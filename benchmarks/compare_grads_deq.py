@@ -35,11 +35,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reasoner_deq import binomial_se  # noqa: E402  (a sibling script, not a package)
 
-from eqsolve._atomic import atomic_write  # noqa: E402
+from eqsolve._io import atomic_write  # noqa: E402
 from eqsolve.runs import atomic_write_json  # noqa: E402
 from eqsolve.scaling import solve_many  # noqa: E402
 from eqsolve.tasks.sudoku import check_batch, default_eval_set, encode_tokens  # noqa: E402
-from eqsolve.train import load_model  # noqa: E402
+from eqsolve.training.run import load_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -87,7 +87,7 @@ def gradient_cosines(modes: dict[str, list[str]], n: int, seed: int) -> dict[str
     the ``deq`` reasoner), in float64, through one outer step from the state after 8 outer steps
     on ``n`` eval puzzles: the same point and the same reference for every mode.
     """
-    from eqsolve.training_losses import reasoning_loss
+    from eqsolve.training.losses import reasoning_loss
 
     data = default_eval_set()
     idx = np.random.default_rng(seed + 1).choice(len(data), size=n, replace=False)

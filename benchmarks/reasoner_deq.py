@@ -43,11 +43,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from eqsolve._atomic import atomic_write
+from eqsolve._io import atomic_write
 from eqsolve.runs import atomic_write_json
 from eqsolve.solvers import get_solver, solve
 from eqsolve.tasks.sudoku import check_batch, default_eval_set, encode_tokens, load_any
-from eqsolve.train import load_model
+from eqsolve.training.run import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -158,7 +158,7 @@ def section_stability(deq_path: Path, keep: dict) -> dict:
 
 def section_gradients(deq_path: Path, n: int, seed: int) -> dict:
     """Cosine of each inner gradient strategy with the exact implicit gradient, float64."""
-    from eqsolve.training_losses import reasoning_loss
+    from eqsolve.training.losses import reasoning_loss
 
     data = default_eval_set()
     idx = np.random.default_rng(seed + 1).choice(len(data), size=4 * n, replace=False)

@@ -3,7 +3,7 @@
 For a seeded subset of the shipped evaluation set, solve the reasoner's map (noise off) from the
 same random starts with plain iteration, Anderson and Broyden; decode the answer from ``F(z)``;
 and estimate the spectral radius ρ of the map's Jacobian at each end state (matrix-free, by
-:func:`eqsolve.diagnostics_spectral.spectral_radius`). Plain iteration can only settle where
+:func:`eqsolve.diagnostics.spectral.spectral_radius`). Plain iteration can only settle where
 ρ ≤ 1; Anderson and Broyden converge to unstable equilibria (ρ > 1) as readily as to stable ones.
 
 Run: ``python benchmarks/reasoner_stability.py --limit 24`` → ``benchmarks/results/reasoner_stability.{json,md}``.
@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from eqsolve.diagnostics_spectral import spectral_radius
+from eqsolve.diagnostics.spectral import spectral_radius
 from eqsolve.solvers import Anderson, solve
 from eqsolve.tasks.sudoku import check_batch, default_eval_set, encode_tokens
-from eqsolve.train import load_model
+from eqsolve.training.run import load_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # (label, solver, depth): plain iteration, the accelerated solvers with defaults, and Anderson

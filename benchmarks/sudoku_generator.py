@@ -5,7 +5,7 @@ Pure Python, one process (one core). Real lists are read from ``../shared/data/s
 
     python benchmarks/sudoku_generator.py [--forum 300] [--hard 6] [--easy 100] [--out FILE.json]
 
-Rating = backtracks of ``eqsolve.tasks.sudoku_solver.rate`` (complete, uniqueness-proving
+Rating = backtracks of ``eqsolve.tasks.sudoku.solver.rate`` (complete, uniqueness-proving
 search with naked + hidden singles). Sudoku-Extreme's ``rating`` is tdoku's count (stronger
 propagation, first solution only), whose mean on the Sudoku-Extreme test split is 22; the
 calibration rows below put this project's scale next to the real hard lists that split was

@@ -78,14 +78,14 @@ class RunCommand:
 
 
 RUN_COMMANDS: dict[str, RunCommand] = {
-    "bench": RunCommand("config_bench", "eqsolve.bench:run_bench"),
+    "bench": RunCommand("config_bench", "eqsolve.bench.grid:run_bench"),
     "diagnose": RunCommand("config_diagnose", "eqsolve.diagnostics:run_diagnose"),
     # per-step losses are in the run's metrics.jsonl
-    "train": RunCommand("config_train", "eqsolve.train:main", "train.out", "train.seed", resumable=True,
+    "train": RunCommand("config_train", "eqsolve.training.run:main", "train.out", "train.seed", resumable=True,
                         drop_keys=("losses",), resume_key="train.resume",
                         run_files=("last.pt", "ckpt_*.pt", "metrics.jsonl", "config.json", "results.json"),
-                        figures="eqsolve.train:plot_curves"),
-    "compare-grads": RunCommand("config_compare_grads", "eqsolve.compare_grads:run", "train.out", "train.seed"),
+                        figures="eqsolve.training.run:plot_curves"),
+    "compare-grads": RunCommand("config_compare_grads", "eqsolve.training.compare_grads:run", "train.out", "train.seed"),
 }
 
 #: Flags whose config key moves into the ``train`` section for training commands.

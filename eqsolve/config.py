@@ -9,8 +9,8 @@ names the offending key and lists the valid ones; a value of the wrong type is a
 naming the key. Nothing is silently ignored.
 
 Sections whose schema belongs to another module (``model`` → ``EqRConfig`` of
-:mod:`eqsolve.models.eqr`, ``train`` → ``TrainConfig`` of :mod:`eqsolve.train`, ``compare`` →
-``CompareConfig`` of :mod:`eqsolve.compare_grads`) are checked against that dataclass, imported
+:mod:`eqsolve.models.eqr`, ``train`` → ``TrainConfig`` of :mod:`eqsolve.training.config`, ``compare`` →
+``CompareConfig`` of :mod:`eqsolve.training.compare_grads`) are checked against that dataclass, imported
 lazily. Where a root holds the whole section (training commands), the owner's defaults are
 filled in, so ``config.yaml`` of a run shows every field; the bench's ``model`` holds only
 overrides (for ``checkpoint=random``).
@@ -34,8 +34,8 @@ CONF_DIR = Path(__file__).resolve().parent / "conf"
 #: Sections validated against a dataclass owned by another module ("module:attribute").
 EXTERNAL_SCHEMAS: dict[str, str] = {
     "model": "eqsolve.models.eqr:EqRConfig",
-    "train": "eqsolve.train:TrainConfig",
-    "compare": "eqsolve.compare_grads:CompareConfig",
+    "train": "eqsolve.training.config:TrainConfig",
+    "compare": "eqsolve.training.compare_grads:CompareConfig",
 }
 
 
@@ -198,7 +198,7 @@ class TrainRoot:
     """Top level of ``config_train.yaml``.
 
     Everything (seed, device, data, out, resume) lives in ``train``, validated against
-    ``eqsolve.train.TrainConfig``; ``model`` is validated against ``EqRConfig``.
+    ``eqsolve.training.config.TrainConfig``; ``model`` is validated against ``EqRConfig``.
     """
 
     model: Any = None
@@ -208,7 +208,7 @@ class TrainRoot:
 @dataclass
 class CompareRoot:
     """Top level of ``config_compare_grads.yaml``: ``model``, ``train`` (as for training) and
-    ``compare`` (validated against ``eqsolve.compare_grads.CompareConfig``)."""
+    ``compare`` (validated against ``eqsolve.training.compare_grads.CompareConfig``)."""
 
     model: Any = None
     train: Any = None

@@ -32,7 +32,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from eqsolve._atomic import atomic_write
+from eqsolve._io import atomic_write
 
 #: Schema tag of ``results.json``. Bump the version on any incompatible change of its layout.
 RESULTS_SCHEMA = "eqsolve.results/1"

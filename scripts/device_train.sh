@@ -53,7 +53,7 @@ echo "training done after $(( $(date +%s) - t0 )) s"
 
 for name in $CANDIDATES; do
   if [ -f "$OUT/$name/last.pt" ]; then
-    $PY -m eqsolve.training_report export "$OUT/$name/last.pt" "$OUT/$name.pt" > "$OUT/$name.export.log" 2>&1
+    $PY -m eqsolve.training.export "$OUT/$name/last.pt" "$OUT/$name.pt" > "$OUT/$name.export.log" 2>&1
   fi
 done
 # the candidate that can ship gets the paper's headline setting (64 x 128) on the real lists
@@ -61,7 +61,7 @@ grid_for() { case $1 in a) echo "16x1,64x1,64x16,64x128" ;; *) echo "16x1,64x1,6
 sets_for() { case $1 in a) echo "magictour,forum:500" ;; *) echo "magictour:500,eval:300" ;; esac; }
 for name in $CANDIDATES; do
   [ -f "$OUT/$name.pt" ] || continue
-  timeout "$MEASURE_S" $PY -m eqsolve.training_report measure "$OUT/$name.pt" --device "$DEVICE" \
+  timeout "$MEASURE_S" $PY -m eqsolve.training.measure "$OUT/$name.pt" --device "$DEVICE" \
     --sets "${SETS:-$(sets_for "$name")}" --grid "${GRID:-$(grid_for "$name")}" --max-rows 65536 \
     --out "$OUT/$name.measure.json" > "$OUT/$name.measure.log" 2>&1 &
 done

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from eqsolve.tasks.sudoku_board import bucket, check_batch, encode_tokens
-from eqsolve.tasks.sudoku_io import EVAL_SET_PATH, default_eval_set
+from eqsolve.tasks.sudoku.board import bucket, check_batch, encode_tokens
+from eqsolve.tasks.sudoku.io import EVAL_SET_PATH, default_eval_set
 
 
 def test_eval_set_is_the_documented_one():
@@ -23,7 +23,7 @@ def test_shipped_reasoner_solves_easy_puzzles_and_depth_helps():
     # bucket at depth 16 / 64 on all 250; here 24 of them, with a wide margin.
     from eqsolve.scaling import solve_many
     from eqsolve.tasks.base import get_task
-    from eqsolve.train import load_model
+    from eqsolve.training.run import load_model
 
     torch.set_num_threads(1)
     model = load_model(str(EVAL_SET_PATH.parent / "reasoner.pt")).eval()

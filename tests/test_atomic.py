@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from eqsolve._atomic import atomic_torch_save, atomic_write
+from eqsolve._io import atomic_torch_save, atomic_write
 
 
 def test_failed_write_keeps_old_content_and_no_temp(tmp_path: Path) -> None:

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from eqsolve import cli
-from eqsolve.tasks.sudoku_board import board_to_string
-from eqsolve.tasks.sudoku_io import EVAL_SET_PATH, load_csv
-from eqsolve.tasks.sudoku_solver import solve
+from eqsolve.tasks.sudoku.board import board_to_string
+from eqsolve.tasks.sudoku.io import EVAL_SET_PATH, load_csv
+from eqsolve.tasks.sudoku.solver import solve
 
 HEADER = "source,question,answer,rating\n"
 ROW = EVAL_SET_PATH.read_text().splitlines()[1].split(",")  # source, question, answer, rating

@@ -9,7 +9,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from eqsolve import bench, cli
+from eqsolve import cli
+from eqsolve.bench import grid as bench
 from eqsolve.config import compose
 from eqsolve.runs import read_results
 

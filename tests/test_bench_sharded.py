@@ -7,7 +7,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from eqsolve import bench
+from eqsolve.bench import grid as bench
 from eqsolve.config import compose
 from eqsolve.distributed import init_process_group, leave_process_group
 

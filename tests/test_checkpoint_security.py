@@ -2,7 +2,7 @@
 
 A malicious pickle (its ``__reduce__`` would ``touch`` a marker file) is given to every place
 that reads a checkpoint: the library (``EqR.from_official``/``from_checkpoint``,
-``eqsolve.train.load_model``, ``train.init_from``, ``resume=PATH``) and the command line
+``eqsolve.training.run.load_model``, ``train.init_from``, ``resume=PATH``) and the command line
 (``bench``/``diagnose --checkpoint``, ``import-checkpoint``, ``train --resume PATH``,
 ``train train.init_from=PATH``). The marker must never appear, and the error must name the file.
 """
@@ -21,9 +21,9 @@ import torch
 
 from eqsolve import cli
 from eqsolve.models.eqr import EqR, EqRConfig
-from eqsolve.train import load_model, run_training
-from eqsolve.training_checkpoint import load_training_checkpoint
-from eqsolve.training_config import TrainConfig
+from eqsolve.training.checkpoint import load_training_checkpoint
+from eqsolve.training.config import TrainConfig
+from eqsolve.training.run import load_model, run_training
 
 TINY = EqRConfig(hidden_size=16, num_heads=2, H_cycles=1, L_cycles=2, L_layers=1, mixer="sudoku_pool")
 TINY_TRAIN = ["train.steps=1", "train.batch_size=2", "train.gen_easy=4", "train.eval_size=1",
@@ -219,7 +219,7 @@ def test_native_files_hold_plain_data_and_old_ones_still_load(tmp_path):
         assert torch.serialization.get_unsafe_globals_in_checkpoint(tmp_path / name) == []
         torch.load(tmp_path / name, weights_only=True)
     # the shipped weights load with torch's plain weights-only loader
-    from eqsolve.bench import SHIPPED_REASONER
+    from eqsolve.bench.grid import SHIPPED_REASONER
 
     assert torch.serialization.get_unsafe_globals_in_checkpoint(SHIPPED_REASONER) == []
     EqR.from_checkpoint(SHIPPED_REASONER)

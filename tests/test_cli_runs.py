@@ -51,9 +51,9 @@ def test_make_run_dir_refuses_to_overwrite_results(tmp_path):
 def test_start_run_records_config_meta_and_log(tmp_path):
     meta = runs.run_metadata({"seed": 3}, command="bench")
     handler = runs.start_run(tmp_path, "seed: 3\n", meta)
-    logging.getLogger("eqsolve.bench").info("hello from the bench")
+    logging.getLogger("eqsolve.bench.grid").info("hello from the bench")
     runs.finish_run(handler)
-    logging.getLogger("eqsolve.bench").info("after the run")
+    logging.getLogger("eqsolve.bench.grid").info("after the run")
     assert (tmp_path / "config.yaml").read_text() == "seed: 3\n"
     recorded = json.loads((tmp_path / "meta.json").read_text())
     assert recorded["seeds"] == {"seed": 3} and recorded["command"] == "bench"

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from eqsolve.compare_grads import CompareConfig, parse_mode, run, run_compare
 from eqsolve.models.eqr import EqRConfig
-from eqsolve.training_config import TrainConfig
+from eqsolve.training.compare_grads import CompareConfig, parse_mode, run, run_compare
+from eqsolve.training.config import TrainConfig
 
 TINY = EqRConfig(hidden_size=16, num_heads=2, H_cycles=1, L_cycles=1, L_layers=1,
                  mixer="sudoku_pool")

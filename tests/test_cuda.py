@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from eqsolve.models.eqr import EqR, EqRConfig
-from eqsolve.train import run_training
-from eqsolve.training_config import TrainConfig
+from eqsolve.training.config import TrainConfig
+from eqsolve.training.run import run_training
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -50,8 +50,8 @@ def test_cuda_checkpoint_resumes_and_loads_on_cpu(tmp_path):
 
 def test_solve_many_on_cuda_matches_cpu():
     from eqsolve.scaling import solve_many
-    from eqsolve.tasks.sudoku_board import encode_tokens
-    from eqsolve.tasks.sudoku_io import default_eval_set
+    from eqsolve.tasks.sudoku.board import encode_tokens
+    from eqsolve.tasks.sudoku.io import default_eval_set
 
     torch.manual_seed(0)
     model = EqR(TINY).eval()
@@ -86,8 +86,8 @@ def test_implicit_gradient_on_cuda_matches_cpu_in_float64():
 
 
 def test_measure_on_cuda(tmp_path):
-    from eqsolve.tasks.sudoku_io import default_eval_set
-    from eqsolve.training_report import measure
+    from eqsolve.tasks.sudoku.io import default_eval_set
+    from eqsolve.training.measure import measure
 
     data = default_eval_set(subsample=8, seed=0)
     rows = measure(EqR(TINY).cuda().eval(), data, [(3, 2)], max_rows=5)

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from eqsolve.diagnostics_calibration import (
+from eqsolve.diagnostics.calibration import (
     accuracy_vs_residual,
     auroc,
     average_ranks,

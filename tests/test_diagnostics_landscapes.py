@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from eqsolve.diagnostics_census import FixedPointSystem, run_census
-from eqsolve.diagnostics_modes import ModeRule, classify, mode_shares
-from eqsolve.diagnostics_spectral import spectral_radius
+from eqsolve.diagnostics.census import FixedPointSystem, run_census
+from eqsolve.diagnostics.modes import ModeRule, classify, mode_shares
+from eqsolve.diagnostics.spectral import spectral_radius
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -246,7 +246,7 @@ def test_spectral_radius_rotation_and_chunks_and_structured_state():
 
 @pytest.mark.parametrize("contraction,expected", [(0.97, "not_converged"), (0.999, "oscillating")])
 def test_damped_spiral_is_still_converging_unless_the_residual_is_flat(contraction, expected):
-    from eqsolve.diagnostics_orbits import classify_orbits, probe_orbits
+    from eqsolve.diagnostics.orbits import classify_orbits, probe_orbits
 
     th = 0.9  # irrational turn: no exact period
     turn = contraction * torch.tensor([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]])
@@ -277,7 +277,7 @@ def test_oscillation_that_keeps_the_right_answer_is_a_correct_attractor():
 
 def test_connected_components_match_scipy():
     csgraph = pytest.importorskip("scipy.sparse.csgraph")
-    from eqsolve.diagnostics_census import _components
+    from eqsolve.diagnostics.census import _components
 
     rng = np.random.default_rng(0)
     for _ in range(100):

@@ -89,8 +89,8 @@ def test_cuda_without_cuda_and_bad_names(monkeypatch, no_torchrun):
 
 
 def test_training_joins_with_the_selected_backend(monkeypatch, fake_cuda):
-    import eqsolve.train as train
-    from eqsolve.training_config import TrainConfig
+    import eqsolve.training.run as train
+    from eqsolve.training.config import TrainConfig
 
     _torchrun(monkeypatch, 1)
     joined: list[str] = []
@@ -110,7 +110,7 @@ def test_training_joins_with_the_selected_backend(monkeypatch, fake_cuda):
 
 @pytest.mark.parametrize("cuda", [True, False])
 def test_bench_joins_with_the_selected_backend(monkeypatch, fake_cuda, cuda):
-    from eqsolve.bench import _init_distributed
+    from eqsolve.bench.grid import _init_distributed
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     _torchrun(monkeypatch, 1)
@@ -122,7 +122,7 @@ def test_bench_joins_with_the_selected_backend(monkeypatch, fake_cuda, cuda):
 
 
 def test_bench_alone_joins_nothing(monkeypatch, no_torchrun):
-    from eqsolve.bench import _init_distributed
+    from eqsolve.bench.grid import _init_distributed
 
     monkeypatch.setattr(distributed, "init_process_group",
                         lambda *a, **k: pytest.fail("no group for one process"))

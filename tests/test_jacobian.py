@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from eqsolve import diagnostics_spectral
+from eqsolve.diagnostics import spectral as diagnostics_spectral
 from eqsolve.jacobian import jac_reg, spectral_radius
 
 D = torch.float64

@@ -77,10 +77,10 @@ def test_maze_train_end_to_end_with_eval_and_resume(tmp_path):
 def test_maze_pool_excludes_the_eval_set_and_refuses_a_reveal_curriculum():
     from eqsolve.models.eqr import EqRConfig
     from eqsolve.tasks.maze import canonical_keys, eval_set_keys
-    from eqsolve.train import load_preset
-    from eqsolve.training_config import TrainConfig
-    from eqsolve.training_data import build_pool, draw_batch
-    from eqsolve.training_loop import Trainer
+    from eqsolve.training.config import TrainConfig
+    from eqsolve.training.data import build_pool, draw_batch
+    from eqsolve.training.loop import Trainer
+    from eqsolve.training.run import load_preset
 
     pool = build_pool(None, limit=None, gen_easy=4, gen_hard=0, seed=3, task="maze-unique")
     assert pool.questions.shape == (4, 900)

@@ -70,9 +70,9 @@ def test_data_generate_is_silent_in_a_pipe(monkeypatch, tmp_path, capsys):
 
 
 def test_compare_grads_counts_every_step_of_every_mode(monkeypatch, tmp_path):
-    from eqsolve.compare_grads import CompareConfig, run_compare
     from eqsolve.models.eqr import EqRConfig
-    from eqsolve.training_config import TrainConfig
+    from eqsolve.training.compare_grads import CompareConfig, run_compare
+    from eqsolve.training.config import TrainConfig
 
     tiny = EqRConfig(hidden_size=16, num_heads=2, H_cycles=1, L_cycles=1, L_layers=1,
                      mixer="sudoku_pool")
@@ -87,7 +87,7 @@ def test_compare_grads_counts_every_step_of_every_mode(monkeypatch, tmp_path):
 def test_compare_grads_isolated_workers_report_steps():
     import queue
 
-    from eqsolve.compare_grads import _wait
+    from eqsolve.training.compare_grads import _wait
 
     class Done:
         exitcode = 0

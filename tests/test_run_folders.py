@@ -13,9 +13,9 @@ import torch
 
 from eqsolve import cli, runs
 from eqsolve.models.eqr import EqR, EqRConfig
-from eqsolve.train import run_training
-from eqsolve.training_checkpoint import load_training_checkpoint
-from eqsolve.training_config import TrainConfig
+from eqsolve.training.checkpoint import load_training_checkpoint
+from eqsolve.training.config import TrainConfig
+from eqsolve.training.run import run_training
 
 TINY = EqRConfig(hidden_size=16, num_heads=2, H_cycles=1, L_cycles=2, L_layers=1, mixer="sudoku_pool")
 TINY_CLI = ["train.batch_size=2", "train.gen_easy=4", "train.eval_size=1", "train.eval_depth=1",
@@ -66,7 +66,7 @@ def test_an_out_that_is_a_file_is_refused(tmp_path, capsys):
 # ----------------------------------------------------------------------------- item 3
 SLOW_TRAIN = """
 import sys, time
-import eqsolve.training_loop as loop
+import eqsolve.training.loop as loop
 step = loop.Trainer.train_step
 def slow_step(self):  # keep the run alive while the test starts a second one
     time.sleep(0.5)
@@ -162,12 +162,12 @@ def test_bench_of_a_nan_model_reports_every_row_as_non_finite(tmp_path, caplog):
 
 
 def test_bench_results_survive_a_plotting_error(tmp_path, monkeypatch, capsys):
-    import eqsolve.plots
+    import eqsolve.bench.plots
 
     def broken(rows, out_dir):
         raise ValueError("the plotting library broke")
 
-    monkeypatch.setattr(eqsolve.plots, "write_bench_plots", broken)
+    monkeypatch.setattr(eqsolve.bench.plots, "write_bench_plots", broken)
     out = tmp_path / "run"
     argv = ["bench", "--checkpoint", "random", "--limit", "2", "--depth", "1", "--breadth", "1", "--out", str(out),
             "bench.extra_baselines=[]"]

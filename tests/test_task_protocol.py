@@ -119,8 +119,8 @@ def test_toy_task_trains_and_evaluates_through_the_cli(toy, tmp_path):
     assert [m["step"] for m in lines] == [1, 2, 3] and all(np.isfinite(m["loss"]) for m in lines)
     config = json.loads((out / "config.json").read_text())
     assert config["train"]["task"] == "toy-invert" and config["pool"].startswith("toy-invert.generate_pool(20")
-    from eqsolve.train import load_model
-    from eqsolve.training_eval import default_eval_set, evaluate
+    from eqsolve.training.eval import default_eval_set, evaluate
+    from eqsolve.training.run import load_model
 
     report = evaluate(load_model(out / "last.pt"), default_eval_set("toy-invert"), depth=2, task="toy-invert")
     assert report["n"] == 40.0 and 0.0 <= report["exact"] <= 1.0 and "exact_dense" in report
@@ -128,9 +128,9 @@ def test_toy_task_trains_and_evaluates_through_the_cli(toy, tmp_path):
 
 def test_toy_task_without_a_reveal_curriculum_refuses_one(toy, tmp_path):
     from eqsolve.models.eqr import EqRConfig
-    from eqsolve.training_config import TrainConfig
-    from eqsolve.training_data import build_pool
-    from eqsolve.training_loop import Trainer
+    from eqsolve.training.config import TrainConfig
+    from eqsolve.training.data import build_pool
+    from eqsolve.training.loop import Trainer
 
     pool = build_pool(None, limit=None, gen_easy=8, gen_hard=0, seed=0, task=toy)
     mc = EqRConfig(seq_len=16, vocab_size=3, hidden_size=16, H_cycles=1, L_cycles=1, L_layers=1)

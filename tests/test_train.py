@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from eqsolve.models.eqr import EqR, EqRConfig
-from eqsolve.train import load_preset, main, run_training
-from eqsolve.training_checkpoint import load_training_checkpoint
-from eqsolve.training_config import GRAD_MODES, TrainConfig
-from eqsolve.training_losses import cross_entropy, halting_bce, stablemax_log_probs
+from eqsolve.training.checkpoint import load_training_checkpoint
+from eqsolve.training.config import GRAD_MODES, TrainConfig
+from eqsolve.training.losses import cross_entropy, halting_bce, stablemax_log_probs
+from eqsolve.training.run import load_preset, main, run_training
 
 TINY = EqRConfig(hidden_size=16, num_heads=2, H_cycles=1, L_cycles=2, L_layers=1,
                  mixer="sudoku_pool")
@@ -89,8 +89,8 @@ def test_every_gradient_mode_trains_and_logs(tmp_path, grad):
 
 
 def test_sot_replaces_rows_after_sup_steps(tmp_path):
-    from eqsolve.training_data import build_pool
-    from eqsolve.training_loop import Trainer
+    from eqsolve.training.data import build_pool
+    from eqsolve.training.loop import Trainer
 
     cfg = tiny_cfg(tmp_path, sup_steps=2, halt_weight=0.0)
     trainer = Trainer(TINY, cfg, build_pool(None, limit=None, gen_easy=4, gen_hard=0, seed=0))
@@ -149,8 +149,8 @@ def test_checkpoint_loads_as_a_model_for_bench(tmp_path):
 def test_trains_on_a_user_csv_and_rejects_a_missing_file(tmp_path):
     import numpy as np
 
-    from eqsolve.tasks.sudoku_generator import generate_easy
-    from eqsolve.tasks.sudoku_io import SudokuSet, save_csv
+    from eqsolve.tasks.sudoku.easy_generator import generate_easy
+    from eqsolve.tasks.sudoku.io import SudokuSet, save_csv
 
     items = generate_easy(3, seed=7)
     data = SudokuSet(np.stack([i[0] for i in items]), np.stack([i[1] for i in items]),
@@ -158,7 +158,7 @@ def test_trains_on_a_user_csv_and_rejects_a_missing_file(tmp_path):
     save_csv(data, tmp_path / "train.csv")
     cfg = tiny_cfg(tmp_path / "run", data=str(tmp_path / "train.csv"), steps=1, gen_easy=0)
     assert run_training(cfg, TINY)["step"] == 1
-    from eqsolve.training_data import PuzzlePool
+    from eqsolve.training.data import PuzzlePool
 
     pool = PuzzlePool.load(tmp_path / "run" / "pool.npz")
     assert np.array_equal(pool.questions, data.questions) and "train.csv" in pool.source
@@ -179,9 +179,9 @@ def test_a_cached_pool_of_another_config_is_refused(tmp_path):
 def test_init_from_starts_a_new_run_from_given_weights(tmp_path):
     # fine-tuning: a run started from exported weights begins exactly at them (EMA too), and a
     # file of another architecture is refused by name
-    from eqsolve.training_data import PuzzlePool
-    from eqsolve.training_loop import Trainer
-    from eqsolve.training_report import export_reasoner
+    from eqsolve.training.data import PuzzlePool
+    from eqsolve.training.export import export_reasoner
+    from eqsolve.training.loop import Trainer
 
     run_training(tiny_cfg(tmp_path / "a", steps=2), TINY)
     export_reasoner(tmp_path / "a" / "last.pt", tmp_path / "w.pt")

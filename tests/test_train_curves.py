@@ -9,8 +9,8 @@ import subprocess
 import sys
 
 from eqsolve import cli, runs
-from eqsolve import train as train_module
-from eqsolve.train import plot_curves
+from eqsolve.training import run as train_module
+from eqsolve.training.run import plot_curves
 
 TINY_CLI = ["train.steps=3", "train.batch_size=2", "train.gen_easy=4", "train.eval_size=1",
             "train.eval_depth=1", "train.eval_every=2", "train.progress=false", "train.threads=1",
@@ -57,6 +57,6 @@ def test_plot_curves_reads_metrics_and_skips_missing_values(tmp_path):
 
 
 def test_importing_train_loads_no_matplotlib():
-    code = "import sys, eqsolve.train; print('matplotlib' in sys.modules)"
+    code = "import sys, eqsolve.training.run; print('matplotlib' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"

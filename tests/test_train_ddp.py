@@ -13,9 +13,9 @@ import torch.multiprocessing as mp
 
 from eqsolve.distributed import gloo_threads
 from eqsolve.models.eqr import EqR, EqRConfig
-from eqsolve.train import run_training
-from eqsolve.training_checkpoint import load_training_checkpoint
-from eqsolve.training_config import TrainConfig
+from eqsolve.training.checkpoint import load_training_checkpoint
+from eqsolve.training.config import TrainConfig
+from eqsolve.training.run import run_training
 
 TINY = dict(hidden_size=16, num_heads=2, H_cycles=1, L_cycles=2, L_layers=1, mixer="sudoku_pool")
 

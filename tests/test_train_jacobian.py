@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from eqsolve.models.eqr import EqR, EqRConfig
-from eqsolve.train import run_training
-from eqsolve.training_config import TrainConfig
-from eqsolve.training_steps import DeqForward, SotSegment, make_strategy
+from eqsolve.training.config import TrainConfig
+from eqsolve.training.run import run_training
+from eqsolve.training.steps import DeqForward, SotSegment, make_strategy
 
 TWO_CYCLES = EqRConfig(hidden_size=8, num_heads=2, H_cycles=2, L_cycles=1, L_layers=1,
                        mixer="sudoku_pool")

@@ -11,9 +11,9 @@ import time
 import pytest
 
 from eqsolve.models.eqr import EqRConfig
-from eqsolve.train import run_training
-from eqsolve.training_checkpoint import load_training_checkpoint
-from eqsolve.training_config import TrainConfig
+from eqsolve.training.checkpoint import load_training_checkpoint
+from eqsolve.training.config import TrainConfig
+from eqsolve.training.run import run_training
 
 MODEL = dict(hidden_size=16, num_heads=2, H_cycles=1, L_cycles=2, L_layers=1, mixer="sudoku_pool")
 TRAIN = dict(steps=12, batch_size=4, gen_easy=6, sup_steps=3, checkpoint_every=2, log_every=1,
@@ -23,10 +23,10 @@ TRAIN = dict(steps=12, batch_size=4, gen_easy=6, sup_steps=3, checkpoint_every=2
 CHILD = """
 import sys, time
 from eqsolve.models.eqr import EqRConfig
-from eqsolve.train import run_training
-from eqsolve.training_config import TrainConfig
+from eqsolve.training.run import run_training
+from eqsolve.training.config import TrainConfig
 cfg = TrainConfig(**{train!r}, out={out!r})
-import eqsolve.training_loop as loop
+import eqsolve.training.loop as loop
 step = loop.Trainer.train_step
 def slow_step(self):  # slow the child down so that the kill lands mid-run
     time.sleep(0.3)
@@ -63,7 +63,7 @@ def test_kill_9_then_resume_matches_uninterrupted_run(tmp_path):
 
 CLI_CHILD = """
 import sys, time
-import eqsolve.training_loop as loop
+import eqsolve.training.loop as loop
 step = loop.Trainer.train_step
 def slow_step(self):  # slow the child down so that the signal lands mid-run
     time.sleep(0.3)

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from eqsolve.models.eqr import EqR, EqRConfig
-from eqsolve.train import run_training
-from eqsolve.training_checkpoint import load_training_checkpoint
-from eqsolve.training_config import TrainConfig
-from eqsolve.training_report import export_reasoner, measure, parse_grid
+from eqsolve.training.checkpoint import load_training_checkpoint
+from eqsolve.training.config import TrainConfig
+from eqsolve.training.export import export_reasoner
+from eqsolve.training.measure import measure, parse_grid
+from eqsolve.training.run import run_training
 
 TINY = EqRConfig(hidden_size=16, num_heads=2, H_cycles=1, L_cycles=1, L_layers=1,
                  mixer="sudoku_pool")
@@ -29,8 +30,8 @@ def test_export_ships_ema_weights_without_training_state(tmp_path):
 
 
 def test_measure_rows_and_grid_parsing():
-    from eqsolve.tasks.sudoku_generator import generate_easy
-    from eqsolve.tasks.sudoku_io import SudokuSet
+    from eqsolve.tasks.sudoku.easy_generator import generate_easy
+    from eqsolve.tasks.sudoku.io import SudokuSet
 
     items = generate_easy(3, seed=5)
     q = np.stack([i[0] for i in items])
@@ -48,7 +49,8 @@ def test_measure_rows_and_grid_parsing():
 def test_commit_override_for_installed_copies(monkeypatch):
     # On a rented GPU machine eqsolve runs from an installed wheel without git: EQSOLVE_COMMIT
     # records the commit in checkpoints and run folders instead of "unknown".
-    from eqsolve import runs, training_checkpoint
+    from eqsolve import runs
+    from eqsolve.training import checkpoint as training_checkpoint
 
     monkeypatch.setenv("EQSOLVE_COMMIT", "abc1234")
     assert training_checkpoint.git_commit() == "abc1234"

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from eqsolve.tasks.sudoku_hard import generate
-from eqsolve.training_data import PuzzlePool, pool_source
+from eqsolve.tasks.sudoku.generator import generate
+from eqsolve.training.data import PuzzlePool, pool_source
 
 n = int(sys.argv[1])
 t = time.perf_counter()

@@ -27,7 +27,7 @@ from typing import Any
 
 from torch import Tensor
 
-from eqsolve._atomic import atomic_torch_save
+from eqsolve._io import atomic_torch_save
 from eqsolve._safe_load import safe_torch_load
 from eqsolve.models.eqr import EqR, EqRConfig
 

@@ -216,7 +216,7 @@ class _Registry:
 
 _REGISTRY = _Registry()
 #: Modules that register the shipped tasks when imported (loaded on first use of the registry).
-_BUILTIN_MODULES = ("eqsolve.tasks.sudoku_task", "eqsolve.tasks.maze.task")
+_BUILTIN_MODULES = ("eqsolve.tasks.sudoku.task", "eqsolve.tasks.maze.task")
 
 
 def _load_builtins() -> None:

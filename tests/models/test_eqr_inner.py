@@ -107,7 +107,7 @@ def test_config_validation_names_the_field():
 
 
 def test_weights_move_between_configs_that_differ_only_in_how_they_are_solved(tmp_path):
-    from eqsolve.training_loop import _load_initial_weights
+    from eqsolve.training.loop import _load_initial_weights
 
     source = EqR(EqRConfig(**TINY))
     source.save_checkpoint(tmp_path / "plain.pt")
@@ -159,9 +159,9 @@ def test_inner_jacobian_terms_estimate_the_inner_map_jacobian():
 
 
 def test_training_with_an_inner_jacobian_penalty_logs_and_lowers_it(tmp_path):
-    from eqsolve.training_config import TrainConfig
-    from eqsolve.training_data import build_pool
-    from eqsolve.training_loop import Trainer
+    from eqsolve.training.config import TrainConfig
+    from eqsolve.training.data import build_pool
+    from eqsolve.training.loop import Trainer
 
     config = EqRConfig(**TINY, inner_solver="anderson", inner_iter=6, inner_damping=0.5)
     pool = build_pool(None, limit=None, gen_easy=16, gen_hard=0, seed=0)

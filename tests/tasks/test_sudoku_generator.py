@@ -14,7 +14,7 @@ from eqsolve.tasks.sudoku import (
     random_grid,
     rate,
 )
-from eqsolve.tasks.sudoku_hard import is_easy_slot
+from eqsolve.tasks.sudoku.generator import is_easy_slot
 
 
 def _stack(items):

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from sudoku_cases import INKALA, WIKI, WIKI_SOLUTION
 
-from eqsolve.tasks import sudoku_io
 from eqsolve.tasks.sudoku import (
     SudokuSet,
     board_to_string,
@@ -22,6 +21,7 @@ from eqsolve.tasks.sudoku import (
     save_csv,
     solve,
 )
+from eqsolve.tasks.sudoku import io as sudoku_io
 
 INKALA_SOLUTION = board_to_string(solve(INKALA).solution)
 

@@ -15,7 +15,7 @@ from eqsolve.tasks.sudoku import (
     solve,
     solve_classical,
 )
-from eqsolve.tasks.sudoku_solver import propagate
+from eqsolve.tasks.sudoku.solver import propagate
 
 
 def test_solves_easy_puzzle_without_guessing():
@@ -72,7 +72,7 @@ def test_two_hidden_digits_in_one_cell_is_a_contradiction():
 
 def test_rating_does_not_depend_on_propagation_order():
     # Scanning only the guessed cell's units first, or all units, must reach the same fixpoint.
-    from eqsolve.tasks.sudoku_solver import ALL_UNITS, _initial_candidates
+    from eqsolve.tasks.sudoku.solver import ALL_UNITS, _initial_candidates
 
     q = parse_board(INKALA).tolist()
     cand, queue = _initial_candidates(q)

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .sudoku_board import UNITS, parse_board
+from .board import UNITS, parse_board
 
 __all__ = [
     "SolveResult",
@@ -239,7 +239,7 @@ def solve(question: Any, *, limit: int = 2, guess_limit: int | None = None) -> S
     """Solves a puzzle and counts its solutions up to ``limit``.
 
     Args:
-        question: a board accepted by :func:`eqsolve.tasks.sudoku_board.parse_board`; givens
+        question: a board accepted by :func:`eqsolve.tasks.sudoku.board.parse_board`; givens
             that contradict each other simply yield zero solutions.
         limit: stop after this many solutions (2 decides uniqueness; 1 is faster).
         guess_limit: give up (``RuntimeError``) after this many guesses; None for no limit.

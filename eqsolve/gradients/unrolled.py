@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from eqsolve._grad_base import FixedPointFn, GradientStrategy, GradSolution
+from eqsolve.gradients.base import FixedPointFn, GradientStrategy, GradSolution
 from eqsolve.solvers import Status, get_solver
 from eqsolve.solvers._base import flat_map, select_rows, take_rows
 

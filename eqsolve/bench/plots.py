@@ -1,7 +1,7 @@
 """Figures of ``eqsolve bench`` (matplotlib, Agg; no display needed).
 
 Each function takes the bench's result rows (dicts with ``solver``, ``depth``, ``breadth``,
-``nfe_mean``, ``accuracy``, ``residual_mean``; see :mod:`eqsolve.bench`) and writes one PNG.
+``nfe_mean``, ``accuracy``, ``residual_mean``; see :mod:`eqsolve.bench.grid`) and writes one PNG.
 Figures are built with :class:`matplotlib.figure.Figure` directly, so no global pyplot state or
 interactive backend is touched.
 """
@@ -17,7 +17,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from eqsolve._atomic import atomic_write
+from eqsolve._io import atomic_write
 
 Row = Mapping[str, Any]
 

@@ -6,7 +6,7 @@ outcome:
 
 - ``converged``: the solver's residual reached `tol`;
 - ``cycle``, ``oscillating``, ``diverged`` or ``not_converged``: decided for the other starts by
-  probing the map itself with plain iteration (`eqsolve.diagnostics_orbits`), so a limit cycle
+  probing the map itself with plain iteration (`eqsolve.diagnostics.orbits`), so a limit cycle
   (with its period) or an oscillation is reported as such, not as "not converged".
 
 Converged end states are clustered into attractors by decoded answer (when the system has a
@@ -39,9 +39,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from eqsolve.diagnostics_orbits import classify_orbits, probe_orbits, random_projection
-from eqsolve.diagnostics_records import OUTCOMES, Attractor, Census, CensusRun, FixedPointSystem
-from eqsolve.diagnostics_spectral import spectral_radius
+from eqsolve.diagnostics.orbits import classify_orbits, probe_orbits, random_projection
+from eqsolve.diagnostics.records import OUTCOMES, Attractor, Census, CensusRun, FixedPointSystem
+from eqsolve.diagnostics.spectral import spectral_radius
 from eqsolve.solvers import Status, solve
 
 __all__ = ["OUTCOMES", "Attractor", "Census", "CensusRun", "FixedPointSystem", "run_census"]

@@ -34,9 +34,9 @@ from typing import Any
 import numpy as np
 import torch
 
-log = logging.getLogger("eqsolve.bench")
+log = logging.getLogger(__name__)
 
-_ASSETS = Path(__file__).resolve().parent / "assets"
+_ASSETS = Path(__file__).resolve().parents[1] / "assets"
 #: The shipped Sudoku reasoners by name (``--model``): ``deq`` solves an inner equilibrium in every
 #: outer step (the bench's solver solves it); ``eqr`` runs plain inner updates (the solver runs the
 #: outer map). Each has a model card next to it. Other tasks list theirs in
@@ -182,7 +182,7 @@ def random_model_fields(task: Any) -> dict[str, Any]:
     if task.random_model:
         from omegaconf import OmegaConf
 
-        path = Path(__file__).resolve().parent / "conf" / "model" / f"{task.random_model}.yaml"
+        path = Path(__file__).resolve().parents[1] / "conf" / "model" / f"{task.random_model}.yaml"
         fields.update(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
     fields.update(seq_len=task.seq_len, vocab_size=task.vocab_size)
     return fields
@@ -239,9 +239,9 @@ def assign_solver(model: torch.nn.Module, solver: Any) -> Any:
 
 
 def _load_checkpoint(path: Path) -> torch.nn.Module:
-    """Training checkpoints via eqsolve.train when present, native/official ones via eqsolve.models."""
+    """Training checkpoints via eqsolve.training.run when present, native/official ones via eqsolve.models."""
     try:
-        from eqsolve.train import load_model as load_training_checkpoint
+        from eqsolve.training.run import load_model as load_training_checkpoint
     except ImportError:
         load_training_checkpoint = None
     if load_training_checkpoint is not None:
@@ -613,7 +613,7 @@ def run_bench(cfg: Any, run_dir: Path | None = None) -> dict[str, Any] | None:
             log.warning("bench: %s/d%d/b%d: %d of %d puzzles ended in a non-finite state (counted as wrong)",
                         row["solver"], row["depth"], row["breadth"], row["nonfinite_residuals"], row["n"])
     if run_dir is not None:
-        from eqsolve.plots import write_bench_plots
+        from eqsolve.bench.plots import write_bench_plots
         from eqsolve.runs import write_results
 
         # results first: a plotting error must not cost the run (the CLI rewrites the file

@@ -1,6 +1,6 @@
 """Records of an attractor census: the system protocol, attractors, per-problem censuses.
 
-Kept apart from the census algorithm (`eqsolve.diagnostics_census`) so that reports, modes and
+Kept apart from the census algorithm (`eqsolve.diagnostics.census`) so that reports, modes and
 plots depend on the records only.
 
 Example:

@@ -5,7 +5,7 @@ Formats:
 - **Sudoku-Extreme CSV** (the exchange format): header ``source,question,answer,rating``.
   ``answer`` and ``rating`` may be absent or empty: missing answers are solved (the puzzle must
   then have exactly one solution), missing ratings are computed with
-  :func:`eqsolve.tasks.sudoku_solver.rate` (backtracks of this project's solver, which is
+  :func:`eqsolve.tasks.sudoku.solver.rate` (backtracks of this project's solver, which is
   *not* tdoku's scale: see that module).
 - **Plain files**: one puzzle per line (81 characters, ``.`` or ``0`` blank; anything after
   the first whitespace is ignored). Empty lines and lines starting with ``#`` are not data.
@@ -19,7 +19,7 @@ What "validated" means, row by row: the question parses (81 cells, digits or ``.
 at least 17 givens (no Sudoku with fewer has one solution) and no unit repeats a digit; a given
 answer parses and is a solution of its question; a rating is a non-negative integer. With
 ``unique=True`` (the default) every puzzle returned has exactly one solution, proven by
-:func:`~eqsolve.tasks.sudoku_solver.solve`: rows without an answer or rating are solved anyway,
+:func:`~eqsolve.tasks.sudoku.solver.solve`: rows without an answer or rating are solved anyway,
 the others are checked after ``limit``/``min_rating``/``subsample`` have selected them, at about
 5 ms per puzzle (5.6 s for the 1,000 puzzles of the shipped eval set on one busy CPU core).
 ``unique=False`` trusts the file on that point (the training pool does, for multi-million-row
@@ -38,8 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from .sudoku_board import UNITS, board_to_string, check_batch, find_conflicts, parse_board
-from .sudoku_solver import solve
+from .board import UNITS, board_to_string, check_batch, find_conflicts, parse_board
+from .solver import solve
 
 __all__ = [
     "SudokuSet",
@@ -53,7 +53,7 @@ __all__ = [
     "default_eval_set",
 ]
 
-EVAL_SET_PATH = Path(__file__).resolve().parents[1] / "assets" / "sudoku_extreme_eval.csv"
+EVAL_SET_PATH = Path(__file__).resolve().parents[2] / "assets" / "sudoku_extreme_eval.csv"
 HUB_REPO = "sapientinc/sudoku-extreme"
 _UNIT_INDEX = np.asarray(UNITS, dtype=np.int64)
 #: No Sudoku with fewer givens has a unique solution (McGuire, Tugemann & Civario 2012).
@@ -121,7 +121,7 @@ class SudokuSet:
 
     def tokens(self):
         """(questions, answers) as official model tokens, two (N, 81) LongTensors."""
-        from .sudoku_board import encode_tokens
+        from .board import encode_tokens
 
         return encode_tokens(self.questions), encode_tokens(self.answers)
 
@@ -227,7 +227,7 @@ def _finish(
             _require_unique(solve(q[k], limit=2).n_solutions, path, lines[k])
     data = SudokuSet(q, a, r, sources).subset(keep)
     if augment:
-        from .sudoku_symmetry import augment_set
+        from .symmetry import augment_set
 
         data = augment_set(data, augment, seed=seed)
     return data
@@ -518,7 +518,7 @@ def fetch_sudoku_extreme(dest: str | os.PathLike, split: str = "test") -> Path:
 def default_eval_set(**options: Any) -> SudokuSet:
     """The shipped evaluation set (generated Sudoku-Extreme-like puzzles, see its PROVENANCE).
 
-    Its puzzles were proven unique when the set was built (``sudoku_eval_build`` reloads it with
+    Its puzzles were proven unique when the set was built (``eqsolve.tasks.sudoku.build_eval`` reloads it with
     ``unique=True``) and ``tests/test_assets.py`` proves it again, so the default here skips that
     5 s check; pass ``unique=True`` to repeat it.
 

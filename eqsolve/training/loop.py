@@ -2,12 +2,12 @@
 
 :class:`Trainer` performs exactly one optimizer step per :meth:`Trainer.train_step` and can
 serialise / restore everything that influences later steps (:meth:`state` / :meth:`load_state`).
-Orchestration (files, logging, progress, resume, DDP set-up) lives in :mod:`eqsolve.train`.
+Orchestration (files, logging, progress, resume, DDP set-up) lives in :mod:`eqsolve.training.run`.
 
 Examples:
     >>> import numpy as np
     >>> from eqsolve.models.eqr import EqRConfig
-    >>> from eqsolve.training_data import PuzzlePool
+    >>> from eqsolve.training.data import PuzzlePool
     >>> pool = PuzzlePool(np.zeros((4, 81), np.int64), np.ones((4, 81), np.int64), "toy")
     >>> mc = EqRConfig(hidden_size=16, num_heads=2, H_cycles=1, L_cycles=1, L_layers=1)
     >>> trainer = Trainer(mc, TrainConfig(steps=2, batch_size=2, augment=False), pool)
@@ -28,10 +28,10 @@ from torch import Tensor
 from eqsolve.models.eqr import EqR, EqRConfig
 from eqsolve.models.eqr_config import SOLVE_FIELDS
 from eqsolve.tasks.base import get_task
-from eqsolve.training_config import TrainConfig
-from eqsolve.training_data import PuzzlePool, draw_batch, reveal_bound, to_tokens
-from eqsolve.training_losses import reasoning_loss
-from eqsolve.training_steps import DeqForward, SotSegment, make_strategy
+from eqsolve.training.config import TrainConfig
+from eqsolve.training.data import PuzzlePool, draw_batch, reveal_bound, to_tokens
+from eqsolve.training.losses import reasoning_loss
+from eqsolve.training.steps import DeqForward, SotSegment, make_strategy
 
 __all__ = ["Trainer", "row_seed"]
 

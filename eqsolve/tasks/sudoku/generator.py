@@ -1,14 +1,14 @@
 """Sudoku-Extreme-like puzzle generator: local search for hard puzzles with unique solutions.
 
 Removing clues from a full grid mostly yields easy puzzles (about 70% of minimal puzzles rate
-0-2, see :func:`eqsolve.tasks.sudoku_generator.generate_easy`). :func:`generate` therefore
+0-2, see :func:`eqsolve.tasks.sudoku.easy_generator.generate_easy`). :func:`generate` therefore
 mixes a fraction of such easy puzzles with hard ones found by a hill climb on the rating:
 
 1. start from a minimal puzzle of a random grid;
 2. move: drop 1-3 random clues, then re-add clues of the same grid at cells where the two
    solutions found by the solver differ, until the puzzle is unique again;
 3. keep the new puzzle when its rating (backtracks of
-   :func:`eqsolve.tasks.sudoku_solver.rate`) is at least the current one (plateau moves
+   :func:`eqsolve.tasks.sudoku.solver.rate`) is at least the current one (plateau moves
    allowed), stop at ``target`` rating or after ``patience`` moves without improvement;
 4. keep the best puzzle seen if it rates at least ``min_hard``, else start over with a new grid.
 
@@ -26,8 +26,8 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
-from .sudoku_generator import minimise, random_grid
-from .sudoku_solver import search_cells
+from .easy_generator import minimise, random_grid
+from .solver import search_cells
 
 __all__ = ["generate", "iter_generate", "harden", "is_easy_slot"]
 

@@ -9,7 +9,7 @@ forward iterations) at the current weights on the current batch. Each mode runs 
 process (``spawn``) so that peak memory (max RSS, or CUDA peak) is its own. Output:
 ``compare_grads.json`` and ``compare_grads.png`` in the run folder.
 
-Modes are names of :data:`eqsolve.training_config.GRAD_MODES` other than ``sot`` (whose data
+Modes are names of :data:`eqsolve.training.config.GRAD_MODES` other than ``sot`` (whose data
 order differs by design), optionally with a parameter: ``unrolled:4`` (last 4 iterations),
 ``phantom:3`` (k = 3).
 
@@ -36,10 +36,10 @@ from typing import Any
 
 import torch
 
-from eqsolve._atomic import atomic_write
+from eqsolve._io import atomic_write
 from eqsolve.models.eqr import EqRConfig
 from eqsolve.runs import progress_bar
-from eqsolve.training_config import TrainConfig, dataclass_from_dict
+from eqsolve.training.config import TrainConfig, dataclass_from_dict
 
 __all__ = ["CompareConfig", "parse_mode", "run", "run_compare"]
 
@@ -94,8 +94,8 @@ class CompareConfig:
 
 def _flat_grad(trainer: Any, strategy: Any) -> torch.Tensor:
     """Gradient of this step's loss under ``strategy`` at the current weights (no update)."""
-    from eqsolve.training_losses import reasoning_loss
-    from eqsolve.training_steps import DeqForward
+    from eqsolve.training.losses import reasoning_loss
+    from eqsolve.training.steps import DeqForward
 
     cfg = trainer.cfg
     forward = DeqForward(trainer.model, strategy, solver=cfg.solver, tol=cfg.tol, depth=cfg.depth)
@@ -151,9 +151,9 @@ def _run_mode(model: dict[str, Any], train: dict[str, Any], compare: dict[str, A
     ``tick`` is called after every training step (the parent's progress bar).
     """
     from eqsolve.gradients import get_gradient
-    from eqsolve.training_data import PuzzlePool
-    from eqsolve.training_eval import default_eval_set, evaluate
-    from eqsolve.training_loop import Trainer
+    from eqsolve.training.data import PuzzlePool
+    from eqsolve.training.eval import default_eval_set, evaluate
+    from eqsolve.training.loop import Trainer
 
     if train.get("threads"):
         torch.set_num_threads(int(train["threads"]))
@@ -286,7 +286,7 @@ def run_compare(model: EqRConfig, train: TrainConfig, compare: CompareConfig) ->
         The result dict (also written to ``<out>/compare_grads.json``), with per-mode curves,
         cosines, wall time, peak memory and final evaluation, and a ``summary`` table.
     """
-    from eqsolve.training_data import build_pool
+    from eqsolve.training.data import build_pool
 
     out = Path(train.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -296,7 +296,7 @@ def run_compare(model: EqRConfig, train: TrainConfig, compare: CompareConfig) ->
         build_pool(train.data, limit=train.data_limit, gen_easy=train.gen_easy,
                    gen_hard=train.gen_hard, seed=train.seed).save(pool_path)
     args_common = (model.to_dict(), train.to_dict(), dataclasses.asdict(compare))
-    result: dict[str, Any] = {"schema": "eqsolve.compare_grads/1", "model": model.to_dict(),
+    result: dict[str, Any] = {"schema": "eqsolve.training.compare_grads/1", "model": model.to_dict(),
                               "train": train.to_dict(), "compare": dataclasses.asdict(compare),
                               "torch_threads": train.threads or torch.get_num_threads(),
                               "modes": {}}
@@ -346,7 +346,7 @@ def run(cfg: Mapping[str, Any] | None = None) -> dict[str, Any]:
     Returns:
         The ``summary`` and output paths (the full curves are in the JSON file).
     """
-    from eqsolve.train import load_preset
+    from eqsolve.training.run import load_preset
 
     cfg = dict(cfg or {})
     unknown = sorted(set(cfg) - {"model", "train", "compare"})

@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from eqsolve._atomic import atomic_torch_save  # noqa: F401  (re-exported: training code saves through it)
+from eqsolve._io import atomic_torch_save  # noqa: F401  (re-exported: training code saves through it)
 from eqsolve._safe_load import safe_torch_load
-from eqsolve.training_config import RESUMABLE_CHANGES, TrainConfig
+from eqsolve.training.config import RESUMABLE_CHANGES, TrainConfig
 
 __all__ = [
     "TRAIN_STATE_VERSION",

@@ -9,7 +9,7 @@
 
 Example:
     >>> import torch, tempfile, pathlib
-    >>> from eqsolve.diagnostics_census import FixedPointSystem, run_census
+    >>> from eqsolve.diagnostics.census import FixedPointSystem, run_census
     >>> sys = FixedPointSystem(lambda s, x: 0.5 * s + x, lambda n, g: torch.randn(n, 2, generator=g))
     >>> run = run_census(sys, torch.ones(2, 2), n_starts=8, max_iter=30, tol=1e-6)
     >>> out = plot_residual_traces(run, pathlib.Path(tempfile.mkdtemp()) / "traces.png")
@@ -32,10 +32,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.collections import LineCollection  # noqa: E402
 
-from eqsolve._atomic import atomic_write  # noqa: E402
-from eqsolve.diagnostics_calibration import accuracy_vs_residual  # noqa: E402
-from eqsolve.diagnostics_modes import MODES  # noqa: E402
-from eqsolve.diagnostics_records import CensusRun  # noqa: E402
+from eqsolve._io import atomic_write  # noqa: E402
+from eqsolve.diagnostics.calibration import accuracy_vs_residual  # noqa: E402
+from eqsolve.diagnostics.modes import MODES  # noqa: E402
+from eqsolve.diagnostics.records import CensusRun  # noqa: E402
 
 _OK, _BAD, _UNKNOWN = "tab:green", "tab:red", "tab:gray"
 
@@ -140,7 +140,7 @@ def plot_basin_fractions(run: CensusRun, modes: Sequence[str], path: str | os.Pa
 
     Args:
         run: census (with correctness).
-        modes: mode of each problem (see `eqsolve.diagnostics_modes`).
+        modes: mode of each problem (see `eqsolve.diagnostics.modes`).
         path: PNG to write.
 
     Returns:

@@ -28,7 +28,7 @@ from .base import Task, TaskData, register_task
 
 __all__ = ["SUDOKU", "SudokuTask"]
 
-_ASSETS = Path(__file__).resolve().parents[1] / "assets"
+_ASSETS = Path(__file__).resolve().parents[2] / "assets"
 
 
 class SudokuTask(Task):
@@ -60,7 +60,7 @@ class SudokuTask(Task):
         return TaskData(data.questions, data.answers, data.ratings, str(path or "shipped eval set"))
 
     def load_training(self, path: str, *, limit: int | None = None) -> TaskData:
-        from eqsolve.tasks.sudoku_io import load_any
+        from eqsolve.tasks.sudoku.io import load_any
 
         # unique=False: a puzzle paired with one of its solutions is still a correct target, and
         # proving uniqueness would cost ~5 ms per row of files with millions of rows
@@ -70,7 +70,7 @@ class SudokuTask(Task):
 
     def generate_pool(self, n: int, seed: int, *, hard: int = 0) -> TaskData:
         """``generate_easy(n, seed)`` then ``generate(hard, seed + 1)`` (rated, harder)."""
-        from eqsolve.tasks.sudoku_generator import generate_easy
+        from eqsolve.tasks.sudoku.easy_generator import generate_easy
 
         parts_q, parts_a = [], []
         if n:
@@ -99,7 +99,7 @@ class SudokuTask(Task):
         return " + ".join(desc)
 
     def encode(self, questions: Any) -> Tensor:
-        from eqsolve.tasks.sudoku_board import encode_tokens
+        from eqsolve.tasks.sudoku.board import encode_tokens
 
         return encode_tokens(questions)
 
@@ -108,7 +108,7 @@ class SudokuTask(Task):
         return logits[..., 2:].argmax(-1) + 1
 
     def check_batch(self, predictions: Any, questions: Any) -> np.ndarray:
-        from eqsolve.tasks.sudoku_board import check_batch
+        from eqsolve.tasks.sudoku.board import check_batch
 
         return np.asarray(check_batch(predictions, questions), dtype=bool)
 
@@ -117,7 +117,7 @@ class SudokuTask(Task):
         return tokens == 1
 
     def bucket(self, ratings: Any) -> list[str]:
-        from eqsolve.tasks.sudoku_board import bucket
+        from eqsolve.tasks.sudoku.board import bucket
 
         return [bucket(int(r)) for r in np.asarray(ratings).reshape(-1)]
 

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from eqsolve.jacobian import jac_reg
-from eqsolve.training_config import TrainConfig
+from eqsolve.training.config import TrainConfig
 
 __all__ = ["SotSegment", "DeqForward", "make_strategy", "rel_change", "jacobian_estimate"]
 

@@ -3,7 +3,7 @@
 The task (``train.task``, :func:`eqsolve.tasks.base.get_task`; ``eqsolve train --task NAME``
 also picks its model and training presets) gives the pool, tokens, augmentation and eval set.
 
-The run (this module) wires a :class:`~eqsolve.training_loop.Trainer` (model, AdamW, EMA, data
+The run (this module) wires a :class:`~eqsolve.training.loop.Trainer` (model, AdamW, EMA, data
 draw, sot carry) to files: ``config.json``, ``pool.npz``, ``metrics.jsonl`` (one JSON line per
 ``log_every`` steps: loss, accuracy, NFE, residual, steps/s), and atomic checkpoints
 ``last.pt`` (+ numbered independent copies, ``ckpt_<step>.pt``) every ``checkpoint_every`` steps
@@ -47,11 +47,11 @@ import torch
 import torch.distributed as dist
 
 from eqsolve import runs
-from eqsolve._atomic import atomic_write
+from eqsolve._io import atomic_write
 from eqsolve.distributed import process_group, select_device
 from eqsolve.models.eqr import EqR, EqRConfig
 from eqsolve.tasks.base import get_task
-from eqsolve.training_checkpoint import (
+from eqsolve.training.checkpoint import (
     TRAIN_STATE_VERSION,
     atomic_torch_save,
     capture_global_rng,
@@ -60,14 +60,14 @@ from eqsolve.training_checkpoint import (
     load_training_checkpoint,
     restore_global_rng,
 )
-from eqsolve.training_config import TrainConfig, dataclass_from_dict
-from eqsolve.training_data import PuzzlePool, build_pool, pool_source
-from eqsolve.training_eval import default_eval_set, evaluate
-from eqsolve.training_loop import Trainer
+from eqsolve.training.config import TrainConfig, dataclass_from_dict
+from eqsolve.training.data import PuzzlePool, build_pool, pool_source
+from eqsolve.training.eval import default_eval_set, evaluate
+from eqsolve.training.loop import Trainer
 
 __all__ = ["TrainConfig", "Trainer", "load_model", "load_preset", "main", "run_training"]
 
-CONF_DIR = Path(__file__).resolve().parent / "conf"
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def load_preset(group: str, name: str) -> dict[str, Any]:

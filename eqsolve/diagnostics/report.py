@@ -1,21 +1,9 @@
-"""Attractor diagnostics: see the landscape a fixed-point reasoner has learned.
+"""The report of ``eqsolve diagnose``: census -> JSON, figures, and the command's body.
 
-The public entry points, re-exported from the flat modules that implement them:
-
-- `run_census` (`eqsolve.diagnostics_census`): many starts per problem, batched; outcomes
-  (converged / cycle / oscillating / not converged / diverged), attractors with basin fraction,
-  mean residual, correctness and spectral radius;
-- `classify`, `mode_shares`, `ModeRule` (`eqsolve.diagnostics_modes`): the landscape modes
-  (a) no correct attractor, (b) correct + spurious low-residual attractors, (c) narrow correct
-  basin, (d) broad correct basin, plus "not converged";
-- `auroc`, `residual_auroc`, `accuracy_vs_residual`, `halting_threshold`
-  (`eqsolve.diagnostics_calibration`): the residual as a correctness signal;
-- `spectral_radius` (`eqsolve.diagnostics_spectral`): matrix-free local stability;
-- cycle / oscillation detection (`eqsolve.diagnostics_orbits`), the census records
-  (`eqsolve.diagnostics_records`) and the figures (`eqsolve.diagnostics_plots`).
-
-This module adds `summarize` (census -> JSON report), `write_figures`, `eqr_system` (the EqR
-reasoner as a `FixedPointSystem`) and `run_diagnose`, the body of `eqsolve diagnose`.
+:func:`summarize` turns a census run into the JSON report (modes, calibration, attractors),
+:func:`write_figures` draws it, :func:`eqr_system` wraps an EqR reasoner as a
+:class:`~eqsolve.diagnostics.census.FixedPointSystem` and :func:`run_diagnose` is the body of
+``eqsolve diagnose``.
 
 Example:
     >>> import torch
@@ -40,30 +28,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from eqsolve.diagnostics_calibration import (
+from eqsolve.diagnostics.calibration import (
     accuracy_vs_residual,
-    auroc,
     halting_threshold,
     residual_auroc,
     threshold_curve,
 )
-from eqsolve.diagnostics_census import (
+from eqsolve.diagnostics.census import (
     OUTCOMES,
-    Attractor,
-    Census,
     CensusRun,
     FixedPointSystem,
     run_census,
 )
-from eqsolve.diagnostics_modes import MODE_DESCRIPTIONS, MODES, ModeRule, classify, mode_shares
-from eqsolve.diagnostics_spectral import spectral_radius
+from eqsolve.diagnostics.modes import MODE_DESCRIPTIONS, ModeRule, classify, mode_shares
 
-__all__ = [
-    "MODES", "MODE_DESCRIPTIONS", "OUTCOMES", "Attractor", "Census", "CensusRun",
-    "FixedPointSystem", "ModeRule", "accuracy_vs_residual", "auroc", "classify", "eqr_system",
-    "halting_threshold", "merge_runs", "mode_shares", "residual_auroc", "run_census",
-    "run_diagnose", "spectral_radius", "summarize", "threshold_curve", "write_figures",
-]
+__all__ = ["SCHEMA", "eqr_system", "merge_runs", "run_diagnose", "summarize", "write_figures"]
 
 SCHEMA = "eqsolve.diagnostics/1"
 log = logging.getLogger(__name__)
@@ -194,7 +173,7 @@ def write_figures(run: CensusRun, modes: list[str] | None, run_dir: str | Path) 
     Returns:
         Dict figure name -> file path.
     """
-    from eqsolve import diagnostics_plots as plots
+    from eqsolve.diagnostics import plots
 
     run_dir = Path(run_dir)
     out = {"residual_traces": plots.plot_residual_traces(run, run_dir / "residual_traces.png")}
@@ -252,7 +231,7 @@ def run_diagnose(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
     Returns:
         Small dict of summary numbers (mode shares, AUROC, accuracy, figure paths).
     """
-    from eqsolve.bench import load_model, load_puzzles
+    from eqsolve.bench.grid import load_model, load_puzzles
     from eqsolve.runs import atomic_write_json, progress_bar
 
     run_dir = Path(run_dir)
@@ -274,11 +253,11 @@ def run_diagnose(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
                     spurious_residual_factor=float(_opt(d, "spurious_residual_factor", 10.0)),
                     broad_basin=float(_opt(d, "broad_basin", 0.5)))
     checkpoints = [int(c) for c in _opt(d, "checkpoints", [1, 2, 4, 8, 16, 32]) if int(c) < depth]
-    from eqsolve.bench import get_task
+    from eqsolve.bench.grid import get_task
 
     task = get_task(cfg.task.name)
     device = next(model.parameters()).device
-    from eqsolve.bench import assign_solver, solves_inner
+    from eqsolve.bench.grid import assign_solver, solves_inner
     from eqsolve.solvers import get_solver
 
     inner = solves_inner(model)

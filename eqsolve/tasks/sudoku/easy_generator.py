@@ -1,13 +1,13 @@
 """Sudoku puzzle generators: quick minimal puzzles and Sudoku-Extreme-like hard ones.
 
 Every generated puzzle has exactly one solution (checked by the classical solver) and carries
-its rating (backtracks of :func:`eqsolve.tasks.sudoku_solver.rate`). Generators take an
+its rating (backtracks of :func:`eqsolve.tasks.sudoku.solver.rate`). Generators take an
 explicit integer ``seed`` and are deterministic given it.
 
 - :func:`generate_easy` removes clues from a random full grid in random order, keeping a clue
   whenever removing it would lose uniqueness. The results are minimal puzzles (or stop at a
   requested clue count) and are mostly easy (rating 0-2): the training curriculum generator.
-- :func:`generate` (in :mod:`eqsolve.tasks.sudoku_hard`) adds a local search that drops and
+- :func:`generate` (in :mod:`eqsolve.tasks.sudoku.generator`) adds a local search that drops and
   re-adds clues and keeps the harder puzzle, to reach the Sudoku-Extreme difficulty mix.
 """
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .sudoku_solver import masks_to_digits, search_cells
+from .solver import masks_to_digits, search_cells
 
 __all__ = ["random_grid", "generate_easy", "minimise"]
 

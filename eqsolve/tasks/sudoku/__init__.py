@@ -1,20 +1,20 @@
 """Sudoku for eqsolve: the public facade of the Sudoku task (re-exports only).
 
 - boards: :func:`parse_board`, :func:`encode_tokens`, :func:`decode_tokens`,
-  :func:`is_solution`, :func:`check_batch`, :func:`bucket` (:mod:`.sudoku_board`)
+  :func:`is_solution`, :func:`check_batch`, :func:`bucket` (:mod:`.board`)
 - classical solver and rater: :func:`solve`, :func:`solve_classical`, :func:`rate`
-  (:mod:`.sudoku_solver`)
-- generators: :func:`generate_easy` (:mod:`.sudoku_generator`), :func:`generate` (hard mix,
-  :mod:`.sudoku_hard`)
+  (:mod:`.solver`)
+- generators: :func:`generate_easy` (:mod:`.easy_generator`), :func:`generate` (hard mix,
+  :mod:`.generator`)
 - symmetries: :func:`augment`, :func:`canonical_form`, :func:`contamination`
-  (:mod:`.sudoku_symmetry`)
+  (:mod:`.symmetry`)
 - data sets: :class:`SudokuSet`, :func:`load_csv`, :func:`load_lines`, :func:`load_any`,
-  :func:`save_csv`, :func:`write_csv`, :func:`fetch_sudoku_extreme`, :func:`default_eval_set` (:mod:`.sudoku_io`)
+  :func:`save_csv`, :func:`write_csv`, :func:`fetch_sudoku_extreme`, :func:`default_eval_set` (:mod:`.io`)
 """
 
 from __future__ import annotations
 
-from .sudoku_board import (
+from .board import (
     BLANK_TOKEN,
     PAD_TOKEN,
     board_to_string,
@@ -27,9 +27,9 @@ from .sudoku_board import (
     parse_board,
     parse_boards,
 )
-from .sudoku_generator import generate_easy, minimise, random_grid
-from .sudoku_hard import generate, iter_generate
-from .sudoku_io import (
+from .easy_generator import generate_easy, minimise, random_grid
+from .generator import generate, iter_generate
+from .io import (
     EVAL_SET_PATH,
     SudokuSet,
     default_eval_set,
@@ -40,8 +40,8 @@ from .sudoku_io import (
     save_csv,
     write_csv,
 )
-from .sudoku_solver import SolveResult, count_solutions, rate, solve, solve_classical
-from .sudoku_symmetry import (
+from .solver import SolveResult, count_solutions, rate, solve, solve_classical
+from .symmetry import (
     apply_symmetry,
     augment,
     augment_set,

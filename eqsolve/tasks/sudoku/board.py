@@ -6,7 +6,7 @@ torch tensors. The model's token encoding is the official one of the EqR/TRM rel
 0 pad, 1 blank, 2..10 for the digits 1..9.
 
 Difficulty buckets (used for reporting accuracy by difficulty) are defined on the
-rating (backtrack count of :func:`eqsolve.tasks.sudoku_solver.rate`):
+rating (backtrack count of :func:`eqsolve.tasks.sudoku.solver.rate`):
 ``"easy"`` for 0..2, ``"medium"`` for 3..20, ``"hard"`` for > 20.
 """
 

@@ -21,7 +21,7 @@ An oscillation that decodes to the right answer at every probed point is a corre
 
 Example:
     >>> import numpy as np
-    >>> from eqsolve.diagnostics_records import Attractor
+    >>> from eqsolve.diagnostics.records import Attractor
     >>> ok = Attractor("fixed_point", 1, np.arange(40), 0.625, 1e-6, True, 1.0, 0.8, 0)
     >>> bad = Attractor("fixed_point", 1, np.arange(24), 0.375, 1e-6, False, 0.0, 0.8, 1)
     >>> classify_attractors([ok, bad])
@@ -35,7 +35,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
-from eqsolve.diagnostics_records import Attractor, Census
+from eqsolve.diagnostics.records import Attractor, Census
 
 MODES = ("a_no_correct", "b_spurious", "c_narrow", "d_broad", "not_converged")
 

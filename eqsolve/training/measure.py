@@ -1,13 +1,12 @@
-"""Export a trained reasoner and measure it for its model card (depth × breadth, by difficulty).
+"""Measure a reasoner for its model card: exact accuracy by difficulty over a depth × breadth grid.
 
-Usage (the shipped reasoner's card was made with these)::
+Usage (the shipped reasoners' cards were made with it)::
 
-    python -m eqsolve.training_report export runs/reasoner-small/last.pt eqsolve/assets/reasoner.pt
-    python -m eqsolve.training_report measure eqsolve/assets/reasoner.pt \\
+    python -m eqsolve.training.measure eqsolve/assets/reasoner.pt \\
         --sets eval:300,magictour:100,forum:100 --grid 16x1,64x1,32x4 --out runs/reasoner-card.json
 
-``eval`` is the shipped evaluation set; ``magictour`` and ``forum`` are the real lists in
-``../shared/data/sudoku/`` (random subsample with ``--seed``; skipped when absent). Exact
+``eval`` is the shipped evaluation set; ``magictour`` and ``forum`` are the real lists, read from
+``$EQSOLVE_SHARED_DATA/sudoku/`` (random subsample with ``--seed``; skipped when absent). Exact
 accuracy uses the project checker; answers of the real lists come from the classical solver.
 
 Examples:
@@ -29,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["export_reasoner", "load_sets", "measure", "parse_grid"]
+__all__ = ["load_sets", "measure", "parse_grid"]
 
 REAL_LISTS = {"magictour": "magictour_top1465.txt", "forum": "forum_hardest_1905_11plus.txt"}
 
@@ -45,38 +44,6 @@ def parse_grid(text: str) -> list[tuple[int, int]]:
     return out
 
 
-def export_reasoner(checkpoint: str | os.PathLike, dest: str | os.PathLike, *,
-                    use_ema: bool = True) -> dict[str, Any]:
-    """Write the weights of a training checkpoint as a small native EqR file (no optimizer).
-
-    Args:
-        checkpoint: training checkpoint (``last.pt``).
-        dest: output file (atomic write), loadable with ``EqR.from_checkpoint``.
-        use_ema: ship the EMA weights (the ones evaluated during training).
-
-    Returns:
-        The provenance stored under ``extra`` (step, seed, commit, wall time, configs, pool).
-    """
-    from eqsolve.models.checkpoint import save_checkpoint
-    from eqsolve.models.eqr import EqR, EqRConfig
-    from eqsolve.training_checkpoint import load_training_checkpoint
-
-    ckpt = load_training_checkpoint(checkpoint)
-    model = EqR(EqRConfig.from_dict(ckpt["config"]))
-    model.load_state_dict(ckpt["ema"] if use_ema and ckpt.get("ema") else ckpt["model"])
-    train = ckpt["train"]
-    commit = ckpt["extra"].get("commit")
-    run_record = Path(checkpoint).with_name("config.json")  # written when the run started
-    if run_record.is_file():
-        commit = json.loads(run_record.read_text()).get("commit", commit)
-    extra = {"step": train["step"], "weights": "ema" if use_ema and ckpt.get("ema") else "live",
-             "commit": commit, "elapsed_s": train.get("elapsed_s"),
-             "train_config": train["train_config"], "world": train.get("world", 1),
-             "pool_fingerprint": train["pool_fingerprint"], "source": str(checkpoint)}
-    save_checkpoint(model, dest, extra=extra)
-    return extra
-
-
 def _subsample_lines(path: Path, n: int, seed: int) -> Path:
     lines = [x for x in path.read_text().splitlines() if x.strip()]
     picked = sorted(random.Random(seed).sample(range(len(lines)), min(n, len(lines))))
@@ -88,10 +55,10 @@ def _subsample_lines(path: Path, n: int, seed: int) -> Path:
 
 def load_sets(spec: str, seed: int = 0) -> dict[str, Any]:
     """``"eval:300,magictour:100"`` -> {name: SudokuSet}; absent real lists are skipped."""
-    from eqsolve.tasks.sudoku_io import default_eval_set, load_lines
+    from eqsolve.tasks.sudoku.io import default_eval_set, load_lines
 
     shared = Path(os.environ.get("EQSOLVE_SHARED_DATA",
-                                 Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+                                 Path(__file__).resolve().parents[2].parent / "shared" / "data"))
     out = {}
     for item in spec.split(","):
         name, _, count = item.strip().partition(":")
@@ -131,7 +98,7 @@ def measure(model: Any, data: Any, grid: list[tuple[int, int]], *, noise: float 
     """
     from eqsolve.scaling import solve_many
     from eqsolve.tasks.base import get_task
-    from eqsolve.tasks.sudoku_board import bucket, check_batch, encode_tokens
+    from eqsolve.tasks.sudoku.board import bucket, check_batch, encode_tokens
 
     questions = np.asarray(data.questions)
     ratings = np.asarray(data.ratings)
@@ -161,29 +128,20 @@ def measure(model: Any, data: Any, grid: list[tuple[int, int]], *, noise: float 
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line: ``export CKPT DEST`` or ``measure WEIGHTS --sets ... --grid ...``."""
-    parser = argparse.ArgumentParser(prog="python -m eqsolve.training_report")
-    sub = parser.add_subparsers(dest="command", required=True)
-    exp = sub.add_parser("export", help="training checkpoint -> small weights file")
-    exp.add_argument("checkpoint")
-    exp.add_argument("dest")
-    exp.add_argument("--live", action="store_true", help="ship the live weights, not the EMA")
-    mea = sub.add_parser("measure", help="accuracy by difficulty over a depth x breadth grid")
-    mea.add_argument("weights")
-    mea.add_argument("--sets", default="eval:300,magictour:100,forum:100")
-    mea.add_argument("--grid", default="16x1,64x1,32x4")
-    mea.add_argument("--noise", type=float, default=0.0)
-    mea.add_argument("--seed", type=int, default=0)
-    mea.add_argument("--threads", type=int, default=1)
-    mea.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    mea.add_argument("--max-rows", type=int, default=None,
-                     help="rows in flight at once (bounds memory at large breadth)")
-    mea.add_argument("--out", default=None, help="JSON file for the results")
+    """Command line: ``WEIGHTS --sets ... --grid ...``."""
+    parser = argparse.ArgumentParser(prog="python -m eqsolve.training.measure",
+                                     description="accuracy by difficulty over a depth x breadth grid")
+    parser.add_argument("weights")
+    parser.add_argument("--sets", default="eval:300,magictour:100,forum:100")
+    parser.add_argument("--grid", default="16x1,64x1,32x4")
+    parser.add_argument("--noise", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--max-rows", type=int, default=None,
+                        help="rows in flight at once (bounds memory at large breadth)")
+    parser.add_argument("--out", default=None, help="JSON file for the results")
     args = parser.parse_args(argv)
-    if args.command == "export":
-        print(json.dumps(export_reasoner(args.checkpoint, args.dest, use_ema=not args.live),
-                         indent=1, default=str))
-        return
     from eqsolve.models.eqr import EqR
 
     torch.set_num_threads(args.threads)

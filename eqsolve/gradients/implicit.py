@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from eqsolve._grad_base import BackwardStats, ConvergenceWarning, FixedPointFn, GradientStrategy
+from eqsolve.gradients.base import BackwardStats, ConvergenceWarning, FixedPointFn, GradientStrategy
 from eqsolve.solvers import Status, get_solver, solve
 
 __all__ = ["Implicit"]
