@@ -44,9 +44,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from eqsolve._io import atomic_write_json, atomic_write_text
 from eqsolve.bench.grid import SHIPPED_REASONER, load_model, load_puzzles
 from eqsolve.config import compose
-from eqsolve.runs import atomic_write_json, atomic_write_text, run_metadata
+from eqsolve.residual import relative_residual
+from eqsolve.runs import run_metadata
 from eqsolve.scaling import solve_many
 from eqsolve.solvers import flat_map, get_solver
 from eqsolve.tasks.base import get_task
@@ -106,7 +108,7 @@ def anytime_curves(model: Any, questions: np.ndarray, solver: str, depth: int, i
                     state = algo.step(g, state, (x,))
                 fz = state.fz.view(hi - lo, *shape)
                 diff = torch.linalg.vector_norm(state.fz - state.z, dim=1)
-                out["residual"][lo:hi, k] = (diff / (torch.linalg.vector_norm(state.fz, dim=1) + 1e-8)).numpy()
+                out["residual"][lo:hi, k] = relative_residual(diff, torch.linalg.vector_norm(state.fz, dim=1)).numpy()
                 digits = model.predict_digits(fz).numpy()
                 out["digits"][lo:hi, k] = digits
                 out["correct"][lo:hi, k] = check_batch(digits, questions[lo:hi])

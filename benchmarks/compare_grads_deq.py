@@ -35,8 +35,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reasoner_deq import binomial_se  # noqa: E402  (a sibling script, not a package)
 
-from eqsolve._io import atomic_write  # noqa: E402
-from eqsolve.runs import atomic_write_json  # noqa: E402
+from eqsolve._io import (
+    atomic_write,  # noqa: E402
+    atomic_write_json,  # noqa: E402
+)
 from eqsolve.scaling import solve_many  # noqa: E402
 from eqsolve.tasks.sudoku import check_batch, default_eval_set, encode_tokens  # noqa: E402
 from eqsolve.training.run import load_model  # noqa: E402

@@ -43,8 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from eqsolve._io import atomic_write
-from eqsolve.runs import atomic_write_json
+from eqsolve._io import atomic_write, atomic_write_json
 from eqsolve.solvers import get_solver, solve
 from eqsolve.tasks.sudoku import check_batch, default_eval_set, encode_tokens, load_any
 from eqsolve.training.run import load_model

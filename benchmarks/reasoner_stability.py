@@ -3,7 +3,7 @@
 For a seeded subset of the shipped evaluation set, solve the reasoner's map (noise off) from the
 same random starts with plain iteration, Anderson and Broyden; decode the answer from ``F(z)``;
 and estimate the spectral radius ρ of the map's Jacobian at each end state (matrix-free, by
-:func:`eqsolve.diagnostics.spectral.spectral_radius`). Plain iteration can only settle where
+:func:`eqsolve.jacobian.spectral_radius`). Plain iteration can only settle where
 ρ ≤ 1; Anderson and Broyden converge to unstable equilibria (ρ > 1) as readily as to stable ones.
 
 Run: ``python benchmarks/reasoner_stability.py --limit 24`` → ``benchmarks/results/reasoner_stability.{json,md}``.
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from eqsolve.diagnostics.spectral import spectral_radius
+from eqsolve.jacobian import spectral_radius
 from eqsolve.solvers import Anderson, solve
 from eqsolve.tasks.sudoku import check_batch, default_eval_set, encode_tokens
 from eqsolve.training.run import load_model

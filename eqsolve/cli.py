@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(train, model_flags=False)
     train.add_argument("--resume", nargs="?", const=True, metavar="PATH",
                        help="continue from <out>/last.pt, or from the checkpoint PATH")
-    train.add_argument("--grad", help="gradient mode: sot | implicit | phantom | onestep | unrolled")
+    train.add_argument("--grad", help="gradient mode: sot (the paper's recipe: supervised outer steps, deep supervision, gradient through the last H-cycle only) | implicit | phantom | onestep | unrolled")
 
     compare = sub.add_parser("compare-grads", help="implicit vs unrolled training side by side")
     _add_common(compare, model_flags=False)
@@ -538,7 +538,7 @@ def check_writable_file(path: Path, name: str, example: str = "out.csv") -> None
 
 def _is_native_checkpoint(source: str) -> bool:
     """Whether ``source`` loads as an eqsolve (native or training) checkpoint."""
-    from eqsolve.models.checkpoint import load_checkpoint
+    from eqsolve.models.loading import load_checkpoint
 
     try:
         load_checkpoint(source)

@@ -3,7 +3,7 @@
 Both work row by row for maps whose rows are independent (the DEQ contract), using one graph
 ``f(z)`` and vector-Jacobian products (``spectral_radius`` can also use forward-mode products),
 so they never form the ``n × n`` Jacobian. ``spectral_radius`` is the one implementation of the
-spectral radius in eqsolve; :mod:`eqsolve.diagnostics.spectral` re-exports it.
+spectral radius in eqsolve (:mod:`eqsolve.diagnostics` re-exports it).
 
 Examples:
     >>> import torch
@@ -90,9 +90,6 @@ def spectral_radius(f: Callable[..., Tensor], z: Tensor, *args: Tensor, n_iter: 
     has converged), the Ritz value matching that subspace's dominant eigenvalue is taken. The
     Jacobian is never formed: every row gets its own product from one batched call (rows are
     independent, the DEQ contract).
-
-    This is the single implementation; :func:`eqsolve.diagnostics.spectral.spectral_radius`
-    (used by the attractor diagnostics) is the same function with ``n_iter=30`` by default.
 
     Args:
         f: the map, ``f(z, *args)`` with the shape of ``z``; rows independent.

@@ -25,14 +25,14 @@ import json
 import logging
 import os
 import platform
-import subprocess
 import sys
 from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from eqsolve._io import atomic_write
+from eqsolve._git import git_commit
+from eqsolve._io import atomic_write_json, atomic_write_text
 
 #: Schema tag of ``results.json``. Bump the version on any incompatible change of its layout.
 RESULTS_SCHEMA = "eqsolve.results/1"
@@ -44,66 +44,6 @@ TRAIN_RUN_FILES = ("last.pt", "ckpt_*.pt", "metrics.jsonl", "config.json", "resu
 
 _PACKAGES = ("eqsolve", "torch", "numpy", "hydra-core", "omegaconf", "matplotlib", "scipy")
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically (temp file in the same folder + ``os.replace``).
-
-    Args:
-        path: Destination file (missing parent folders are created).
-        text: Content to write (UTF-8).
-
-    Returns:
-        The destination path.
-
-    Examples:
-        >>> import tempfile, pathlib
-        >>> d = pathlib.Path(tempfile.mkdtemp())
-        >>> atomic_write_text(d / "a.txt", "hi").read_text()
-        'hi'
-    """
-    return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Serialise ``obj`` as indented JSON and write it atomically.
-
-    Non-finite floats are written as ``null`` (strict JSON has no NaN), so any JSON reader can
-    load the file.
-
-    Args:
-        path: Destination file.
-        obj: JSON-able object (dicts, lists, str, int, float, bool, None; numpy scalars allowed).
-
-    Returns:
-        The destination path.
-
-    Examples:
-        >>> import tempfile, pathlib
-        >>> d = pathlib.Path(tempfile.mkdtemp())
-        >>> _ = atomic_write_json(d / "r.json", {"acc": float("nan")})
-        >>> (d / "r.json").read_text().replace(" ", "").replace("\\n", "")
-        '{"acc":null}'
-    """
-    text = json.dumps(_jsonable(obj), indent=2, allow_nan=False)
-    return atomic_write_text(path, text + "\n")
-
-
-def _jsonable(obj: Any) -> Any:
-    """Convert numpy/torch scalars and arrays, paths and NaN to plain JSON values."""
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, bool) or obj is None or isinstance(obj, str | int):
-        return obj
-    if isinstance(obj, float):
-        return obj if obj == obj and abs(obj) != float("inf") else None
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, "tolist"):  # numpy / torch scalars and arrays
-        return _jsonable(obj.tolist())
-    raise TypeError(f"cannot write {type(obj).__name__} value {obj!r} to JSON")
 
 
 def make_run_dir(kind: str, out: str | os.PathLike | None = None, root: str | os.PathLike = "runs") -> Path:
@@ -302,32 +242,6 @@ def claim_run_dir(kind: str, out: str | os.PathLike | None = None, root: str | o
         lock.release()
         raise
     return path, lock
-
-
-def git_commit(repo: str | os.PathLike | None = None) -> str | None:
-    """Return the current git commit of ``repo`` (default: this package's checkout), ``-dirty`` if modified.
-
-    Args:
-        repo: Folder inside a git work tree.
-
-    Returns:
-        The commit hash, or ``None`` when not in a git checkout or git is unavailable.
-        ``EQSOLVE_COMMIT`` in the environment overrides it (installed copies without git).
-    """
-    if os.environ.get("EQSOLVE_COMMIT"):
-        return os.environ["EQSOLVE_COMMIT"]
-    cwd = Path(repo) if repo is not None else Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd, capture_output=True, text=True, timeout=10, check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return commit + ("-dirty" if dirty else "")
 
 
 def package_versions(names: tuple[str, ...] = _PACKAGES) -> dict[str, str | None]:

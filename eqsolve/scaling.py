@@ -48,7 +48,9 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from eqsolve.residual import relative_residual
 from eqsolve.solvers import flat_map, get_solver
+from eqsolve.solvers._base import take_rows
 
 __all__ = ["AGGREGATIONS", "Reasoner", "ScalingResult", "aggregate_starts", "solve_many"]
 
@@ -200,12 +202,6 @@ def _cat_states(a: Any, b: Any) -> Any:
     return replace(a, **updates)
 
 
-def _take(state: Any, index: Tensor) -> Any:
-    updates = {f.name: getattr(state, f.name)[index]
-               for f in fields(state) if isinstance(getattr(state, f.name), Tensor)}
-    return replace(state, **updates)
-
-
 def _initial_states(reasoner: Any, init: Any, jobs: Tensor, generator: Any, device: torch.device) -> Tensor:
     if isinstance(init, Tensor):  # already (N·breadth, ...)
         return init[jobs.to(init.device)].to(device)
@@ -230,7 +226,7 @@ class _Bookkeeping:
     def observe(self, rows: Tensor, observed: Tensor, z: Tensor, fz: Tensor, logits: Tensor | None) -> Tensor:
         """Record the newest pair ``(z, F(z))`` of the ``observed`` active rows; return residuals."""
         diff = torch.linalg.vector_norm((fz - z).float(), dim=1)
-        res = diff if self.residual == "abs" else diff / (torch.linalg.vector_norm(fz.float(), dim=1) + 1e-8)
+        res = diff if self.residual == "abs" else relative_residual(diff, torch.linalg.vector_norm(fz.float(), dim=1))
         obs_rows = rows[observed]
         col = self.steps[obs_rows].clamp(max=self.depth - 1)
         self.trace[obs_rows, col] = res[observed]
@@ -404,7 +400,7 @@ def solve_many(
             if bool(done.any()):
                 book.finish(rows[done], predict(fz[done]), (stop_halt & ~budget)[done])
                 keep = (~done).nonzero().flatten()
-                rows, x_act, state = rows[keep], x_act[keep], _take(state, keep)
+                rows, x_act, state = rows[keep], x_act[keep], take_rows(state, keep)
                 book.keep(keep)
 
     count = book.steps.clamp(max=depth)

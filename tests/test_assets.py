@@ -21,9 +21,9 @@ def test_eval_set_is_the_documented_one():
 def test_shipped_reasoner_solves_easy_puzzles_and_depth_helps():
     # A regression guard on the weights (not a benchmark): measured 78% / 90% of the easy
     # bucket at depth 16 / 64 on all 250; here 24 of them, with a wide margin.
+    from eqsolve.models.loading import load_checkpoint as load_model
     from eqsolve.scaling import solve_many
     from eqsolve.tasks.base import get_task
-    from eqsolve.training.run import load_model
 
     torch.set_num_threads(1)
     model = load_model(str(EVAL_SET_PATH.parent / "reasoner.pt")).eval()

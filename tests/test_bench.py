@@ -86,7 +86,7 @@ def test_scoring_uses_the_checker_not_the_solver(monkeypatch, puzzle_csv):
                                bench.RunOptions(), seed=0)
     assert out["correct"].tolist() == [True, False, True]
     assert out["nfe"].tolist() == [3.0, 3.0, 3.0] and np.isnan(out["residual"][2])
-    row = bench.summarise(bench.Cell("anderson", 3, 1), out, np.array(["easy", "easy", "hard"]), 1.5)
+    row = bench.summarize(bench.Cell("anderson", 3, 1), out, np.array(["easy", "easy", "hard"]), 1.5)
     assert row["accuracy"] == pytest.approx(2 / 3) and row["accuracy_by_bucket"]["hard"] == 1.0
     assert row["accuracy_by_bucket"]["medium"] is None and row["nonfinite_residuals"] == 1
     assert row["residual_mean"] == pytest.approx(0.15) and row["puzzles_per_s"] == pytest.approx(2.0)

@@ -2,7 +2,7 @@
 
 A malicious pickle (its ``__reduce__`` would ``touch`` a marker file) is given to every place
 that reads a checkpoint: the library (``EqR.from_official``/``from_checkpoint``,
-``eqsolve.training.run.load_model``, ``train.init_from``, ``resume=PATH``) and the command line
+``eqsolve.models.loading.load_checkpoint``, ``train.init_from``, ``resume=PATH``) and the command line
 (``bench``/``diagnose --checkpoint``, ``import-checkpoint``, ``train --resume PATH``,
 ``train train.init_from=PATH``). The marker must never appear, and the error must name the file.
 """
@@ -21,9 +21,10 @@ import torch
 
 from eqsolve import cli
 from eqsolve.models.eqr import EqR, EqRConfig
+from eqsolve.models.loading import load_checkpoint
 from eqsolve.training.checkpoint import load_training_checkpoint
 from eqsolve.training.config import TrainConfig
-from eqsolve.training.run import load_model, run_training
+from eqsolve.training.run import run_training
 
 TINY = EqRConfig(hidden_size=16, num_heads=2, H_cycles=1, L_cycles=2, L_layers=1, mixer="sudoku_pool")
 TINY_TRAIN = ["train.steps=1", "train.batch_size=2", "train.gen_easy=4", "train.eval_size=1",
@@ -60,7 +61,7 @@ def test_the_exploit_is_live_when_unpickled_unsafely(evil):
 
 
 @pytest.mark.parametrize("raw_pickle", [False, True], ids=["torch-zip", "legacy-pickle"])
-@pytest.mark.parametrize("entry", ["from_official", "from_checkpoint", "train.load_model",
+@pytest.mark.parametrize("entry", ["from_official", "from_checkpoint", "load_checkpoint",
                                    "load_training_checkpoint", "resume", "init_from"])
 def test_library_entry_points_refuse_the_exploit(tmp_path, evil, entry, raw_pickle):
     path, marker = evil
@@ -70,7 +71,7 @@ def test_library_entry_points_refuse_the_exploit(tmp_path, evil, entry, raw_pick
     calls = {
         "from_official": lambda: EqR.from_official(path),
         "from_checkpoint": lambda: EqR.from_checkpoint(path),
-        "train.load_model": lambda: load_model(path),
+        "load_checkpoint": lambda: load_checkpoint(path),
         "load_training_checkpoint": lambda: load_training_checkpoint(path),
         "resume": lambda: run_training(TrainConfig(steps=1, batch_size=2, gen_easy=4, progress=False,
                                                    out=str(tmp_path / "run"), resume=str(path)), TINY),

@@ -113,7 +113,7 @@ def test_data_generate_writes_loadable_csv(monkeypatch, tmp_path, capsys):
 
 def test_import_checkpoint_round_trips_official_weights(tmp_path, capsys):
     from eqsolve.models import EqR, EqRConfig
-    from eqsolve.models.checkpoint import load_checkpoint
+    from eqsolve.models.loading import load_checkpoint
 
     torch.manual_seed(0)
     model = EqR(EqRConfig(hidden_size=16, H_cycles=1, L_cycles=1, L_layers=1))

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from eqsolve import runs
+from eqsolve import _io as runs
 
 
 def test_atomic_json_writes_strict_json_and_leaves_no_temp(tmp_path):

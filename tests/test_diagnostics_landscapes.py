@@ -10,7 +10,7 @@ import torch
 
 from eqsolve.diagnostics.census import FixedPointSystem, run_census
 from eqsolve.diagnostics.modes import ModeRule, classify, mode_shares
-from eqsolve.diagnostics.spectral import spectral_radius
+from eqsolve.jacobian import spectral_radius
 
 
 def gen(seed: int = 0) -> torch.Generator:

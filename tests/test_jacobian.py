@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-from eqsolve.diagnostics import spectral as diagnostics_spectral
 from eqsolve.jacobian import jac_reg, spectral_radius
 
 D = torch.float64
@@ -87,8 +86,8 @@ def test_jac_reg_is_differentiable_and_validates() -> None:
         spectral_radius(lambda z: z[:, :1], z.detach())
 
 
-# --- one implementation, two entry points ------------------------------------------------------
-ENTRY_POINTS = {"jacobian": spectral_radius, "diagnostics_spectral": diagnostics_spectral.spectral_radius}
+# --- the one implementation (eqsolve.diagnostics re-exports it) ----------------------------------
+ENTRY_POINTS = {"jacobian": spectral_radius}
 
 
 def non_normal_map(n: int = 20):
@@ -148,15 +147,14 @@ def test_both_entry_points_match_dense_eigvals_float64(entry, method, case) -> N
     torch.testing.assert_close(est, exact, rtol=1e-9, atol=0)
 
 
-def test_entry_points_are_one_implementation_with_their_own_budgets() -> None:
+def test_one_implementation_and_its_budget() -> None:
+    from eqsolve import diagnostics
+
     f, z, x = complex_pair_map()
-    a = spectral_radius(f, z, x, n_iter=40, chunk_size=3, generator=torch.Generator().manual_seed(4))
-    b = diagnostics_spectral.spectral_radius(f, z, x, n_iter=40, chunk_size=3,
-                                             generator=torch.Generator().manual_seed(4))
-    assert torch.equal(a, b)
+    assert diagnostics.spectral_radius is spectral_radius
     assert spectral_radius(lambda s: 0.5 * s, torch.ones(2, 3), n_iter=4).dtype == torch.float32
     # The cost callers rely on: one forward and n_iter backward passes with vjp, n_iter forward-mode
-    # products with jvp; by default n_iter=100 (jacobian) and 30 (diagnostics_spectral).
+    # products with jvp; by default n_iter=100.
     counts = {"forward": 0, "backward": 0}
 
     class Counted(torch.autograd.Function):
@@ -177,7 +175,7 @@ def test_entry_points_are_one_implementation_with_their_own_budgets() -> None:
         counts["forward"] += 1
         return f(s, x)
 
-    for fn, n_iter in ((spectral_radius, 100), (diagnostics_spectral.spectral_radius, 30)):
+    for fn, n_iter in ((spectral_radius, 100),):
         counts.update(forward=0, backward=0)
         fn(counted, z, x)
         assert counts == {"forward": 1, "backward": n_iter}

@@ -119,8 +119,8 @@ def test_toy_task_trains_and_evaluates_through_the_cli(toy, tmp_path):
     assert [m["step"] for m in lines] == [1, 2, 3] and all(np.isfinite(m["loss"]) for m in lines)
     config = json.loads((out / "config.json").read_text())
     assert config["train"]["task"] == "toy-invert" and config["pool"].startswith("toy-invert.generate_pool(20")
+    from eqsolve.models.loading import load_checkpoint as load_model
     from eqsolve.training.eval import default_eval_set, evaluate
-    from eqsolve.training.run import load_model
 
     report = evaluate(load_model(out / "last.pt"), default_eval_set("toy-invert"), depth=2, task="toy-invert")
     assert report["n"] == 40.0 and 0.0 <= report["exact"] <= 1.0 and "exact_dense" in report

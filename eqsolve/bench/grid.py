@@ -115,6 +115,7 @@ def load_model(cfg: Any) -> torch.nn.Module:
             whose sequence length or vocabulary is not the task's.
     """
     from eqsolve.models.eqr import EqR, EqRConfig
+    from eqsolve.models.loading import load_checkpoint
 
     task = get_task(cfg.task.name)
     device = torch.device(cfg.device)  # a malformed name raises here, before any loading
@@ -138,7 +139,7 @@ def load_model(cfg: Any) -> torch.nn.Module:
             what = (f"the shipped {task.name} reasoner {reasoner_name(cfg.reasoner, task)!r}"
                     if not cfg.checkpoint else "checkpoint")
             raise FileNotFoundError(f"{what} not found at {path}; pass --checkpoint PATH (or 'random')")
-        model = _load_checkpoint(path)
+        model = load_checkpoint(path)
     check_model_fits(model, task, cfg.checkpoint or "the shipped reasoner")
     return model.to(device).eval()
 
@@ -236,19 +237,6 @@ def assign_solver(model: torch.nn.Module, solver: Any) -> Any:
 
     model.inner_solver = solver
     return get_solver("fixed_point")
-
-
-def _load_checkpoint(path: Path) -> torch.nn.Module:
-    """Training checkpoints via eqsolve.training.run when present, native/official ones via eqsolve.models."""
-    try:
-        from eqsolve.training.run import load_model as load_training_checkpoint
-    except ImportError:
-        load_training_checkpoint = None
-    if load_training_checkpoint is not None:
-        return load_training_checkpoint(path)
-    from eqsolve.models.checkpoint import load_checkpoint
-
-    return load_checkpoint(path)
 
 
 def load_puzzles(cfg: Any, limit: int | None) -> Any:
@@ -398,7 +386,7 @@ def _gather(local: dict[int, dict[str, np.ndarray]], elapsed: float, world: int)
 
 
 # ----------------------------------------------------------------------------- summaries
-def summarise(cell: Cell, arrays: Mapping[str, np.ndarray], buckets: np.ndarray, seconds: float,
+def summarize(cell: Cell, arrays: Mapping[str, np.ndarray], buckets: np.ndarray, seconds: float,
               names: Sequence[str] = BUCKETS) -> dict[str, Any]:
     """One table row from per-puzzle arrays.
 
@@ -415,7 +403,7 @@ def summarise(cell: Cell, arrays: Mapping[str, np.ndarray], buckets: np.ndarray,
         residual_mean, seconds, puzzles_per_s.
 
     Examples:
-        >>> row = summarise(Cell("anderson", 4, 1), {"correct": np.array([True, False]),
+        >>> row = summarize(Cell("anderson", 4, 1), {"correct": np.array([True, False]),
         ...     "nfe": np.array([4.0, 2.0]), "residual": np.array([0.1, 0.3])},
         ...     np.array(["easy", "hard"]), 2.0)
         >>> row["accuracy"], row["nfe_mean"], row["accuracy_by_bucket"]["hard"], row["puzzles_per_s"]
@@ -443,7 +431,7 @@ def format_table(rows: Sequence[Mapping[str, Any]], labels: Mapping[str, str] | 
     """Render bench rows as a fixed-width text table, one accuracy column per bucket.
 
     Args:
-        rows: :func:`summarise` rows (bucket columns in the order of ``accuracy_by_bucket``).
+        rows: :func:`summarize` rows (bucket columns in the order of ``accuracy_by_bucket``).
         labels: Short column headings per bucket name (default: Sudoku's, ``medium`` -> ``med``).
 
     Examples:
@@ -587,7 +575,7 @@ def run_bench(cfg: Any, run_dir: Path | None = None) -> dict[str, Any] | None:
     task = get_task(cfg.task.name)
     buckets = np.array(task.bucket(puzzles.ratings))
     names = task.bucket_names(buckets.tolist())
-    rows = [summarise(c, per_puzzle[c.key], buckets, seconds[c.key], names) for c in cells]
+    rows = [summarize(c, per_puzzle[c.key], buckets, seconds[c.key], names) for c in cells]
     inner = solves_inner(model)
     blocks_per_step = int(model.blocks_per_map()) if hasattr(model, "blocks_per_map") else 1
     labels = {name: task.bucket_labels.get(name, name) for name in names}

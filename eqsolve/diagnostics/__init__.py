@@ -10,7 +10,7 @@ The public entry points, re-exported here from the modules that implement them:
   basin, (d) broad correct basin, plus "not converged";
 - `auroc`, `residual_auroc`, `accuracy_vs_residual`, `halting_threshold`
   (`eqsolve.diagnostics.calibration`): the residual as a correctness signal;
-- `spectral_radius` (`eqsolve.diagnostics.spectral`): matrix-free local stability;
+- `spectral_radius` (`eqsolve.jacobian`, re-exported): matrix-free local stability;
 - cycle / oscillation detection (`eqsolve.diagnostics.orbits`), the census records
   (`eqsolve.diagnostics.records`) and the figures (`eqsolve.diagnostics.plots`).
 
@@ -56,7 +56,7 @@ from eqsolve.diagnostics.report import (
     summarize,
     write_figures,
 )
-from eqsolve.diagnostics.spectral import spectral_radius
+from eqsolve.jacobian import spectral_radius
 
 __all__ = [
     "MODES", "MODE_DESCRIPTIONS", "OUTCOMES", "SCHEMA", "Attractor", "Census", "CensusRun",

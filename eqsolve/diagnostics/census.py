@@ -41,7 +41,8 @@ from torch import Tensor
 
 from eqsolve.diagnostics.orbits import classify_orbits, probe_orbits, random_projection
 from eqsolve.diagnostics.records import OUTCOMES, Attractor, Census, CensusRun, FixedPointSystem
-from eqsolve.diagnostics.spectral import spectral_radius
+from eqsolve.jacobian import spectral_radius
+from eqsolve.residual import relative_residual
 from eqsolve.solvers import Status, solve
 
 __all__ = ["OUTCOMES", "Attractor", "Census", "CensusRun", "FixedPointSystem", "run_census"]
@@ -166,7 +167,7 @@ def _probe_unconverged(system: FixedPointSystem, rows: _Rows, x_rows: Tensor, t_
         moved.append(j)
         size = float(step[j, -1] if p_out[j] == "cycle" else step[j, half:].median())
         # relative residual of an orbit point, with |s| standing in for |f(s)| (same orbit)
-        rows.residual[row] = size if stop == "abs" else size / (float(s_end[j].norm()) + 1e-8)
+        rows.residual[row] = size if stop == "abs" else relative_residual(size, float(s_end[j].norm()))
         if ok is not None:
             out.orbit_correct[row] = bool(ok[j, first:].all())
             rows.correct[row] = out.orbit_correct[row]

@@ -231,8 +231,9 @@ def run_diagnose(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
     Returns:
         Small dict of summary numbers (mode shares, AUROC, accuracy, figure paths).
     """
+    from eqsolve._io import atomic_write_json
     from eqsolve.bench.grid import load_model, load_puzzles
-    from eqsolve.runs import atomic_write_json, progress_bar
+    from eqsolve.runs import progress_bar
 
     run_dir = Path(run_dir)
     d = cfg.diagnose

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from eqsolve.gradients.base import FixedPointFn, GradientStrategy, GradSolution
+from eqsolve.residual import relative_residual
 from eqsolve.solvers import Status, get_solver
 from eqsolve.solvers._base import flat_map, select_rows, take_rows
 
@@ -189,7 +190,7 @@ def _copy_state(state: Any) -> Any:
 def _residuals(state: Any) -> tuple[Tensor, Tensor]:
     fz, z = state.fz.detach(), state.z.detach()
     abs_res = (fz - z).norm(dim=1)
-    return abs_res, abs_res / (fz.norm(dim=1) + 1e-8)
+    return abs_res, relative_residual(abs_res, fz.norm(dim=1))
 
 
 def _stopped(state: Any, stop: str, tol: float) -> Tensor:

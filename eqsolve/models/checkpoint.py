@@ -1,4 +1,6 @@
-"""Checkpoints of :class:`~eqsolve.models.eqr.EqR`: official release import and native format.
+"""Checkpoint files of :class:`~eqsolve.models.eqr.EqR`: official release and native format (plain
+config + state dict; building the model is ``EqR.from_checkpoint``/``from_official``, or
+:mod:`eqsolve.models.loading`).
 
 Official release (``locuslab/EqR-model``, ``sudoku-extreme/eqr.pth``): a torch dict with
 ``model`` (state dict), optional ``ema`` (``{"mu", "shadow": {name: tensor}}`` or a flat
@@ -10,7 +12,7 @@ after that they read ``inner.<name>`` where ``<name>`` is this package's paramet
 Loading is strict: any missing, unexpected or wrongly shaped tensor is a ValueError that lists
 them (e.g. a model trained with 16 puzzle-embedding positions), never a partial load.
 
-Native format (``save_checkpoint`` / ``load_checkpoint``): ``{"format": "eqsolve.eqr/1",
+Native format (``save_checkpoint`` / ``read_checkpoint``): ``{"format": "eqsolve.eqr/1",
 "config": EqRConfig dict, "model": state dict, "ema": optional state dict, "extra": {...}}``.
 
 Files are read with :func:`eqsolve._safe_load.safe_torch_load` (``weights_only=True``): loading a
@@ -25,19 +27,20 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from eqsolve._io import atomic_torch_save
 from eqsolve._safe_load import safe_torch_load
-from eqsolve.models.eqr import EqR, EqRConfig
+from eqsolve.models.eqr_config import EqRConfig
 
 __all__ = [
     "NATIVE_FORMAT",
     "config_from_arch",
-    "load_checkpoint",
-    "load_hub",
-    "load_official",
+    "download_official",
+    "load_strict",
     "normalize_official_keys",
+    "read_checkpoint",
+    "read_official",
     "save_checkpoint",
 ]
 
@@ -135,7 +138,8 @@ def _pick_state(ckpt: Mapping[str, Any], prefer_ema: bool, origin: str = "<dict>
     return dict(model)
 
 
-def _load_strict(model: EqR, state: Mapping[str, Tensor], origin: str) -> EqR:
+def load_strict(model: nn.Module, state: Mapping[str, Tensor], origin: str) -> nn.Module:
+    """Load ``state`` into ``model`` strictly; every missing, unexpected or mis-shaped tensor is named."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -145,7 +149,7 @@ def _load_strict(model: EqR, state: Mapping[str, Tensor], origin: str) -> EqR:
         if k in state and tuple(state[k].shape) != tuple(v.shape)
     ]
     if missing or unexpected or shapes:
-        lines = [f"checkpoint {origin} does not match EqR({model.config})"]
+        lines = [f"checkpoint {origin} does not match {type(model).__name__}({getattr(model, 'config', '')})"]
         if shapes:
             lines.append("shape mismatches: " + "; ".join(shapes))
             if any("mlp_t" in s for s in shapes):
@@ -161,10 +165,10 @@ def _load_strict(model: EqR, state: Mapping[str, Tensor], origin: str) -> EqR:
     return model
 
 
-def load_official(
+def read_official(
     source: Any, *, prefer_ema: bool = True, seq_len: int | None = None, vocab_size: int | None = None
-) -> EqR:
-    """Build an :class:`EqR` from an official release checkpoint.
+) -> tuple[EqRConfig, dict[str, Tensor], str]:
+    """The configuration and weights of an official release checkpoint.
 
     Args:
         source: Path to ``eqr.pth``, the loaded dict (``model``/``ema``/``config``), or a bare
@@ -174,18 +178,11 @@ def load_official(
         vocab_size: Vocabulary (default: the embedding table's row count).
 
     Returns:
-        The model in eval mode, float32, on CPU.
+        ``(config, state, origin)``: the :class:`EqRConfig`, the state dict in this package's
+        parameter names and the file's name for messages (``EqR.from_official`` builds the model).
 
     Raises:
         ValueError: Missing/unexpected/mis-shaped tensors, or an unsupported arch.
-
-    Examples:
-        >>> import torch
-        >>> m = EqR(EqRConfig(hidden_size=32, L_layers=1))
-        >>> ckpt = {"model": {"_orig_mod.model.inner." + k: v for k, v in m.state_dict().items()},
-        ...         "config": {"arch": {"hidden_size": 32, "L_layers": 1, "mlp_t": True}}}
-        >>> load_official(ckpt).config.hidden_size
-        32
     """
     ckpt = _read(source)
     origin = str(source) if isinstance(source, (str, os.PathLike)) else "<dict>"
@@ -209,19 +206,17 @@ def load_official(
         overrides["vocab_size"] = vocab_size
     elif emb is not None and "vocab_size" not in arch:
         overrides["vocab_size"] = int(emb.shape[0])
-    model = EqR(config_from_arch(arch, **overrides))
-    return _load_strict(model, state, origin).eval()
+    return config_from_arch(arch, **overrides), state, origin
 
 
-def load_hub(
+def download_official(
     repo_id: str = "locuslab/EqR-model",
     filename: str = "sudoku-extreme/eqr.pth",
     *,
     revision: str | None = None,
     cache_dir: str | os.PathLike | None = None,
-    **kwargs: Any,
-) -> EqR:
-    """Download an official checkpoint from the HuggingFace hub and load it.
+) -> Path:
+    """Download an official checkpoint from the HuggingFace hub; its local path.
 
     Needs the optional ``huggingface_hub`` package (``pip install eqsolve[hub]``).
 
@@ -230,10 +225,6 @@ def load_hub(
         filename: File inside it.
         revision: Git revision (pin it for reproducibility).
         cache_dir: Hub cache folder.
-        **kwargs: Passed to :func:`load_official`.
-
-    Returns:
-        The loaded model.
     """
     try:
         from huggingface_hub import hf_hub_download
@@ -241,18 +232,18 @@ def load_hub(
         raise ImportError(
             "loading from the hub needs huggingface_hub: pip install 'eqsolve[hub]'"
         ) from exc
-    path = hf_hub_download(repo_id=repo_id, filename=filename, revision=revision, cache_dir=cache_dir)
-    return load_official(path, **kwargs)
+    return Path(hf_hub_download(repo_id=repo_id, filename=filename, revision=revision,
+                                cache_dir=cache_dir))
 
 
 def save_checkpoint(
-    model: EqR, path: str | os.PathLike, *, ema: Mapping[str, Tensor] | None = None,
+    model: nn.Module, path: str | os.PathLike, *, ema: Mapping[str, Tensor] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> None:
     """Write a native checkpoint atomically (temp file in the same folder, then ``os.replace``).
 
     Args:
-        model: The model.
+        model: The model (an :class:`~eqsolve.models.eqr.EqR`: it has a ``config``).
         path: Destination file.
         ema: Optional EMA weights (same names as ``model.state_dict()``).
         extra: Optional JSON-like metadata (step, seed, ...).
@@ -269,8 +260,8 @@ def save_checkpoint(
     atomic_torch_save(payload, path)
 
 
-def load_checkpoint(path: Any, *, prefer_ema: bool = True) -> EqR:
-    """Load an eqsolve checkpoint; an official one (config with ``arch``) goes to :func:`load_official`.
+def read_checkpoint(path: Any, *, prefer_ema: bool = True) -> tuple[EqRConfig, dict[str, Tensor], str]:
+    """The configuration and weights of an eqsolve checkpoint (an official one is read by :func:`read_official`).
 
     eqsolve checkpoints are dicts with ``model`` (state dict), optional ``ema`` (preferred) and
     ``config`` (an :class:`EqRConfig` as a dict), optionally ``format: "eqsolve.eqr/1"``; other
@@ -281,7 +272,7 @@ def load_checkpoint(path: Any, *, prefer_ema: bool = True) -> EqR:
         prefer_ema: Use the EMA weights when present.
 
     Returns:
-        The model in eval mode.
+        ``(config, state, origin)`` (``EqR.from_checkpoint`` builds the model).
     """
     ckpt = _read(path)
     origin = str(path) if isinstance(path, (str, os.PathLike)) else "<dict>"
@@ -297,7 +288,6 @@ def load_checkpoint(path: Any, *, prefer_ema: bool = True) -> EqR:
         isinstance(config, Mapping) and "arch" not in config and "mixer" in config
     )
     if not native:
-        return load_official(ckpt, prefer_ema=prefer_ema)
-    model = EqR(EqRConfig.from_dict(dict(config)))
-    state = _pick_state(ckpt, prefer_ema, origin)
-    return _load_strict(model, state, origin).eval()
+        config, state, _ = read_official(ckpt, prefer_ema=prefer_ema)
+        return config, state, origin
+    return EqRConfig.from_dict(dict(config)), _pick_state(ckpt, prefer_ema, origin), origin

@@ -350,32 +350,46 @@ class EqR(nn.Module):
 
     # ----------------------------------------------------------------------------- loading
     @classmethod
-    def from_official(cls, source: Any, *, prefer_ema: bool = True, seq_len: int | None = None) -> EqR:
+    def from_official(cls, source: Any, *, prefer_ema: bool = True, seq_len: int | None = None,
+                      vocab_size: int | None = None) -> EqR:
         """Build from an official release checkpoint (path, loaded dict or bare state dict).
 
-        See :func:`eqsolve.models.checkpoint.load_official`.
-        """
-        from eqsolve.models.checkpoint import load_official
+        Loading is strict (any missing, unexpected or mis-shaped tensor is a ``ValueError``);
+        see :func:`eqsolve.models.checkpoint.read_official`.
 
-        return load_official(source, prefer_ema=prefer_ema, seq_len=seq_len)
+        Examples:
+            >>> m = EqR(EqRConfig(hidden_size=32, L_layers=1))
+            >>> ckpt = {"model": {"_orig_mod.model.inner." + k: v for k, v in m.state_dict().items()},
+            ...         "config": {"arch": {"hidden_size": 32, "L_layers": 1, "mlp_t": True}}}
+            >>> EqR.from_official(ckpt).config.hidden_size
+            32
+        """
+        from eqsolve.models.checkpoint import load_strict, read_official
+
+        config, state, origin = read_official(source, prefer_ema=prefer_ema, seq_len=seq_len,
+                                              vocab_size=vocab_size)
+        return load_strict(cls(config), state, origin).eval()
 
     @classmethod
     def load_hub(cls, repo_id: str = "locuslab/EqR-model", filename: str = "sudoku-extreme/eqr.pth",
-                 **kwargs: Any) -> EqR:
-        """Download an official checkpoint with ``huggingface_hub`` and load it.
+                 *, revision: str | None = None, cache_dir: Any = None, **kwargs: Any) -> EqR:
+        """Download an official checkpoint with ``huggingface_hub`` (``hub`` extra) and load it.
 
-        See :func:`eqsolve.models.checkpoint.load_hub`.
+        ``kwargs`` go to :meth:`from_official`; see
+        :func:`eqsolve.models.checkpoint.download_official`.
         """
-        from eqsolve.models.checkpoint import load_hub
+        from eqsolve.models.checkpoint import download_official
 
-        return load_hub(repo_id, filename, **kwargs)
+        path = download_official(repo_id, filename, revision=revision, cache_dir=cache_dir)
+        return cls.from_official(path, **kwargs)
 
     @classmethod
     def from_checkpoint(cls, path: Any, *, prefer_ema: bool = True) -> EqR:
-        """Load a native eqsolve checkpoint (or an official one, detected by its layout)."""
-        from eqsolve.models.checkpoint import load_checkpoint
+        """Load a native eqsolve checkpoint (or an official one, detected by its layout), strictly."""
+        from eqsolve.models.checkpoint import load_strict, read_checkpoint
 
-        return load_checkpoint(path, prefer_ema=prefer_ema)
+        config, state, origin = read_checkpoint(path, prefer_ema=prefer_ema)
+        return load_strict(cls(config), state, origin).eval()
 
     def save_checkpoint(self, path: Any, *, ema: dict[str, Tensor] | None = None,
                         extra: dict[str, Any] | None = None) -> None:

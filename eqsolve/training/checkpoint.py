@@ -170,6 +170,6 @@ def restore_global_rng(state: dict[str, Any]) -> None:
 def git_commit(repo: str | os.PathLike | None = None) -> str:
     """:func:`eqsolve.runs.git_commit` (``EQSOLVE_COMMIT`` overrides it; ``-dirty`` when
     modified), or ``"unknown"`` outside a git checkout: what checkpoints record."""
-    from eqsolve.runs import git_commit as _commit
+    from eqsolve._git import git_commit as _commit
 
     return _commit(repo) or "unknown"

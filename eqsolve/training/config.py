@@ -71,7 +71,8 @@ class TrainConfig:
     """Training options (see ``eqsolve/conf/train/*.yaml`` for the shipped presets).
 
     Attributes:
-        grad: gradient mode: ``sot`` (deep supervision over up to ``sup_steps`` outer steps,
+        grad: gradient mode: ``sot`` (supervised outer steps, the paper's recipe: deep
+            supervision over up to ``sup_steps`` outer steps,
             one optimizer step per outer step, detached carry, gradient through the last
             H-cycle only), ``implicit``, ``phantom``, ``onestep`` or ``unrolled`` (fixed point of
             the outer map solved by ``solver`` for ``depth`` steps, gradient by eqsolve.gradients).

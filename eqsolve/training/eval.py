@@ -8,39 +8,26 @@ Examples:
     >>> import numpy as np, torch
     >>> from eqsolve.models.eqr import EqR, EqRConfig
     >>> model = EqR(EqRConfig(hidden_size=16, num_heads=2, H_cycles=1, L_cycles=1, L_layers=1))
-    >>> es = EvalSet(np.zeros((2, 81), np.int64), np.ones((2, 81), np.int64), np.zeros(2, np.int64))
+    >>> from eqsolve.tasks.base import TaskData
+    >>> es = TaskData(np.zeros((2, 81), np.int64), np.ones((2, 81), np.int64), np.zeros(2, np.int64))
     >>> evaluate(model, es, depth=2)["exact"]
     0.0
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from eqsolve.tasks.base import get_task
+from eqsolve.residual import relative_residual
+from eqsolve.tasks.base import TaskData, get_task
 
-__all__ = ["EvalSet", "default_eval_set", "evaluate"]
-
-
-@dataclass
-class EvalSet:
-    """Held-out puzzles: ``(N, seq_len)`` questions and answers (the task's answer space), ``(N,)``
-    ratings (or -1)."""
-
-    questions: np.ndarray
-    answers: np.ndarray
-    ratings: np.ndarray
-
-    def head(self, n: int) -> EvalSet:
-        """The first ``n`` puzzles."""
-        return EvalSet(self.questions[:n], self.answers[:n], self.ratings[:n])
+__all__ = ["default_eval_set", "evaluate"]
 
 
-def default_eval_set(task: Any = "sudoku-extreme") -> EvalSet | None:
+def default_eval_set(task: Any = "sudoku-extreme") -> TaskData | None:
     """The task's shipped evaluation set (``eqsolve/assets``), or None when it has none."""
     try:
         data = get_task(task).load(None)
@@ -48,12 +35,12 @@ def default_eval_set(task: Any = "sudoku-extreme") -> EvalSet | None:
         return None
     ratings = getattr(data, "ratings", None)
     ratings = np.full(len(data.questions), -1) if ratings is None else np.asarray(ratings)
-    return EvalSet(np.asarray(data.questions, dtype=np.int64),
-                   np.asarray(data.answers, dtype=np.int64), ratings.astype(np.int64))
+    return TaskData(np.asarray(data.questions, dtype=np.int64),
+                    np.asarray(data.answers, dtype=np.int64), ratings.astype(np.int64))
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, data: EvalSet, *, depth: int = 16, seed: int = 0,
+def evaluate(model: torch.nn.Module, data: TaskData, *, depth: int = 16, seed: int = 0,
              init: str = "random", noise: float = 0.0, batch: int = 256,
              task: Any = "sudoku-extreme") -> dict[str, float]:
     """Iterate the outer map ``depth`` times from the initial state and score the answers.
@@ -94,8 +81,8 @@ def evaluate(model: torch.nn.Module, data: EvalSet, *, depth: int = 16, seed: in
         blank = task.scored_cells(tokens).cpu().numpy()
         cells += int(((pred == a) & blank).sum())
         blanks += int(blank.sum())
-        residuals.append(((s - prev).flatten(1).norm(dim=1)
-                          / (s.flatten(1).norm(dim=1) + 1e-8)).cpu().numpy())
+        residuals.append(relative_residual((s - prev).flatten(1).norm(dim=1),
+                                           s.flatten(1).norm(dim=1)).cpu().numpy())
     model.train(was_training)
     ok = np.concatenate(exact) if exact else np.zeros(0, bool)
     out = {"n": float(len(ok)), "exact": float(ok.mean()) if len(ok) else 0.0,

@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from eqsolve._io import atomic_write_text
+
 __all__ = ["load_sets", "measure", "parse_grid"]
 
 REAL_LISTS = {"magictour": "magictour_top1465.txt", "forum": "forum_hardest_1905_11plus.txt"}
@@ -157,11 +159,7 @@ def main(argv: list[str] | None = None) -> None:
         result["sets"][name] = measure(model, data, grid, noise=args.noise, seed=args.seed,
                                        max_rows=args.max_rows)
     if args.out:
-        path = Path(args.out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(result, indent=1))
-        tmp.replace(path)
+        atomic_write_text(args.out, json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ import torch.distributed as dist
 from eqsolve import runs
 from eqsolve._io import atomic_write
 from eqsolve.distributed import process_group, select_device
-from eqsolve.models.eqr import EqR, EqRConfig
+from eqsolve.models.eqr import EqRConfig
 from eqsolve.tasks.base import get_task
 from eqsolve.training.checkpoint import (
     TRAIN_STATE_VERSION,
@@ -65,7 +65,7 @@ from eqsolve.training.data import PuzzlePool, build_pool, pool_source
 from eqsolve.training.eval import default_eval_set, evaluate
 from eqsolve.training.loop import Trainer
 
-__all__ = ["TrainConfig", "Trainer", "load_model", "load_preset", "main", "run_training"]
+__all__ = ["TrainConfig", "Trainer", "load_preset", "main", "run_training"]
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -87,11 +87,6 @@ def load_preset(group: str, name: str) -> dict[str, Any]:
         have = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
         raise ValueError(f"no {group} preset {name!r}; available: {have}")
     return dict(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
-
-
-def load_model(path: str | os.PathLike, *, use_ema: bool = True) -> EqR:
-    """Rebuild a model from a training checkpoint, a shipped weights file or an official one."""
-    return EqR.from_checkpoint(path, prefer_ema=use_ema)
 
 
 def _dist_setup() -> tuple[int, int]:

@@ -1,6 +1,7 @@
 """One optimizer step's forward pass for each gradient mode, as modules DDP can wrap.
 
-* :class:`SotSegment` — the paper's recipe (``grad="sot"``): one supervised outer step
+* :class:`SotSegment` — the paper's recipe (``grad="sot"``, supervised outer steps: deep
+  supervision): one supervised outer step
   ``s' = F(s; x)`` with the graph kept for the last H-cycle only; the caller detaches the carry.
 * :class:`DeqForward` — ``implicit`` / ``phantom`` / ``onestep`` / ``unrolled``: solve the fixed
   point of the outer map ``F(·; x)`` from ``s0`` with an eqsolve solver, gradient by the chosen
@@ -31,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from eqsolve.jacobian import jac_reg
+from eqsolve.residual import relative_residual
 from eqsolve.training.config import TrainConfig
 
 __all__ = ["SotSegment", "DeqForward", "make_strategy", "rel_change", "jacobian_estimate"]
@@ -39,7 +41,7 @@ __all__ = ["SotSegment", "DeqForward", "make_strategy", "rel_change", "jacobian_
 def rel_change(new: Tensor, old: Tensor) -> Tensor:
     """Per-row ``||new - old|| / (||new|| + 1e-8)`` (the fixed-point residual of one step)."""
     diff = (new - old).flatten(1).norm(dim=1)
-    return diff / (new.flatten(1).norm(dim=1) + 1e-8)
+    return relative_residual(diff, new.flatten(1).norm(dim=1))
 
 
 def jacobian_estimate(out: Tensor, s: Tensor, generator: torch.Generator | None) -> Tensor:

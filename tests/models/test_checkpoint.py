@@ -9,14 +9,8 @@ import pytest
 import torch
 
 from eqsolve.models import EqR, EqRConfig
-from eqsolve.models.checkpoint import (
-    config_from_arch,
-    load_checkpoint,
-    load_hub,
-    load_official,
-    normalize_official_keys,
-    save_checkpoint,
-)
+from eqsolve.models.checkpoint import config_from_arch, normalize_official_keys, save_checkpoint
+from eqsolve.models.loading import load_checkpoint, load_hub, load_official
 
 ARCH = {  # the release's arch block (config/arch/eqr.yaml + Sudoku override), shrunk in width
     "name": "eqr@EqRModel", "loss": {"name": "losses@ACTLossHead"}, "halt_exploration_prob": 0.1,

@@ -14,14 +14,14 @@ histogram, size, time) are written atomically.
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from ..._git import git_commit
+from ..._io import atomic_write_text
 from .generator import generate
 from .io import EVAL_SET_PATH, load_csv, save_csv
 from .symmetry import canonical_keys
@@ -60,17 +60,6 @@ def histogram(lengths: np.ndarray, width: int = 5, lo: int = 100, hi: int = 140)
     return [(f"{a}-{b}", int(((lengths >= a) & (lengths <= b)).sum())) for a, b in zip(starts, ends)]
 
 
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], capture_output=True,
-                               text=True, cwd=Path(__file__).parent, check=True).stdout.strip()
-        return out.stdout.strip() + (" (with uncommitted changes in eqsolve/tasks/maze)" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main(argv: list[str] | None = None) -> Path:
     """Command line: builds the CSV and its provenance; returns the CSV path."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -101,7 +90,7 @@ def main(argv: list[str] | None = None) -> Path:
         "no external data was used.",
         "",
         f"- command: `{command}`",
-        f"- generator commit: `{_git_commit()}`",
+        f"- generator commit: `{git_commit() or 'unknown'}`",
         f"- seed: {args.seed} (`generate({args.n}, seed={args.seed}, exclude=...)`); path lengths in "
         "moves, drawn uniformly from [100, 140]",
         f"- mazes: {len(back)}; distinct up to the 8 block symmetries: {len(set(keys))}; every "
@@ -125,9 +114,7 @@ def main(argv: list[str] | None = None) -> Path:
         "",
     ]
     prov = args.out.with_name(args.out.stem + ".PROVENANCE.md")
-    tmp = prov.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines), encoding="utf-8")
-    os.replace(tmp, prov)
+    atomic_write_text(prov, "\n".join(lines), mode=0o644)
     print(f"wrote {args.out} ({len(back)} mazes, {size:,} bytes) and {prov}")
     return args.out
 

@@ -41,7 +41,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -50,6 +49,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..._io import write_rows
 from .grid import (
     CHARSET,
     SIDE,
@@ -324,21 +324,9 @@ def load_any(path: str | os.PathLike, **options: Any) -> MazeSet:
 
 def save_csv(data: MazeSet, path: str | os.PathLike) -> None:
     """Writes a :class:`MazeSet` as CSV atomically (temp file + rename); ``rating`` is the rating."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh, lineterminator="\n")
-            writer.writerow(["source", "question", "answer", "rating"])
-            for i in range(len(data)):
-                writer.writerow([data.sources[i], grid_to_string(data.questions[i]),
-                                 grid_to_string(data.answers[i]), int(data.ratings[i])])
-        os.chmod(tmp, 0o644)  # mkstemp makes the file private; a data file is for everyone to read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    rows = ([data.sources[i], grid_to_string(data.questions[i]), grid_to_string(data.answers[i]),
+             int(data.ratings[i])] for i in range(len(data)))
+    write_rows(path, ["source", "question", "answer", "rating"], rows)
 
 
 def fetch_maze_csv(dest: str | os.PathLike, split: str = "test", repo_id: str = HRM_MAZE_REPO) -> Path:

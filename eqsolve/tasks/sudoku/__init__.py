@@ -27,13 +27,13 @@ from .board import (
     parse_board,
     parse_boards,
 )
+from .dataset import SudokuSet
 from .easy_generator import generate_easy, minimise, random_grid
 from .generator import generate, iter_generate
+from .hub import fetch_sudoku_extreme
 from .io import (
     EVAL_SET_PATH,
-    SudokuSet,
     default_eval_set,
-    fetch_sudoku_extreme,
     load_any,
     load_csv,
     load_lines,

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from ...runs import git_commit
+from ..._git import git_commit
+from ..._io import atomic_write_text
 from .board import board_to_string, bucket
 from .easy_generator import generate_easy
 from .generator import iter_generate
@@ -117,10 +117,7 @@ def write_provenance(
         "",
     ]
     path = csv_path.with_name(csv_path.stem + ".PROVENANCE.md")
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, "\n".join(lines), mode=0o644)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Sudoku data sets: the :class:`SudokuSet` record, CSV/plain-text loaders and the hub download.
+"""Sudoku files: validated CSV/plain-text loaders and writers, and the shipped evaluation set.
 
 Formats:
 
@@ -31,99 +31,31 @@ from __future__ import annotations
 
 import csv
 import os
-import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..._io import write_rows
 from .board import UNITS, board_to_string, check_batch, find_conflicts, parse_board
+from .dataset import SudokuSet
 from .solver import solve
+from .symmetry import augment_set
 
 __all__ = [
-    "SudokuSet",
     "load_csv",
     "load_lines",
     "load_any",
     "save_csv",
     "write_csv",
-    "fetch_sudoku_extreme",
     "EVAL_SET_PATH",
     "default_eval_set",
 ]
 
 EVAL_SET_PATH = Path(__file__).resolve().parents[2] / "assets" / "sudoku_extreme_eval.csv"
-HUB_REPO = "sapientinc/sudoku-extreme"
 _UNIT_INDEX = np.asarray(UNITS, dtype=np.int64)
 #: No Sudoku with fewer givens has a unique solution (McGuire, Tugemann & Civario 2012).
 MIN_GIVENS = 17
-
-
-@dataclass
-class SudokuSet:
-    """A set of puzzles with solutions and ratings.
-
-    Attributes:
-        questions: (N, 81) int64 digits, 0 for blanks.
-        answers: (N, 81) int64 digits 1..9.
-        ratings: (N,) int64 difficulty ratings (backtrack counts; see ``source`` for the scale).
-        sources: N strings naming where each row came from.
-    """
-
-    questions: np.ndarray
-    answers: np.ndarray
-    ratings: np.ndarray
-    sources: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        n = len(self.questions)
-        self.questions = np.asarray(self.questions, dtype=np.int64).reshape(n, 81)
-        self.answers = np.asarray(self.answers, dtype=np.int64).reshape(n, 81)
-        self.ratings = np.asarray(self.ratings, dtype=np.int64).reshape(n)
-        if not self.sources:
-            self.sources = ["unknown"] * n
-        if len(self.answers) != n or len(self.sources) != n:
-            raise ValueError(
-                f"SudokuSet fields disagree in length: {n} questions, {len(self.answers)} "
-                f"answers, {len(self.ratings)} ratings, {len(self.sources)} sources"
-            )
-
-    def __len__(self) -> int:
-        return len(self.questions)
-
-    @classmethod
-    def from_items(cls, items: list[tuple[Any, Any, int]], source: str) -> SudokuSet:
-        """Builds a set from ``(question, answer, rating)`` items, e.g. a generator's output.
-
-        Examples:
-            >>> from eqsolve.tasks.sudoku import generate_easy
-            >>> len(SudokuSet.from_items(generate_easy(2, seed=0), "easy"))
-            2
-        """
-        if not items:
-            empty = np.zeros((0, 81), dtype=np.int64)
-            return cls(empty, empty.copy(), np.zeros(0, dtype=np.int64), [])
-        q = np.stack([np.asarray(i[0]) for i in items])
-        a = np.stack([np.asarray(i[1]) for i in items])
-        r = np.array([int(i[2]) for i in items])
-        return cls(q, a, r, [source] * len(items))
-
-    def subset(self, index: Any) -> SudokuSet:
-        """Rows selected by an index array or boolean mask."""
-        idx = np.arange(len(self))[index]
-        return SudokuSet(
-            self.questions[idx],
-            self.answers[idx],
-            self.ratings[idx],
-            [self.sources[i] for i in idx],
-        )
-
-    def tokens(self):
-        """(questions, answers) as official model tokens, two (N, 81) LongTensors."""
-        from .board import encode_tokens
-
-        return encode_tokens(self.questions), encode_tokens(self.answers)
 
 
 def _data_error(path: Path, line: int, msg: str) -> ValueError:
@@ -227,7 +159,6 @@ def _finish(
             _require_unique(solve(q[k], limit=2).n_solutions, path, lines[k])
     data = SudokuSet(q, a, r, sources).subset(keep)
     if augment:
-        from .symmetry import augment_set
 
         data = augment_set(data, augment, seed=seed)
     return data
@@ -448,27 +379,9 @@ def save_csv(data: SudokuSet, path: str | os.PathLike) -> None:
         data: the set.
         path: destination ``.csv``.
     """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh, lineterminator="\n")
-            writer.writerow(["source", "question", "answer", "rating"])
-            for k in range(len(data)):
-                writer.writerow(
-                    [
-                        data.sources[k],
-                        board_to_string(data.questions[k]),
-                        board_to_string(data.answers[k]),
-                        int(data.ratings[k]),
-                    ]
-                )
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; data files are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    rows = ([data.sources[k], board_to_string(data.questions[k]), board_to_string(data.answers[k]),
+             int(data.ratings[k])] for k in range(len(data)))
+    write_rows(path, ["source", "question", "answer", "rating"], rows)
 
 
 def write_csv(path: str | os.PathLike, data: SudokuSet | list, source: str = "generated") -> None:
@@ -482,37 +395,6 @@ def write_csv(path: str | os.PathLike, data: SudokuSet | list, source: str = "ge
     if not isinstance(data, SudokuSet):
         data = SudokuSet.from_items(list(data), source)
     save_csv(data, path)
-
-
-def fetch_sudoku_extreme(dest: str | os.PathLike, split: str = "test") -> Path:
-    """Downloads a split of the HuggingFace dataset ``sapientinc/sudoku-extreme`` (``hub`` extra).
-
-    Args:
-        dest: folder to store the CSV in.
-        split: ``"train"`` (3,831,994 rows) or ``"test"`` (422,786 rows).
-
-    Returns:
-        Path of the downloaded CSV; load it with :func:`load_csv`.
-
-    Raises:
-        ImportError: huggingface_hub is not installed (``pip install eqsolve[hub]``).
-        ValueError: an unknown split.
-    """
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    try:
-        from huggingface_hub import hf_hub_download
-    except ImportError as exc:
-        raise ImportError(
-            "downloading Sudoku-Extreme needs huggingface_hub: pip install 'eqsolve[hub]'"
-        ) from exc
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    return Path(
-        hf_hub_download(
-            repo_id=HUB_REPO, filename=f"{split}.csv", repo_type="dataset", local_dir=dest
-        )
-    )
 
 
 def default_eval_set(**options: Any) -> SudokuSet:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from .board import parse_board
+from .dataset import SudokuSet
 
 __all__ = [
     "random_symmetry",
@@ -117,15 +118,13 @@ def augment_set(data, copies: int, seed: int = 0):
     project's rater can differ slightly on a variant because it breaks ties by cell order).
 
     Args:
-        data: a :class:`eqsolve.tasks.sudoku.io.SudokuSet`.
+        data: a :class:`~eqsolve.tasks.sudoku.dataset.SudokuSet`.
         copies: variants per puzzle (0 returns the data unchanged).
         seed: random seed.
 
     Returns:
         A new SudokuSet of ``len(data) * (1 + copies)`` rows; variant sources end in ``+aug``.
     """
-    from .io import SudokuSet
-
     if copies <= 0:
         return data
     rng = np.random.default_rng(seed)

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import numpy as np
 from torch import Tensor
 
-from .base import Task, TaskData, register_task
+from ..base import Task, TaskData, register_task
 
 __all__ = ["SUDOKU", "SudokuTask"]
 
