@@ -8,6 +8,12 @@ result: an unknown key anywhere, in a YAML file or in an override, is a ``ValueE
 names the offending key and lists the valid ones; a value of the wrong type is a ``ValueError``
 naming the key. Nothing is silently ignored.
 
+Defaults are written once. The ``bench`` and ``diagnose`` sections take theirs from
+:class:`BenchConfig` and :class:`DiagnoseConfig` (registered as the groups' ``default`` option,
+:data:`SCHEMA_DEFAULTS`); ``task``/``solver`` YAML files name only what differs, the root
+dataclasses fill the rest when the config is validated. YAML files are presets (``bench/maze``,
+``model/small``, ``train/gpu``), not copies of the defaults.
+
 Sections whose schema belongs to another module (``model`` → ``EqRConfig`` of
 :mod:`eqsolve.models.eqr`, ``train`` → ``TrainConfig`` of :mod:`eqsolve.training.config`, ``compare`` →
 ``CompareConfig`` of :mod:`eqsolve.training.compare_grads`) are checked against that dataclass, imported
@@ -463,6 +469,21 @@ def _normalise_overrides(overrides: Sequence[str]) -> list[str]:
     return result
 
 
+#: Config groups whose ``default`` option is the schema's dataclass itself (hydra's ConfigStore),
+#: so each default is written once, in the dataclass; YAML files in these groups are presets that
+#: differ from it (``bench/maze.yaml``).
+SCHEMA_DEFAULTS: dict[str, type] = {"bench": BenchConfig, "diagnose": DiagnoseConfig}
+
+
+def _store_schema_defaults() -> None:
+    """Register ``<group>/default`` for every group of :data:`SCHEMA_DEFAULTS` (idempotent)."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    for group, schema in SCHEMA_DEFAULTS.items():
+        store.store(group=group, name="default", node=schema)
+
+
 def compose(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
     """Compose ``eqsolve/conf/<config_name>.yaml`` with hydra and validate it.
 
@@ -490,6 +511,7 @@ def compose(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
     if schema is None:
         raise ValueError(f"unknown config {config_name!r}; valid: {', '.join(sorted(SCHEMAS))}")
     check_override_keys(overrides, schema)
+    _store_schema_defaults()
     # initialize_config_dir (not _module) so that the yaml files are found in editable and wheel
     # installs alike; the folder is eqsolve/conf either way.
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="eqsolve"):

@@ -15,6 +15,15 @@ def test_defaults_compose_and_match_schema_defaults():
     assert cfg.checkpoint is None
 
 
+def test_bench_and_diagnose_defaults_are_the_dataclasses():
+    import dataclasses
+
+    from eqsolve.config import DiagnoseConfig
+
+    assert dict(compose("config_bench").bench) == dataclasses.asdict(BenchConfig())
+    assert dict(compose("config_diagnose").diagnose) == dataclasses.asdict(DiagnoseConfig())
+
+
 def test_overrides_apply_and_coerce_types():
     cfg = compose("config_bench", ["solver=broyden", "bench.depth=[2,3]", "seed=7", "bench.halt_tol=1e-2",
                                    "model.hidden_size=16"])
