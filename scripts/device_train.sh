@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Train a reasoner candidate on one GPU, then measure it (how eqsolve's shipped reasoner was
-# trained; see eqsolve/assets/reasoner_MODEL_CARD.md and checkpoints/reasoner-gpu/README.md).
+# trained; see eqsolve/assets/reasoner_MODEL_CARD.md).
 #
 #   OUT=runs/device TRAIN_S=150 MEASURE_S=50 bash scripts/device_train.sh
 #

@@ -6,7 +6,7 @@ Usage (the shipped reasoners' cards were made with it)::
         --sets eval:300,magictour:100,forum:100 --grid 16x1,64x1,32x4 --out runs/reasoner-card.json
 
 ``eval`` is the shipped evaluation set; ``magictour`` and ``forum`` are the real lists, read from
-``$EQSOLVE_SHARED_DATA/sudoku/`` (random subsample with ``--seed``; skipped when absent). Exact
+``$EQSOLVE_SHARED_DATA/sudoku/`` (default ``data/sudoku/``; random subsample with ``--seed``; skipped when absent). Exact
 accuracy uses the project checker; answers of the real lists come from the classical solver.
 
 Examples:
@@ -59,8 +59,7 @@ def load_sets(spec: str, seed: int = 0) -> dict[str, Any]:
     """``"eval:300,magictour:100"`` -> {name: SudokuSet}; absent real lists are skipped."""
     from eqsolve.tasks.sudoku.io import default_eval_set, load_lines
 
-    shared = Path(os.environ.get("EQSOLVE_SHARED_DATA",
-                                 Path(__file__).resolve().parents[2].parent / "shared" / "data"))
+    shared = Path(os.environ.get("EQSOLVE_SHARED_DATA", "data"))
     out = {}
     for item in spec.split(","):
         name, _, count = item.strip().partition(":")
