@@ -5,17 +5,7 @@
 :class:`~eqsolve.diagnostics.census.FixedPointSystem` and :func:`run_diagnose` is the body of
 ``eqsolve diagnose``.
 
-Example:
-    >>> import torch
-    >>> well = FixedPointSystem(
-    ...     map=lambda s, x: s - 0.1 * s * (s**2 - 1),
-    ...     init_state=lambda n, g: 4 * torch.rand(n, 1, generator=g) - 1.5,
-    ...     is_correct=lambda s, t: s[:, 0] > 0)
-    >>> run = run_census(well, torch.zeros(3, 1), n_starts=64, max_iter=150, tol=1e-6,
-    ...                  stop="abs", generator=torch.Generator().manual_seed(0))
-    >>> report = summarize(run)
-    >>> report["mode_shares"]["b_spurious"]
-    1.0
+The worked example is in :mod:`eqsolve.diagnostics`.
 """
 
 from __future__ import annotations
