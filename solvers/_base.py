@@ -7,13 +7,30 @@ iterates ``z`` of shape ``(B, n)`` and a map ``f(z, *args) -> (B, n)``:
 - ``state = solver.step(f, state, args)`` takes one step (normally one evaluation of ``f``).
 
 A state is a dataclass whose tensor fields are all batch-first, so that the generic loop in
-:mod:`eqsolve.solvers._loop` can drop finished rows (``state[keep]``) and freeze rows
-(``where(done, old, new)``) without knowing the algorithm. Every state carries ``z`` (current
-iterate), ``fz = f(z)`` and ``nfe`` (``(B,)`` int64 evaluations of ``f`` spent per row).
+:mod:`eqsolve.solvers._loop` can drop finished rows and freeze rows without knowing the
+algorithm. Every state carries ``z`` (current iterate), ``fz = f(z)`` and ``nfe`` (``(B,)``
+int64 evaluations of ``f`` spent per row).
 
-Steps are out-of-place whenever autograd records (gradient code may unroll them); under
-``torch.no_grad()`` a step may update the history buffers of the state it was given in place
-(no copy of ``m`` iterates per step), so a state must not be reused once it has been stepped.
+**State ownership (the one rule).** The fields named in a state class's ``BUFFERS`` (the
+preallocated history, e.g. Anderson's ``dG``/``dX``) are owned by the state:
+
+1. With autograd off (``torch.is_grad_enabled()`` is False), ``step`` may write into the
+   buffers of the state it is given, and the state it returns shares those buffers. The
+   given state's buffers are then stale: step it again or read its history and you get the
+   new history, not the old one. Keep a copy of the buffer fields (:func:`copy_buffers`) if an
+   earlier state must be stepped again.
+2. ``step`` never writes into a non-buffer field of the given state (``z``, ``fz``, ``nfe``,
+   masks, cached products), nor into ``z0``, ``f``'s outputs or ``args``; and no non-buffer
+   field of the state it returns shares memory with a buffer. So a caller may keep
+   ``state.z`` and ``state.fz`` of any state without copying (they may be shared between
+   states: plain iteration's new ``z`` is the old ``fz``).
+3. With autograd on, ``step`` writes into nothing it was given (buffers included: it returns
+   updated copies), so unrolled steps can be differentiated, also from a state computed
+   without a graph.
+4. Whoever holds a state may reorder or shrink its rows in place (:func:`compact_rows`), which
+   touches only the buffers, and only with autograd off.
+
+``tests/solvers/test_solvers_state_contract.py`` checks this rule for every registered solver.
 """
 
 from __future__ import annotations
@@ -21,14 +38,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import Tensor
 
 __all__ = [
-    "FlatMap", "Solver", "SolverState", "batched_combine", "batched_dot", "flat_map", "option", "select_rows",
-    "take_rows", "write_slot", "write_sym_slot",
+    "FlatMap", "Solver", "SolverState", "batched_combine", "batched_dot", "compact_rows", "copy_buffers", "flat_map",
+    "option", "select_rows", "take_rows", "write_slot", "write_sym_slot",
 ]
 
 StateT = TypeVar("StateT", bound="SolverState")
@@ -50,6 +67,9 @@ class SolverState:
         nfe: ``(B,)`` int64, evaluations of ``f`` spent on each row so far.
     """
 
+    #: Names of the history buffers the state owns (see the module docstring).
+    BUFFERS: ClassVar[tuple[str, ...]] = ()
+
     z: Tensor
     fz: Tensor
     nfe: Tensor
@@ -63,7 +83,11 @@ class Solver:
         raise NotImplementedError
 
     def step(self, f: FlatMap, state: SolverState, args: Sequence[Any]) -> SolverState:
-        """Take one step from ``state``; return a new state (never modify ``state``)."""
+        """Take one step from ``state`` and return the new state.
+
+        Only the history buffers (``type(state).BUFFERS``) of ``state`` may be updated in place,
+        and only with autograd off; see the state-ownership rule in :mod:`eqsolve.solvers._base`.
+        """
         raise NotImplementedError
 
     @classmethod
@@ -114,9 +138,56 @@ def select_rows(mask: Tensor, if_true: StateT, if_false: StateT) -> StateT:
     updates = {}
     for f in dataclasses.fields(if_true):
         a, b = getattr(if_true, f.name), getattr(if_false, f.name)
-        if isinstance(a, Tensor):
+        # A buffer updated in place is the same tensor in both states: nothing to select (the
+        # masked rows' history then holds the step they did not take; they are finished rows).
+        if isinstance(a, Tensor) and a is not b:
             updates[f.name] = torch.where(_rows_view(mask, a), a, b)
     return dataclasses.replace(if_false, **updates)
+
+
+def copy_buffers(state: StateT) -> StateT:
+    """``state`` with private copies of its history buffers (safe from later in-place steps)."""
+    return dataclasses.replace(state, **{name: getattr(state, name).clone() for name in type(state).BUFFERS})
+
+
+def compact_rows(state: StateT, keep: Tensor) -> tuple[StateT, Tensor]:
+    """Keep the rows ``keep`` (sorted int64 indices) of a state, moving as little data as possible.
+
+    The history buffers are not copied: the kept rows that lie beyond ``len(keep)`` move into
+    the holes left by dropped rows below it, and the state keeps the first ``len(keep)`` rows of
+    each buffer as a view (so the cost is proportional to the dropped rows, not the kept ones).
+    The other fields are indexed (copied; they are small). With autograd on, or for a state
+    without buffers, this is :func:`take_rows`.
+
+    Returns:
+        ``(state, order)``: the compacted state and the ``(len(keep),)`` indices of the old rows
+        now at each position (apply ``order`` to anything aligned with the state's rows).
+    """
+    n = keep.numel()
+    names = type(state).BUFFERS
+    if not names or torch.is_grad_enabled():
+        return take_rows(state, keep), keep
+    batch = getattr(state, names[0]).shape[0]
+    # Old row now at each new position: itself where it stays, a mover from the tail in a hole.
+    stays = torch.zeros(batch, dtype=torch.bool, device=keep.device)
+    stays[keep] = True
+    head = stays[:n]
+    holes = (~head).nonzero().flatten()
+    movers = keep[keep >= n]
+    order = torch.arange(n, device=keep.device)
+    order[holes] = movers
+    updates = {}
+    for f in dataclasses.fields(state):
+        value = getattr(state, f.name)
+        if not isinstance(value, Tensor):
+            continue
+        if f.name in names:
+            if holes.numel():
+                value[holes] = value[movers]
+            updates[f.name] = value[:n]
+        else:
+            updates[f.name] = value[order]
+    return dataclasses.replace(state, **updates), order
 
 
 def flat_map(f: Callable[..., Tensor], shape: torch.Size | Sequence[int]) -> FlatMap:

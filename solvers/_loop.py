@@ -2,7 +2,13 @@
 
 Every solver only supplies ``init``/``step``; everything about *when* a row stops and *what*
 is returned lives here, once. Bookkeeping stays on the device; the host looks at it only every
-``check_every`` steps (one sync), which is when finished rows leave the active set.
+``check_every`` steps (one sync), which is when finished rows leave the active set. By default
+that is every step on the CPU (a look costs next to nothing there, and finished rows leave at
+once) and every :data:`DEVICE_CHECK_EVERY` steps on an accelerator, where a look stalls the
+queue of kernels; in between, rows that stopped are frozen on the device.
+
+Finished rows leave through :func:`~eqsolve.solvers._base.compact_rows`: the solver's history
+buffers are not copied, the surviving rows at the tail move into the holes instead.
 """
 
 from __future__ import annotations
@@ -14,11 +20,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._base import flat_map, select_rows, take_rows
+from ._base import compact_rows, flat_map, select_rows
 from ._registry import resolve_solver
 from ._solution import Solution, SolveError, Status
 
-__all__ = ["solve"]
+__all__ = ["DEVICE_CHECK_EVERY", "solve"]
+
+#: ``check_every`` used by default off the CPU (CUDA and other accelerators).
+DEVICE_CHECK_EVERY = 8
 
 # A row makes progress when its best residual drops below this fraction of the reference value.
 _PROGRESS = 0.99
@@ -90,6 +99,11 @@ def _check_inputs(z0: Any, args: tuple, stop: str, tol: Any, max_iter: Any, chec
             )
 
 
+def default_check_every(device: torch.device) -> int:
+    """``check_every`` when none is given: 1 on the CPU, :data:`DEVICE_CHECK_EVERY` elsewhere."""
+    return 1 if torch.device(device).type == "cpu" else DEVICE_CHECK_EVERY
+
+
 def _take_args(args: tuple, index: Tensor) -> tuple:
     return tuple(a[index] if isinstance(a, Tensor) else a for a in args)
 
@@ -104,7 +118,7 @@ def solve(
     max_iter: int = 50,
     compact: bool = True,
     trace: bool = False,
-    check_every: int = 1,
+    check_every: int | None = None,
     throw: bool = False,
     diverge_factor: float | None = 1e4,
     stall_window: int | None = 30,
@@ -127,7 +141,8 @@ def solve(
             them): use it for maps that couple rows.
         trace: record the residual of every step in ``Solution.trace``.
         check_every: look at the stopping state on the host (one sync) only every this many
-            steps; stopped rows are frozen, not computed further, in between.
+            steps; stopped rows are frozen, not advanced, in between. None: 1 on the CPU,
+            :data:`DEVICE_CHECK_EVERY` on other devices. It changes no row's result.
         throw: raise :class:`SolveError` listing the failed rows if any row did not converge.
         diverge_factor: a row is ``DIVERGED`` at step ``k`` when (a) its absolute residual
             ``||f(z_k) - z_k||`` exceeds this factor times the smallest one it reached, or (b) its
@@ -165,6 +180,8 @@ def solve(
         (True, True)
     """
     algo = resolve_solver(solver, solver_options)
+    if check_every is None and isinstance(z0, Tensor):
+        check_every = default_check_every(z0.device)
     _check_inputs(z0, args, stop, tol, max_iter, check_every, diverge_factor, stall_window)
     batch, shape = z0.shape[0], z0.shape[1:]
     g = flat_map(f, shape)
@@ -269,7 +286,10 @@ def solve(
                     flush()
                     if keep.numel() == 0:
                         break
-                    idx, state, active_args = idx[keep], take_rows(state, keep), _take_args(active_args, keep)
+                    # The history buffers stay put (no copy); everything aligned with the
+                    # state's rows follows the same order.
+                    state, keep = compact_rows(state, keep)
+                    idx, active_args = idx[keep], _take_args(active_args, keep)
                     best_z, best_abs, best_rel = best_z[keep], best_abs[keep], best_rel[keep]
                     min_abs, max_fz = min_abs[keep], max_fz[keep]
                     ref_res, ref_step, nstep = ref_res[keep], ref_step[keep], nstep[keep]

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -40,6 +40,15 @@ from ._base import (
     write_sym_slot,
 )
 
+_EYE: dict[tuple, Tensor] = {}
+
+
+def _eye(m: int, device: torch.device) -> Tensor:
+    key = (m, str(device))
+    if key not in _EYE:
+        _EYE[key] = torch.eye(m, dtype=torch.float64, device=device)
+    return _EYE[key]
+
 __all__ = ["Anderson", "AndersonState"]
 
 
@@ -48,19 +57,24 @@ class AndersonState(SolverState):
     """State of :class:`Anderson`; all tensors batch-first.
 
     Attributes:
-        dG: ``(B, m, n)`` ring buffer of residual differences ``g_{i+1} - g_i``.
-        dX: ``(B, m, n)`` ring buffer of ``dz_i + beta * dg_i`` (the update directions).
-        gram: ``(B, m, m)`` ``dG dG^T``, float64 holding the dot products of the dtype of ``z``
-            (entries of invalid slots are meaningless).
+        dG: ``(B, m, n)`` ring buffer of residual differences ``g_{i+1} - g_i`` (a buffer).
+        dX: ``(B, m, n)`` ring buffer of ``dz_i + beta * dg_i``, the update directions (a buffer).
+        gram: ``(B, m, m)`` float64, the Jacobi-scaled Gram matrix ``D dG dG^T D`` with the ridge
+            on its diagonal, ``D = diag(scale)``; entries of slots that are not ``valid`` are
+            meaningless (a buffer: one row and column is written per step).
+        scale: ``(B, m)`` float64, ``1 / ||dg_i||`` of every slot (a buffer).
         valid: ``(B, m)`` bool, which slots hold usable history for the row.
         dGg: ``(B, m)`` ``dG g`` for the current residual ``g = fz - z`` (cached: it is both the
             next right-hand side and, differenced, the next Gram column).
         slot: ring position the next difference is written to (shared by all rows).
     """
 
+    BUFFERS: ClassVar[tuple[str, ...]] = ("dG", "dX", "gram", "scale")
+
     dG: Tensor
     dX: Tensor
     gram: Tensor
+    scale: Tensor
     valid: Tensor
     dGg: Tensor
     slot: int = 0
@@ -119,6 +133,7 @@ class Anderson(Solver):
             z=z0, fz=fz, nfe=torch.ones(b, dtype=torch.int64, device=z0.device),
             dG=z0.new_zeros(b, self.m, n), dX=z0.new_zeros(b, self.m, n),
             gram=z0.new_zeros(b, self.m, self.m, dtype=torch.float64),
+            scale=z0.new_zeros(b, self.m, dtype=torch.float64),
             valid=torch.zeros(b, self.m, dtype=torch.bool, device=z0.device), dGg=z0.new_zeros(b, self.m), slot=0,
         )
 
@@ -137,22 +152,19 @@ class Anderson(Solver):
         valid = state.valid
         rhs = state.dGg if rhs is None else rhs
         # The small m x m systems are solved in float64: cheap, and it keeps the pivots honest.
-        gram, rhs = state.gram.double(), rhs.double()
         eps = torch.finfo(state.z.dtype).eps
         max_cond = self.max_cond if self.max_cond is not None else 1e-2 / eps
-        diag = torch.diagonal(gram, dim1=1, dim2=2)
-        # Unused slots need no special scale: every product with it is masked or exactly 0 below.
-        scale = torch.where(diag > 0, diag, 1.0).rsqrt()
+        scale = state.scale
+        # The Gram matrix is stored scaled, with the ridge on its diagonal (the ridge is relative
+        # to each column's norm); slots without usable history form an identity block.
         vv = valid[:, :, None] & valid[:, None, :]
-        # Jacobi scaling makes the ridge relative to each column's norm; unused slots get a 1.
-        scaled = torch.where(vv, gram * (scale[:, :, None] * scale[:, None, :]), 0.0)
-        scaled.diagonal(dim1=1, dim2=2).add_(torch.where(valid, self.ridge, 1.0))  # scaled is a fresh tensor
+        scaled = torch.where(vv, state.gram, _eye(self.m, scale.device))
         chol, info = torch.linalg.cholesky_ex(scaled)
         pivots = torch.diagonal(chol, dim1=1, dim2=2) ** 2
         # A singular row's (partial) factor only spoils its own solution, which is zeroed below,
         # so it needs no replacing. On a regular row the unused slots form an identity block with
         # a zero right-hand side, so their coefficients come out exactly 0 without a mask.
-        y = torch.cholesky_solve(torch.where(valid, rhs * scale, 0.0).unsqueeze(2), chol).squeeze(2)
+        y = torch.cholesky_solve(torch.where(valid, rhs.double() * scale, 0.0).unsqueeze(2), chol).squeeze(2)
         gamma = y * scale
         ok = (info == 0) & torch.isfinite(pivots).all(dim=1) & torch.isfinite(gamma).all(dim=1)
         gamma = torch.where(ok[:, None], gamma, 0.0)
@@ -174,17 +186,24 @@ class Anderson(Solver):
         fz = f(z, *args)
         g_new = fz - z
         dg, dz = g_new - g, z - state.z
-        # Push the new pair into the ring buffer and its Gram row/column.
+        # Push the new pair into the ring buffers and its row/column of the scaled Gram matrix.
         slot = state.slot
-        dGg_old = write_slot(state.dGg, slot, (dg * g).sum(dim=1))  # new dG times old g
         dG = write_slot(state.dG, slot, dg)
         dX = write_slot(state.dX, slot, dz + self.beta * dg if self.beta != 1.0 else dz + dg)
         dGg = batched_dot(dG, g_new)  # the one pass over the history for the next step
-        col = write_slot(dGg - dGg_old, slot, (dg * dg).sum(dim=1))  # dG dg = dG g_new - dG g
-        gram = write_sym_slot(state.gram, slot, col)
+        # The new Gram column dG dg = dG g_new - dG g (old slots), with its own entry dg . dg.
+        col = dGg - state.dGg
+        col[:, slot] = (dg * dg).sum(dim=1)  # col is a fresh tensor
+        col = col.double()
+        diag = col[:, slot]
+        scale_new = torch.where(diag > 0, diag, 1.0).rsqrt()
+        scale = write_slot(state.scale, slot, scale_new)
+        row = col * (scale_new[:, None] * scale)
+        row[:, slot] = diag * (scale_new * scale_new) + self.ridge
+        gram = write_sym_slot(state.gram, slot, row)
         valid[:, slot] = True  # a fresh mask from coefficients(), never recorded by autograd
         return AndersonState(
-            z=z, fz=fz, nfe=state.nfe + 1, dG=dG, dX=dX, gram=gram, valid=valid, dGg=dGg,
+            z=z, fz=fz, nfe=state.nfe + 1, dG=dG, dX=dX, gram=gram, scale=scale, valid=valid, dGg=dGg,
             slot=(slot + 1) % self.m,
         )
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -53,13 +53,15 @@ class BroydenState(SolverState):
     """State of :class:`Broyden`; all tensors batch-first.
 
     Attributes:
-        S: ``(B, memory, n)`` steps ``s_i = z_{i+1} - z_i`` (ring buffer).
-        W: ``(B, memory, n)`` ``s_i + y_i`` with ``y_i = g_{i+1} - g_i``.
+        S: ``(B, memory, n)`` steps ``s_i = z_{i+1} - z_i`` (ring buffer; a buffer).
+        W: ``(B, memory, n)`` ``s_i + y_i`` with ``y_i = g_{i+1} - g_i`` (a buffer).
         SY: ``(B, memory, memory)`` ``s_i . y_j``.
         SS: ``(B, memory, memory)`` ``s_i . s_j``.
         stamp: ``(B, memory)`` int64 time a slot was written, -1 for an empty slot.
         count: number of steps taken (the time stamp of the next pair).
     """
+
+    BUFFERS: ClassVar[tuple[str, ...]] = ("S", "W")
 
     S: Tensor
     W: Tensor

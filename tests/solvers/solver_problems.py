@@ -73,6 +73,46 @@ def tanh_map(name: str, w: Tensor, batch: int, seed: int, scale: Tensor | None =
     return Problem(name, f, torch.zeros(batch, d, dtype=torch.float64), (x, c), z_star, err_factor=1 / (1 - q), **kw)
 
 
+def _err_factor(f: Callable[..., Tensor], z_star: Tensor, args: tuple, slack: float = 2.0) -> float:
+    """``slack * max_rows ||(I - J(z*))^{-1}||``: bounds ``||z - z*|| / ||f(z) - z||`` near ``z*``."""
+    worst = 0.0
+    for i in range(z_star.shape[0]):
+        row_args = tuple(a[i : i + 1] for a in args)
+        jac = torch.autograd.functional.jacobian(lambda z, a=row_args: f(z[None], *a)[0], z_star[i])
+        eye = torch.eye(jac.shape[0], dtype=jac.dtype)
+        worst = max(worst, torch.linalg.matrix_norm(torch.linalg.inv(eye - jac), ord=2).item())
+    return slack * worst
+
+
+def mixer(name: str, tokens: int, channels: int, hidden: int, rho: float, batch: int, seed: int, **kw) -> Problem:
+    """A token-and-channel MLP-mixing block, as in the EqR map: non-normal Jacobian.
+
+    ``f(z, x) = gain * (u + tanh(u W1^T) W2^T) + x`` with ``u = z + T2 tanh(T1 z)`` on ``z`` of
+    shape ``(tokens, channels)`` (``T1, T2`` mix tokens, ``W1, W2`` channels), ``x`` built so that a
+    random ``z*`` is the fixed point. Then ``J(z*)`` is ``gain`` times the block's Jacobian, and
+    ``gain`` is set so that the largest spectral radius of ``J(z*)`` over the rows is ``rho``.
+    """
+    g = _gen(seed)
+
+    def w(rows: int, cols: int) -> Tensor:
+        return torch.randn(rows, cols, generator=g, dtype=torch.float64) / cols**0.5
+
+    t1, t2, w1, w2 = w(hidden, tokens), w(tokens, hidden), w(hidden, channels), w(channels, hidden)
+
+    def block(z: Tensor) -> Tensor:
+        z = z.view(-1, tokens, channels)
+        u = z + t2 @ torch.tanh(t1 @ z)
+        return (u + torch.tanh(u @ w1.T) @ w2.T).reshape(z.shape[0], -1)
+
+    z_star = torch.rand(batch, tokens * channels, generator=g, dtype=torch.float64) - 0.5
+    radius = max(torch.linalg.eigvals(torch.autograd.functional.jacobian(lambda z: block(z[None])[0], z_star[i]))
+                 .abs().max().item() for i in range(batch))
+    gain = rho / radius
+    x = z_star - gain * block(z_star)
+    f = lambda z, x: gain * block(z) + x  # noqa: E731
+    return Problem(name, f, torch.zeros_like(z_star), (x,), z_star, err_factor=_err_factor(f, z_star, (x,)), **kw)
+
+
 def problems() -> list[Problem]:
     """The named suite."""
     g = _gen(0)
@@ -120,6 +160,21 @@ def problems() -> list[Problem]:
         "mixed_easy_hard", _scaled(torch.randn(d, d, generator=g, dtype=torch.float64), 1.0), 8, 6,
         scale=mixed_scale, max_iter={"fixed_point": 700, "anderson": 60, "broyden": 60}, must_work=SOLVERS,
     ))
+    # Hard, non-normal maps. A mixer block whose Jacobian is a product of non-commuting,
+    # non-symmetric token and channel mixings, spectral radius 0.95 at z* (plain iteration: up
+    # to ~310 steps, the secant methods 25-40).
+    out.append(mixer(
+        "mixer_nonnormal", 4, 6, 8, 0.95, 6, 7,
+        max_iter={"fixed_point": 500, "anderson": 60, "broyden": 80}, must_work=SOLVERS,
+    ))
+    # A slowly contracting tanh map: Gaussian W with spectral radius 0.999 (||W|| is about twice
+    # that, so f is not a contraction in the 2-norm; plain iteration converges, slowly).
+    w = torch.randn(d, d, generator=g, dtype=torch.float64)
+    w = 0.999 * w / torch.linalg.eigvals(w).abs().max()
+    slow = tanh_map("tanh_slow", w, 6, 8, max_iter={"fixed_point": 2000, "anderson": 80, "broyden": 80},
+                    must_work=SOLVERS, options={"stall_window": None})
+    slow.err_factor = _err_factor(slow.f, slow.z_star, slow.args)
+    out.append(slow)
     return out
 
 

@@ -41,4 +41,4 @@ def test_problem_suite(problem, solver, compact):
 def test_suite_covers_the_required_problem_kinds():
     names = {p.name for p in problems()}
     assert {"tanh_contractive", "linear_sym_0.95", "linear_nonnormal", "linear_below_-1", "nan_rows",
-            "mixed_easy_hard"} <= names
+            "mixed_easy_hard", "mixer_nonnormal", "tanh_slow"} <= names

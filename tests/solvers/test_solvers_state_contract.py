@@ -1,0 +1,165 @@
+"""The state-ownership rule of eqsolve.solvers._base, checked for every solver, and the host
+syncs of the solve loop counted on the CPU (the sync-avoiding logic is device-independent)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from eqsolve.solvers import Anderson, Broyden, FixedPointIteration, flat_map, solve
+from eqsolve.solvers._base import compact_rows, copy_buffers, take_rows
+
+SOLVERS = [FixedPointIteration(), FixedPointIteration(tau=0.7), Anderson(m=4), Anderson(m=4, beta=0.6, delay=1),
+           Broyden(memory=4), Broyden(memory=4, line_search=True)]
+IDS = ["plain", "damped", "anderson", "anderson_beta_delay", "broyden", "broyden_ls"]
+
+
+def _problem(batch=5, d=7, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(d, d, generator=g, dtype=torch.float64)
+    w = 0.9 * w / torch.linalg.matrix_norm(w, ord=2)
+    x = torch.randn(batch, d, generator=g, dtype=torch.float64)
+    return flat_map(lambda z, x: torch.tanh(z @ w.T + x), (d,)), torch.zeros(batch, d, dtype=torch.float64), (x,)
+
+
+def _tensors(state):
+    return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)
+            if isinstance(getattr(state, f.name), torch.Tensor)}
+
+
+def _advanced(solver, steps=6):
+    f, z0, args = _problem()
+    with torch.no_grad():
+        state = solver.init(f, z0, args)
+        for _ in range(steps):
+            state = solver.step(f, state, args)
+    return f, args, state
+
+
+@pytest.mark.parametrize("solver", SOLVERS, ids=IDS)
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
+def test_step_writes_only_into_the_buffers_and_only_without_grad(solver, grad):
+    f, args, state = _advanced(solver)
+    before = {k: v.clone() for k, v in _tensors(state).items()}
+    buffers = set(type(state).BUFFERS)
+    with torch.set_grad_enabled(grad):
+        new = solver.step(f, state, args)
+    for name, value in _tensors(state).items():
+        if grad or name not in buffers:
+            assert torch.equal(value, before[name]), f"step modified the given state's {name!r}"
+    # No non-buffer field of the new state shares memory with a buffer (the next step writes
+    # there): a caller may keep state.z and state.fz without copying.
+    buffer_ptrs = {getattr(state, n).untyped_storage().data_ptr() for n in buffers}
+    for name, value in _tensors(new).items():
+        if name not in buffers:
+            assert value.untyped_storage().data_ptr() not in buffer_ptrs, name
+    if not grad:
+        # ... and the buffers are updated in place: the new state owns the same tensors.
+        for name in buffers:
+            assert getattr(new, name) is getattr(state, name), name
+
+
+def test_the_history_solvers_declare_their_buffers():
+    # A solver whose history is updated in place must say so, or the loop would copy it.
+    f, z0, args = _problem()
+    assert set(Anderson().init(f, z0, args).BUFFERS) >= {"dG", "dX"}
+    assert set(Broyden().init(f, z0, args).BUFFERS) >= {"S", "W"}
+
+
+@pytest.mark.parametrize("solver", SOLVERS[2:], ids=IDS[2:])
+def test_stepping_a_copy_of_the_buffers_replays_exactly(solver):
+    # The rule's consequence for unrolled gradients: keep copy_buffers(state) to step it again.
+    f, args, state = _advanced(solver)
+    saved = copy_buffers(state)
+    with torch.no_grad():
+        first = solver.step(f, state, args)
+        again = solver.step(f, saved, args)
+    for name, value in _tensors(first).items():
+        torch.testing.assert_close(_tensors(again)[name], value, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("solver", SOLVERS[2:], ids=IDS[2:])
+def test_compact_rows_moves_only_dropped_rows_and_matches_take_rows(solver):
+    f, args, state = _advanced(solver)
+    reference = take_rows(copy_buffers(state), torch.arange(5))
+    keep = torch.tensor([1, 3, 4])
+    ptrs = {name: getattr(state, name).data_ptr() for name in type(state).BUFFERS}
+    with torch.no_grad():
+        compacted, order = compact_rows(state, keep)
+    assert sorted(order.tolist()) == keep.tolist()
+    for name, value in _tensors(compacted).items():
+        assert value.shape[0] == 3
+        torch.testing.assert_close(value, _tensors(reference)[name][order], rtol=0, atol=0)
+    for name, ptr in ptrs.items():  # the buffers were not copied: views of the same memory
+        assert getattr(compacted, name).data_ptr() == ptr
+    with torch.enable_grad():  # with autograd on, nothing is written in place
+        copied, order = compact_rows(compacted, torch.tensor([0, 2]))
+    assert order.tolist() == [0, 2]
+    assert all(getattr(copied, n).data_ptr() != ptrs[n] for n in ptrs)
+
+
+# ---- host syncs, counted on the CPU ------------------------------------------------------------
+
+_SYNC_OPS = ("aten._local_scalar_dense", "aten.nonzero", "aten.is_nonzero", "aten.item", "aten.equal",
+             "aten.masked_select", "aten.unique", "aten._unique2")
+
+
+class SyncCounter(TorchDispatchMode):
+    """Counts the ops that make the host wait for the device (a value or a data-dependent
+    shape read back): the same ops torch.cuda.set_sync_debug_mode reports on CUDA."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = str(func.overloadpacket)
+        if name in _SYNC_OPS:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_sync_counter_sees_host_reads():
+    x = torch.ones(3)
+    with SyncCounter() as c:
+        x.sum().item()
+        bool(x.any())
+        x.nonzero()
+    assert c.count == 3
+
+
+@pytest.mark.parametrize("solver", ["fixed_point", "anderson", "broyden"])
+def test_a_solver_step_never_syncs(solver):
+    f, z0, args = _problem()
+    algo = {"fixed_point": FixedPointIteration(), "anderson": Anderson(m=4), "broyden": Broyden(memory=4)}[solver]
+    with torch.no_grad():
+        state = algo.init(f, z0, args)
+        with SyncCounter() as c:
+            for _ in range(8):
+                state = algo.step(f, state, args)
+    assert c.count == 0
+
+
+@pytest.mark.parametrize("solver", ["fixed_point", "anderson", "broyden"])
+@pytest.mark.parametrize("compact", [True, False])
+def test_the_loop_syncs_once_per_check(solver, compact):
+    # A bounded map without a fixed point: every row runs all 40 steps.
+    x = torch.randn(16, 32, generator=torch.Generator().manual_seed(0))
+    f = lambda z, x: torch.where(z >= 0, -1.0, 1.0) * x.abs()  # noqa: E731
+    kw = dict(solver=solver, tol=0.0, max_iter=40, stall_window=None, diverge_factor=None, compact=compact)
+    for every, bound in ((10, 40 // 10 + 1), (1, 40 + 1)):
+        with SyncCounter() as c:
+            sol = solve(f, torch.zeros(16, 32), x, check_every=every, **kw)
+        assert (sol.nstep == 40).all()
+        assert c.count <= bound, (every, c.count)
+
+
+def test_off_the_cpu_the_loop_checks_every_few_steps_by_default():
+    from eqsolve.solvers._loop import DEVICE_CHECK_EVERY, default_check_every
+
+    assert default_check_every(torch.device("cpu")) == 1
+    assert default_check_every(torch.device("meta")) == DEVICE_CHECK_EVERY > 1
+    assert default_check_every("cuda") == DEVICE_CHECK_EVERY
