@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from eqsolve.training.tracking import TRACKERS
+
 __all__ = ["GRAD_MODES", "TrainConfig", "dataclass_from_dict", "RESUMABLE_CHANGES"]
 
 GRAD_MODES = ("sot", "implicit", "phantom", "onestep", "unrolled")
@@ -31,7 +33,8 @@ INITS = ("random", "zeros")
 # optimisation trajectory already taken nor the meaning of the saved state.
 RESUMABLE_CHANGES = frozenset(
     {"steps", "out", "checkpoint_every", "log_every", "progress", "threads", "resume",
-     "eval_every", "eval_size", "eval_depth", "keep_checkpoints", "time_limit_s", "init_from"}
+     "eval_every", "eval_size", "eval_depth", "keep_checkpoints", "time_limit_s", "init_from",
+     "tracking", "tracking_project"}
 )
 
 
@@ -138,6 +141,10 @@ class TrainConfig:
         time_limit_s: stop cleanly (with a checkpoint) after this many seconds (0 = no limit).
         task: registered task name (:func:`eqsolve.tasks.base.get_task`): what the pool, the
             tokens, the augmentation and the evaluation are (``eqsolve train --task``).
+        tracking: also send the logged metrics to ``tensorboard`` or ``wandb``
+            (:mod:`eqsolve.training.tracking`); ``none`` (the default) writes only
+            ``metrics.jsonl``.
+        tracking_project: the W&B project of ``tracking=wandb``.
     """
 
     grad: str = "sot"
@@ -191,12 +198,15 @@ class TrainConfig:
     progress: bool = True
     time_limit_s: float = 0.0
     task: str = "sudoku-extreme"
+    tracking: str = "none"
+    tracking_project: str = "eqsolve"
 
     def __post_init__(self) -> None:
         _check(self.grad in GRAD_MODES, f"grad={self.grad!r}; valid: {', '.join(GRAD_MODES)}")
         _check(self.lr_schedule in LR_SCHEDULES,
                f"lr_schedule={self.lr_schedule!r}; valid: {', '.join(LR_SCHEDULES)}")
         _check(self.init in INITS, f"init={self.init!r}; valid: {', '.join(INITS)}")
+        _check(self.tracking in TRACKERS, f"tracking={self.tracking!r}; valid: {', '.join(TRACKERS)}")
         _check(self.loss in ("stablemax", "softmax"),
                f"loss={self.loss!r}; valid: stablemax, softmax")
         for name in ("steps", "batch_size", "sup_steps", "depth", "phantom_k",

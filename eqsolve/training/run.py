@@ -64,6 +64,7 @@ from eqsolve.training.config import TrainConfig, dataclass_from_dict
 from eqsolve.training.data import PuzzlePool, build_pool, pool_source
 from eqsolve.training.eval import default_eval_set, evaluate
 from eqsolve.training.loop import Trainer
+from eqsolve.training.tracking import make_tracker
 
 __all__ = ["TrainConfig", "Trainer", "load_preset", "main", "run_training"]
 
@@ -237,6 +238,9 @@ def _train_in(cfg: TrainConfig, model_config: EqRConfig, out: Path, rank: int,
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True)) \
         if rank == 0 and hasattr(signal, "SIGTERM") else None
     eval_set = default_eval_set(cfg.task) if rank == 0 else None
+    tracker = make_tracker(cfg.tracking if rank == 0 else "none", out,
+                           {"model": model_config.to_dict(), "train": cfg.to_dict(), "commit": commit},
+                           start_step=trainer.step, project=cfg.tracking_project)
     bar = None
     if cfg.progress and rank == 0:
         from tqdm import tqdm
@@ -277,6 +281,7 @@ def _train_in(cfg: TrainConfig, model_config: EqRConfig, out: Path, rank: int,
                 if rank == 0:
                     with open(out / "metrics.jsonl", "a") as handle:
                         handle.write(json.dumps(last_metrics) + "\n")
+                    tracker.log(last_metrics, trainer.step)
                 window, n_window, t_window = {}, 0, time.perf_counter()
             over_time = cfg.time_limit_s and time.perf_counter() - t_start > cfg.time_limit_s
             if dist.is_initialized():  # every rank must agree to stop at the same step
@@ -299,6 +304,7 @@ def _train_in(cfg: TrainConfig, model_config: EqRConfig, out: Path, rank: int,
             # gloo group meanwhile can abort ("terminate called without an active exception")
             dist.barrier()
     finally:
+        tracker.close()
         if bar is not None:
             bar.close()
         if previous is not None:
