@@ -36,7 +36,6 @@ Examples:
 from __future__ import annotations
 
 import dataclasses
-import json
 import multiprocessing as mp
 import resource
 import time
@@ -47,7 +46,7 @@ from typing import Any
 
 import torch
 
-from eqsolve._io import atomic_write
+from eqsolve._io import atomic_write, atomic_write_json
 from eqsolve.models.eqr import EqRConfig
 from eqsolve.runs import progress_bar
 from eqsolve.training.config import TrainConfig, dataclass_from_dict
@@ -344,10 +343,8 @@ def _plot(result: dict[str, Any], path: Path) -> None:
             else f"DEQ gradient of the outer map, forward depth {result['train']['depth']}")
     fig.suptitle(f"compare-grads: same init and data; {what}; batch {result['train']['batch_size']}")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=110))
     plt.close(fig)
-    tmp.replace(path)
 
 
 def run_compare(model: EqRConfig, train: TrainConfig, compare: CompareConfig) -> dict[str, Any]:
@@ -416,7 +413,7 @@ def run_compare(model: EqRConfig, train: TrainConfig, compare: CompareConfig) ->
                "eval_exact": res.get("eval", {}).get("exact"),
                "eval_cell_acc": res.get("eval", {}).get("cell_acc")}
         for mode, res in result["modes"].items()}
-    atomic_write(out / "compare_grads.json", lambda handle: handle.write(json.dumps(result, indent=1).encode()))
+    atomic_write_json(out / "compare_grads.json", result)
     print(summary_table(result))
     _plot(result, out / "compare_grads.png")
     return result
@@ -436,7 +433,7 @@ def summary_table(result: Mapping[str, Any]) -> str:
 
     for mode, row in result["summary"].items():
         lines.append(f"| {mode} | {row['final_loss']:.3f} | {fmt(row['eval_exact'], '.1%')} | "
-                     f"{fmt(row['eval_cell_acc'], '.1%')} | {row['forward_residual']:.1e} | "
+                     f"{fmt(row['eval_cell_acc'], '.1%')} | {fmt(row['forward_residual'], '.1e')} | "
                      f"{'yes' if row['forward_converged'] else 'NO'} | {fmt(row['mean_cosine'], '.3f')} | "
                      f"{row['s_per_step']:.3f} | {row['peak_over_start_mb']:.0f} |")
     return "\n".join(lines)
