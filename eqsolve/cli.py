@@ -264,9 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="fetch or generate puzzle data")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="action")
     fetch = data_sub.add_parser("fetch", help="download a dataset (needs the 'hub' extra)")
-    fetch.add_argument("dataset", choices=["sudoku-extreme"])
+    fetch.add_argument("dataset", choices=sorted(_FETCHERS),
+                       help="sudoku-extreme (sapientinc/sudoku-extreme) or maze-30x30-hard (HRM's "
+                            "sapientinc/maze-30x30-hard-1k, the CSV layout of --task maze-unique)")
     fetch.add_argument("--out", default="data", help="destination folder (default: data)")
     fetch.add_argument("--split", default="test", choices=["train", "test"])
+    fetch.add_argument("--revision", help="branch, tag or commit of the dataset repository "
+                                          "(default: its main branch); pin one for reproducible numbers")
     generate = data_sub.add_parser("generate", help="generate rated Sudoku-Extreme-like puzzles → CSV")
     generate.add_argument("--n", type=int, required=True, help="number of puzzles")
     generate.add_argument("--seed", type=int, default=0)
@@ -455,11 +459,16 @@ def _cmd_solvers(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ``eqsolve data fetch`` datasets -> their download function
+_FETCHERS = {"sudoku-extreme": "eqsolve.tasks.sudoku:fetch_sudoku_extreme",
+             "maze-30x30-hard": "eqsolve.tasks.maze:fetch_maze_csv"}
+
+
 def _cmd_data(args: argparse.Namespace) -> int:
     """``eqsolve data fetch|generate``."""
     if args.data_command == "fetch":
-        fetch = load_entry("eqsolve.tasks.sudoku:fetch_sudoku_extreme")
-        path = fetch(Path(args.out), split=args.split)
+        fetch = load_entry(_FETCHERS[args.dataset])
+        path = fetch(Path(args.out), split=args.split, revision=args.revision)
         print(f"wrote {path}")
         return 0
     if args.n < 1:

@@ -167,11 +167,13 @@ def test_data_fetch_calls_the_hub_download(monkeypatch, tmp_path, capsys):
 
     calls = []
     monkeypatch.setattr(sudoku, "fetch_sudoku_extreme",
-                        lambda dest, split: calls.append((dest, split)) or dest / f"{split}.csv")
+                        lambda dest, split, revision: calls.append((dest, split, revision)) or dest / f"{split}.csv")
     assert cli.main(["data", "fetch", "sudoku-extreme", "--out", str(tmp_path), "--split", "train"]) == 0
-    assert calls == [(tmp_path, "train")] and "train.csv" in capsys.readouterr().out
+    assert calls == [(tmp_path, "train", None)] and "train.csv" in capsys.readouterr().out
+    assert cli.main(["data", "fetch", "sudoku-extreme", "--out", str(tmp_path), "--revision", "v1.0"]) == 0
+    assert calls[-1] == (tmp_path, "test", "v1.0")
 
-    def no_hub(dest, split):
+    def no_hub(dest, split, revision):
         raise ImportError("downloading Sudoku-Extreme needs huggingface_hub")
 
     monkeypatch.setattr(sudoku, "fetch_sudoku_extreme", no_hub)

@@ -135,8 +135,12 @@ class Task:
         """
         raise NotImplementedError(f"task {self.name!r} does not define load()")
 
-    def load_training(self, path: str, *, limit: int | None = None) -> TaskData:
-        """Training rows of ``path``: the first ``limit`` (default: :meth:`load` of the whole file)."""
+    def load_training(self, path: str, *, limit: int | None = None, seed: int = 0) -> TaskData:
+        """Training rows of ``path``: at most ``limit`` of them (``seed`` for tasks that sample).
+
+        The default reads the whole file with :meth:`load` and keeps the first ``limit`` rows; a
+        task with large training files should sample before parsing (Sudoku does).
+        """
         data = self.load(path)
         return data if limit is None else data.head(limit)
 

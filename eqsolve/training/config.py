@@ -111,7 +111,8 @@ class TrainConfig:
         init: initial latent state: ``random`` (truncated normal, the paper's RI) or ``zeros``.
         noise: path noise scale during training (None = the model's ``noise_scale``).
         data: training puzzles in a file the task reads (None = the task's generator).
-        data_limit: use at most this many rows of ``data``.
+        data_limit: use a random sample (seeded by ``seed``) of this many rows of ``data``;
+            only the sampled rows are parsed.
         gen_easy: puzzles from the task's training generator in the pool (when ``data`` is None;
             Sudoku: ``generate_easy``; Maze: ``generate`` without the eval set's mazes).
         gen_hard: generated rated (harder) puzzles in the training pool (when ``data`` is None;

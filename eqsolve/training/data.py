@@ -92,10 +92,11 @@ def build_pool(data: str | None, *, limit: int | None, gen_easy: int, gen_hard: 
 
     Args:
         data: path of a training file the task reads (Sudoku: CSV or one puzzle per line), or None.
-        limit: keep at most this many rows of ``data``.
+        limit: keep a random sample (seeded by ``seed``) of at most this many rows of ``data``;
+            the task parses only those (:meth:`~eqsolve.tasks.base.Task.load_training`).
         gen_easy: rows from the task's training generator when ``data`` is None.
         gen_hard: rows from its harder generator (Sudoku's rated ``generate``) when ``data`` is None.
-        seed: generator seed.
+        seed: generator and sampling seed.
         task: task name or :class:`~eqsolve.tasks.base.Task`.
 
     Returns:
@@ -106,7 +107,7 @@ def build_pool(data: str | None, *, limit: int | None, gen_easy: int, gen_hard: 
         path = Path(data)
         if not path.is_file() and not path.is_dir():
             raise ValueError(f"training data file not found: {path}")
-        loaded = task.load_training(str(path), limit=limit)
+        loaded = task.load_training(str(path), limit=limit, seed=seed)
         return PuzzlePool(loaded.questions, loaded.answers,
                           pool_source(data, gen_easy, gen_hard, seed, rows=len(loaded), task=task))
     generated = task.generate_pool(gen_easy, seed, hard=gen_hard)

@@ -152,15 +152,16 @@ def test_an_hrm_style_file_loads_from_the_hub(tmp_path, monkeypatch):
     answer[0, 1:], answer[1:29, 29] = PATH, PATH
     calls = {}
 
-    def fake_download(repo_id, filename, repo_type, local_dir):
-        calls.update(repo_id=repo_id, filename=filename, repo_type=repo_type)
+    def fake_download(repo_id, filename, repo_type, local_dir, revision):
+        calls.update(repo_id=repo_id, filename=filename, repo_type=repo_type, revision=revision)
         out = tmp_path / "dl" / filename
         out.write_text(HEADER + f"hrm,{q},{grid_to_string(answer)},7\n")
         return str(out)
 
     monkeypatch.setitem(sys.modules, "huggingface_hub", types.SimpleNamespace(hf_hub_download=fake_download))
     data = load_csv(fetch_maze_csv(tmp_path / "dl", split="test"))
-    assert calls == {"repo_id": "sapientinc/maze-30x30-hard-1k", "filename": "test.csv", "repo_type": "dataset"}
+    assert calls == {"repo_id": "sapientinc/maze-30x30-hard-1k", "filename": "test.csv", "repo_type": "dataset",
+                     "revision": None}
     assert data.sources == ["hrm"] and data.ratings.tolist() == [7] and data.lengths.tolist() == [58]
     with pytest.raises(ValueError, match="not unique"):
         load_csv(tmp_path / "dl" / "test.csv", unique=True)

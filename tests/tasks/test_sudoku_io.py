@@ -127,8 +127,8 @@ def test_fetch_uses_the_hub_download_and_loads(tmp_path, monkeypatch):
 
     calls = {}
 
-    def fake_download(repo_id, filename, repo_type, local_dir):
-        calls.update(repo_id=repo_id, filename=filename, repo_type=repo_type)
+    def fake_download(repo_id, filename, repo_type, local_dir, revision):
+        calls.update(repo_id=repo_id, filename=filename, repo_type=repo_type, revision=revision)
         out = tmp_path / "dl" / filename
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(f"source,question,answer,rating\nhub,{WIKI},{WIKI_SOLUTION},0\n")
@@ -137,11 +137,12 @@ def test_fetch_uses_the_hub_download_and_loads(tmp_path, monkeypatch):
     monkeypatch.setitem(
         sys.modules, "huggingface_hub", types.SimpleNamespace(hf_hub_download=fake_download)
     )
-    path = fetch_sudoku_extreme(tmp_path / "dl", split="test")
+    path = fetch_sudoku_extreme(tmp_path / "dl", split="test", revision="abc123")
     assert calls == {
         "repo_id": "sapientinc/sudoku-extreme",
         "filename": "test.csv",
         "repo_type": "dataset",
+        "revision": "abc123",
     }
     assert load_any(path).sources == ["hub"]
     with pytest.raises(ValueError, match="split"):
@@ -159,3 +160,37 @@ def test_real_lists_load_and_rate(shared_sudoku_dir):
     assert len(data) == 15 and check_batch(data.answers, data.questions).all()
     easy = SudokuSet.from_items(generate_easy(15, seed=0), "easy")
     assert np.median(data.ratings) > np.median(easy.ratings)
+
+
+def test_sample_parses_only_the_drawn_rows(tmp_path):
+    import numpy as np
+
+    # row 7 (line 9) is malformed: loading everything fails, a sample that misses it does not
+    rows = [f"r{i},{WIKI},{WIKI_SOLUTION},3\n" for i in range(50)]
+    rows[7] = "bad,123,,\n"
+    path = tmp_path / "big.csv"
+    path.write_text("source,question,answer,rating\n" + "".join(rows))
+    with pytest.raises(ValueError, match=r"big\.csv:9"):
+        load_csv(path)
+    draws = {seed: sorted(np.random.default_rng(seed).choice(50, size=5, replace=False).tolist())
+             for seed in range(20)}
+    seed = next(s for s, d in draws.items() if 7 not in d)
+    picked = load_csv(path, sample=5, seed=seed, unique=False)
+    assert picked.sources == [f"r{i}" for i in draws[seed]]  # the drawn rows, in file order
+    hit = next(s for s, d in draws.items() if 7 in d)
+    with pytest.raises(ValueError, match=r"big\.csv:9"):  # a drawn bad row is still an error
+        load_csv(path, sample=5, seed=hit, unique=False)
+    with pytest.raises(ValueError, match="not both"):
+        load_csv(path, limit=3, sample=3)
+
+
+def test_training_data_limit_samples_the_file(tmp_path):
+    from eqsolve.tasks.base import get_task
+
+    rows = "".join(f"r{i},{WIKI},{WIKI_SOLUTION},3\n" for i in range(30))
+    path = tmp_path / "train.csv"
+    path.write_text("source,question,answer,rating\n" + rows)
+    task = get_task("sudoku-extreme")
+    a = task.load_training(str(path), limit=6, seed=0)
+    assert a.questions.shape == (6, 81)
+    assert len(task.load_training(str(path)).questions) == 30

@@ -329,11 +329,13 @@ def save_csv(data: MazeSet, path: str | os.PathLike) -> None:
     write_rows(path, ["source", "question", "answer", "rating"], rows)
 
 
-def fetch_maze_csv(dest: str | os.PathLike, split: str = "test", repo_id: str = HRM_MAZE_REPO) -> Path:
+def fetch_maze_csv(dest: str | os.PathLike, split: str = "test", repo_id: str = HRM_MAZE_REPO,
+                   revision: str | None = None) -> Path:
     """Downloads a maze CSV split from the HuggingFace hub (``hub`` extra); load it with :func:`load_csv`.
 
     The default is HRM's ``maze-30x30-hard-1k`` (the layout of this module's CSV format). Its
-    mazes use the whole 30 × 30 grid: use ``full=True`` symmetries on them.
+    mazes use the whole 30 × 30 grid: use ``full=True`` symmetries on them. ``revision`` pins a
+    branch, tag or commit of the dataset repository (None: the default branch).
 
     Raises:
         ImportError: huggingface_hub is not installed (``pip install 'eqsolve[hub]'``).
@@ -347,7 +349,8 @@ def fetch_maze_csv(dest: str | os.PathLike, split: str = "test", repo_id: str = 
         raise ImportError("downloading mazes needs huggingface_hub: pip install 'eqsolve[hub]'") from exc
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    return Path(hf_hub_download(repo_id=repo_id, filename=f"{split}.csv", repo_type="dataset", local_dir=dest))
+    return Path(hf_hub_download(repo_id=repo_id, filename=f"{split}.csv", repo_type="dataset", local_dir=dest,
+                                revision=revision))
 
 
 def default_eval_set(**options: Any) -> MazeSet:

@@ -56,7 +56,7 @@ class MazeTask(Task):
         data = data.subset(seeded_subset(len(data), limit, seed))
         return self._task_data(data, str(path or "shipped eval set"))
 
-    def load_training(self, path: str, *, limit: int | None = None) -> TaskData:
+    def load_training(self, path: str, *, limit: int | None = None, seed: int = 0) -> TaskData:
         from eqsolve.tasks.maze import load_any
 
         data = load_any(path)

@@ -10,12 +10,14 @@ __all__ = ["HUB_REPO", "fetch_sudoku_extreme"]
 HUB_REPO = "sapientinc/sudoku-extreme"
 
 
-def fetch_sudoku_extreme(dest: str | os.PathLike, split: str = "test") -> Path:
+def fetch_sudoku_extreme(dest: str | os.PathLike, split: str = "test", revision: str | None = None) -> Path:
     """Downloads a split of the HuggingFace dataset ``sapientinc/sudoku-extreme`` (``hub`` extra).
 
     Args:
         dest: folder to store the CSV in.
         split: ``"train"`` (3,831,994 rows) or ``"test"`` (422,786 rows).
+        revision: a branch, tag or commit of the dataset repository (None: the default
+            branch); pin one to make a measurement reproducible.
 
     Returns:
         Path of the downloaded CSV; load it with :func:`~eqsolve.tasks.sudoku.io.load_csv`.
@@ -36,6 +38,7 @@ def fetch_sudoku_extreme(dest: str | os.PathLike, split: str = "test") -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     return Path(
         hf_hub_download(
-            repo_id=HUB_REPO, filename=f"{split}.csv", repo_type="dataset", local_dir=dest
+            repo_id=HUB_REPO, filename=f"{split}.csv", repo_type="dataset", local_dir=dest,
+            revision=revision,
         )
     )

@@ -11,7 +11,9 @@ Formats:
   the first whitespace is ignored). Empty lines and lines starting with ``#`` are not data.
 
 Every malformed row is a ``ValueError`` naming ``file:line``; loaders never skip bad rows.
-``limit`` stops reading after that many data rows; ``min_rating`` and ``subsample`` then select
+``limit`` stops reading after that many data rows; ``sample`` reads a seeded random sample of
+that many data rows instead, from anywhere in the file, and parses only those (the training pool's
+``train.data_limit`` on multi-million-row files); ``min_rating`` and ``subsample`` then select
 rows explicitly (the benchmark protocol), and ``augment`` appends that many random symmetric
 copies per puzzle.
 
@@ -184,8 +186,18 @@ def _decode_error(path: Path, exc: UnicodeDecodeError) -> ValueError:
                       "re-save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)")
 
 
-def _check_options(limit: int | None, subsample: int | None, augment: int) -> None:
-    for name, value in (("limit", limit), ("subsample", subsample)):
+def _sample_rows(count: int, sample: int | None, seed: int) -> set[int] | None:
+    """Indices of ``sample`` data rows out of ``count``, drawn without replacement (seeded)."""
+    if sample is None or sample >= count:
+        return None
+    return set(np.random.default_rng(seed).choice(count, size=sample, replace=False).tolist())
+
+
+def _check_options(limit: int | None, subsample: int | None, augment: int,
+                   sample: int | None = None) -> None:
+    if limit is not None and sample is not None:
+        raise ValueError(f"give limit={limit} (the first rows) or sample={sample} (random rows), not both")
+    for name, value in (("limit", limit), ("subsample", subsample), ("sample", sample)):
         if value is not None and value < 0:
             raise ValueError(f"{name} must be >= 0, got {value}")
     if augment < 0:
@@ -200,12 +212,15 @@ def load_csv(
     seed: int = 0,
     augment: int = 0,
     unique: bool = True,
+    sample: int | None = None,
 ) -> SudokuSet:
     """Loads a Sudoku-Extreme CSV (``source,question,answer,rating``; answer/rating optional).
 
     Args:
         path: the CSV file.
         limit: read at most this many data rows (None: all).
+        sample: instead of the first rows, a random sample of this many data rows (seeded by
+            ``seed``, in file order); the other rows are read but never parsed or validated.
         min_rating: keep rows whose rating is at least this.
         subsample: then keep a random subset of this size (seeded by ``seed``).
         seed: seed for ``subsample`` and ``augment``.
@@ -224,18 +239,26 @@ def load_csv(
         >>> data.questions.shape
         (5, 81)
     """
-    _check_options(limit, subsample, augment)
+    _check_options(limit, subsample, augment, sample)
     path = Path(path)
     lines: list[int] = []
     questions: list[str] = []
     answers: list[str] = []
     ratings: list[int | None] = []
     sources: list[str] = []
+    select = None
+    if sample is not None:  # a first, cheap pass counts the data rows to draw from
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            try:
+                count = sum(1 for row in csv.reader(fh) if row and any(c.strip() for c in row)) - 1
+            except (UnicodeDecodeError, csv.Error):
+                count = 0  # the parsing pass below reports the problem with its line
+        select = _sample_rows(max(count, 0), sample, seed)
     # utf-8-sig: a byte-order mark (Excel, Notepad) would otherwise stick to the first column's name
     with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.reader(fh)
         try:
-            _read_csv_rows(reader, path, limit, lines, questions, answers, ratings, sources)
+            _read_csv_rows(reader, path, limit, lines, questions, answers, ratings, sources, select)
         except UnicodeDecodeError as exc:
             raise _decode_error(path, exc) from None
         except csv.Error as exc:  # e.g. a field over csv.field_size_limit(): not a puzzle CSV
@@ -249,8 +272,11 @@ def load_csv(
 
 def _read_csv_rows(reader: Any, path: Path, limit: int | None, lines: list[int],
                    questions: list[str], answers: list[str], ratings: list[int | None],
-                   sources: list[str]) -> None:
-    """Reads the header and the data rows of :func:`load_csv` into the given lists."""
+                   sources: list[str], select: set[int] | None = None) -> None:
+    """Reads the header and the data rows of :func:`load_csv` into the given lists.
+
+    ``select``: indices of the data rows to keep (None: all); the others are not parsed.
+    """
     header = next(reader, None)
     if header is None:
         raise ValueError(f"{path}:1: empty file, expected a header with a 'question' column")
@@ -266,11 +292,15 @@ def _read_csv_rows(reader: Any, path: Path, limit: int | None, lines: list[int],
         for name in ("source", "question", "answer", "rating")
         if name in header
     }
+    index = -1
     for row in reader:
         if limit is not None and len(questions) >= limit:
             break
         line = reader.line_num
         if not row or all(not c.strip() for c in row):
+            continue
+        index += 1
+        if select is not None and index not in select:
             continue
         if len(row) != len(header):
             raise _data_error(path, line, f"expected {len(header)} fields, got {len(row)}")

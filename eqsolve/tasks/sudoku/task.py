@@ -59,14 +59,19 @@ class SudokuTask(Task):
         data = sudoku.load_any(path, **options) if path else sudoku.default_eval_set(**options)
         return TaskData(data.questions, data.answers, data.ratings, str(path or "shipped eval set"))
 
-    def load_training(self, path: str, *, limit: int | None = None) -> TaskData:
+    def load_training(self, path: str, *, limit: int | None = None, seed: int = 0) -> TaskData:
+        """A seeded random sample of ``limit`` rows of ``path`` (all rows if None).
+
+        Only the sampled rows are parsed (:func:`~eqsolve.tasks.sudoku.io.load_csv`'s
+        ``sample``), so a limit on the 3.8-million-row training CSV costs one quick pass over
+        the file, not a parse of every row.
+        """
         from eqsolve.tasks.sudoku.io import load_any
 
         # unique=False: a puzzle paired with one of its solutions is still a correct target, and
         # proving uniqueness would cost ~5 ms per row of files with millions of rows
-        data = load_any(Path(path), unique=False)
-        keep = slice(None) if limit is None else slice(0, limit)
-        return TaskData(data.questions[keep], data.answers[keep], data.ratings[keep], str(path))
+        data = load_any(Path(path), unique=False, sample=limit, seed=seed)
+        return TaskData(data.questions, data.answers, data.ratings, str(path))
 
     def generate_pool(self, n: int, seed: int, *, hard: int = 0) -> TaskData:
         """``generate_easy(n, seed)`` then ``generate(hard, seed + 1)`` (rated, harder)."""
