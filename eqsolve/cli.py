@@ -11,6 +11,7 @@ Examples:
     eqsolve data fetch sudoku-extreme --out data/
     eqsolve solvers
     eqsolve import-checkpoint eqr.pth reasoner.pt
+    eqsolve export runs/train/last.pt reasoner.pt
 
 Each flag becomes a hydra override (``--depth 4,8`` → ``bench.depth=[4,8]``) placed *before* the
 trailing overrides, so an explicit override wins. Subcommands import their module only when
@@ -22,11 +23,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
+import itertools
 import json
 import logging
 import os
 import random
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,6 +215,9 @@ def _add_common(p: argparse.ArgumentParser, *, model_flags: bool) -> None:
     p.add_argument("--seed", type=int, help="base random seed")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved, validated configuration as YAML and exit (no run folder)")
+    p.add_argument("-m", "--multirun", action="store_true",
+                   help="sweep: run every combination of the comma-separated override values "
+                        "(key=a,b), each in its own folder under --out, indexed in sweep.json")
     if model_flags:
         p.add_argument("--solver", help="registered solver name (see `eqsolve solvers`)")
         p.add_argument("--model", help="shipped reasoner: deq (inner equilibrium) | eqr (plain inner updates)")
@@ -279,6 +285,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     solvers = sub.add_parser("solvers", help="list registered solvers and their options")
     solvers.add_argument("--json", action="store_true", help="machine-readable output")
+
+    export = sub.add_parser("export", help="training checkpoint → shippable reasoner file")
+    export.add_argument("checkpoint", help="a training checkpoint (RUN/last.pt) or a run folder")
+    export.add_argument("dest", help="reasoner file to write (loads with --checkpoint, EqR.from_checkpoint)")
+    export.add_argument("--live", action="store_true", help="the live weights, not the EMA ones")
 
     imp = sub.add_parser("import-checkpoint", help="official eqr.pth → eqsolve checkpoint")
     imp.add_argument("source", help="official checkpoint (eqr.pth)")
@@ -492,6 +503,20 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    """``eqsolve export CKPT DST``: a training checkpoint's weights → a small reasoner file."""
+    from eqsolve.training.export import export_reasoner
+
+    source = Path(args.checkpoint)
+    source = source / "last.pt" if source.is_dir() else source
+    if not source.is_file():
+        raise FileNotFoundError(f"no training checkpoint at {source}; give RUN/last.pt or a run folder")
+    check_writable_file(Path(args.dest), "DEST", "reasoner.pt")
+    info = export_reasoner(source, args.dest, use_ema=not args.live)
+    print(f"wrote {args.dest} ({'live' if args.live else 'EMA'} weights of step {info.get('step')})")
+    return 0
+
+
 def _cmd_import_checkpoint(args: argparse.Namespace) -> int:
     """``eqsolve import-checkpoint SRC DST``: official release checkpoint → native eqsolve one."""
     from eqsolve.models.eqr import EqR
@@ -599,8 +624,77 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(text.split())  # multi-line messages (omegaconf, state dicts) on one line
 
 
+def expand_sweep(overrides: Sequence[str]) -> list[list[str]]:
+    """Every combination of the sweep overrides (hydra syntax: ``key=a,b``, ``range(1,4)``,
+    ``choice(a,b)``), in order; ordinary overrides are in every combination.
+
+    Examples:
+        >>> expand_sweep(["bench.limit=16,32", "solver=anderson,broyden", "bench.depth=[4,8]"])[:2]
+        [['bench.limit=16', 'solver=anderson', 'bench.depth=[4,8]'], ['bench.limit=16', 'solver=broyden', 'bench.depth=[4,8]']]
+        >>> len(expand_sweep(["a=range(0,3)", "b=x,y"]))
+        6
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    axes = []
+    for text, parsed in zip(overrides, OverridesParser.create().parse_overrides(list(overrides))):
+        if parsed.is_sweep_override():
+            key = text.split("=", 1)[0]
+            # lists and dicts stay as written; a string with hydra's special characters is quoted
+            axes.append([f"{key}={v if v[:1] in '[{' else _quote(v)}" for v in parsed.sweep_string_iterator()])
+        else:
+            axes.append([text])
+    return [list(combo) for combo in itertools.product(*axes)]
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    """``-m``: one run per combination of the sweep, sequentially, under one sweep folder.
+
+    Each run gets ``<sweep>/<index>`` as its run folder; ``<sweep>/sweep.json`` (rewritten
+    atomically after every run) lists each run's overrides, folder and outcome. A failed run is
+    recorded and the sweep goes on; the exit status is 1 if any run failed.
+    """
+    from eqsolve._io import atomic_write_json
+
+    spec = RUN_COMMANDS[args.command]
+    base = Path(args.out) if args.out else Path("runs") / f"{args.command}-sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+    args.out = None  # each run's folder is set below
+    if getattr(args, "resume", None):
+        raise ValueError("--resume does not apply to a sweep (-m); resume one of its runs by its folder")
+    jobs = expand_sweep(_flag_overrides(args.command, args) + list(args.overrides))
+    if args.print_config:
+        print("\n".join(" ".join(job) for job in jobs))
+        return 0
+    if (base / "sweep.json").exists():
+        raise FileExistsError(f"{base} already holds a sweep (sweep.json); choose a new --out")
+    base.mkdir(parents=True, exist_ok=True)
+    record: dict[str, Any] = {"command": args.command, "runs": []}
+    failed = 0
+    for index, job in enumerate(jobs):
+        run_dir = base / f"{index:03d}"
+        entry: dict[str, Any] = {"index": index, "overrides": job, "run_dir": str(run_dir)}
+        print(f"[sweep {index + 1}/{len(jobs)}] {' '.join(job)}", flush=True)
+        try:
+            _, payload = run_command(args.command, [*job, f"{spec.out_key}={_quote(str(run_dir))}"])
+            entry["status"] = "done"
+            if isinstance(payload, dict) and payload.get("stopped") == "signal":
+                entry["status"] = "stopped"
+        except Exception as exc:  # record it and go on with the next combination
+            failed += 1
+            entry.update(status="failed", error=_one_line(exc))
+            print(f"eqsolve {args.command}: run {index} failed: {entry['error']}", file=sys.stderr)
+        record["runs"].append(entry)
+        atomic_write_json(base / "sweep.json", record)
+        if entry["status"] == "stopped":
+            return EXIT_SIGTERM
+    print(f"sweep folder: {base} ({len(jobs) - failed} of {len(jobs)} runs done)")
+    return 1 if failed else 0
+
+
 def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """Run the chosen subcommand; exceptions propagate to :func:`main`."""
+    if args.command in RUN_COMMANDS and getattr(args, "multirun", False):
+        return _run_sweep(args)
     if args.command in RUN_COMMANDS:
         if isinstance(getattr(args, "resume", None), str) and "=" in args.resume:
             # a bare `--resume` followed by overrides: argparse took the first override as PATH
@@ -625,5 +719,6 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                   "continue with --resume", file=sys.stderr)
             return EXIT_SIGTERM
         return 0
-    handlers = {"solvers": _cmd_solvers, "data": _cmd_data, "import-checkpoint": _cmd_import_checkpoint}
+    handlers = {"solvers": _cmd_solvers, "data": _cmd_data, "import-checkpoint": _cmd_import_checkpoint,
+                "export": _cmd_export}
     return handlers[args.command](args)

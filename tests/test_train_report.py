@@ -27,6 +27,14 @@ def test_export_ships_ema_weights_without_training_state(tmp_path):
     assert all(torch.equal(v, ema[k]) for k, v in model.state_dict().items())
     shipped = torch.load(tmp_path / "reasoner.pt", weights_only=False)
     assert "train" not in shipped and shipped["extra"]["train_config"]["steps"] == 2
+    # the same through the command line: a run folder works, live weights on request
+    from eqsolve import cli
+
+    assert cli.main(["export", str(tmp_path), str(tmp_path / "live.pt"), "--live"]) == 0
+    live = load_training_checkpoint(tmp_path / "last.pt")["model"]
+    assert all(torch.equal(v, live[k]) for k, v in EqR.from_checkpoint(tmp_path / "live.pt").state_dict().items())
+    assert cli.main(["export", str(tmp_path / "missing.pt"), str(tmp_path / "x.pt")]) == 2
+    assert not (tmp_path / "x.pt").exists()
 
 
 def test_measure_rows_and_grid_parsing():
