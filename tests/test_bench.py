@@ -113,6 +113,8 @@ def test_bench_end_to_end_writes_results_and_plots(puzzle_csv, tmp_path, capsys)
         if r["solver"] == "fixed_point":
             assert r["steps_mean"] == budget  # no halting: plain iteration spends the whole budget
     assert set(results["per_puzzle"]) == {f"{r['label']}/d{r['depth']}/b{r['breadth']}" for r in rows}
+    assert set(results["plots"]) == {"accuracy_vs_nfe", "accuracy_vs_breadth", "accuracy_vs_residual",
+                                     "depth_breadth_heatmap"}
     for name in results["plots"].values():
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert {"config.yaml", "meta.json", "log.txt", "results.json"} <= {p.name for p in out.iterdir()}
@@ -214,3 +216,31 @@ def test_hub_checkpoint_references_download_through_huggingface_hub(monkeypatch,
     assert model.config.hidden_size == 16
     with pytest.raises(ValueError, match="OWNER/REPO/PATH"):
         bench.hub_download("hf://locuslab/EqR-model")
+
+
+def test_accuracy_plots_carry_binomial_error_bars(tmp_path):
+    from matplotlib.figure import Figure
+
+    from eqsolve.bench import plots
+
+    drawn: list[list[float]] = []
+    original = Figure.add_subplot
+
+    def spy(self, *args, **kwargs):
+        ax = original(self, *args, **kwargs)
+        errorbar = ax.errorbar
+        ax.errorbar = lambda *a, **k: drawn.append(list(k.get("yerr", []))) or errorbar(*a, **k)
+        return ax
+
+    rows = [{"solver": "anderson", "depth": 4, "breadth": b, "nfe_mean": 4 * b, "n": 64,
+             "accuracy": a, "residual_mean": 0.1} for b, a in ((1, 0.25), (2, 0.5))]
+    expected = [100 * (0.25 * 0.75 / 64) ** 0.5, 100 * (0.5 * 0.5 / 64) ** 0.5]
+    Figure.add_subplot = spy
+    try:
+        for draw in (plots.plot_accuracy_vs_nfe, plots.plot_accuracy_vs_breadth,
+                     lambda r, p: plots.plot_accuracy_vs_residual(r, p, residual="abs")):
+            drawn.clear()
+            draw(rows, tmp_path / "f.png")
+            assert sorted(v for bars in drawn for v in bars) == pytest.approx(expected)  # every point has its bar
+    finally:
+        Figure.add_subplot = original

@@ -608,7 +608,7 @@ def run_bench(cfg: Any, run_dir: Path | None = None) -> dict[str, Any] | None:
         # with the plot names once they exist)
         write_results(run_dir, "bench", payload)
         try:
-            payload["plots"] = write_bench_plots(rows, run_dir)
+            payload["plots"] = write_bench_plots(rows, run_dir, residual=cfg.solver.stop)
         except Exception as exc:
             raise RuntimeError(f"the bench plots failed ({type(exc).__name__}: {exc}); the results "
                                f"are in {run_dir / 'results.json'}") from exc

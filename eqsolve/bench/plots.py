@@ -1,7 +1,9 @@
 """Figures of ``eqsolve bench`` (matplotlib, Agg; no display needed).
 
 Each function takes the bench's result rows (dicts with ``solver``, ``depth``, ``breadth``,
-``nfe_mean``, ``accuracy``, ``residual_mean``; see :mod:`eqsolve.bench.grid`) and writes one PNG.
+``nfe_mean``, ``accuracy``, ``n``, ``residual_mean``; see :mod:`eqsolve.bench.grid`) and writes
+one PNG. Every accuracy is in percent with a binomial standard-error bar
+(``sqrt(p (1 - p) / n)`` over the ``n`` problems of the cell).
 Figures are built with :class:`matplotlib.figure.Figure` directly, so no global pyplot state or
 interactive backend is touched.
 """
@@ -30,6 +32,23 @@ def _save(fig: Figure, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda handle: fig.savefig(handle, format=fmt, dpi=120, bbox_inches="tight"))
 
 
+def binomial_se(row: Row) -> float:
+    """Binomial standard error of a row's exact accuracy, in percent (0 without ``n``).
+
+    Examples:
+        >>> round(binomial_se({"accuracy": 0.5, "n": 100}), 6)
+        5.0
+    """
+    n = int(row.get("n") or 0)
+    p = float(row["accuracy"])
+    return 100 * math.sqrt(p * (1 - p) / n) if n > 0 else 0.0
+
+
+def _residual_label(kind: str) -> str:
+    return {"rel": "relative residual ||F(z)-z|| / ||F(z)||",
+            "abs": "absolute residual ||F(z)-z||"}.get(kind, f"{kind} residual")
+
+
 def _solvers(rows: Sequence[Row]) -> list[str]:
     """Solver names in first-seen order."""
     return list(dict.fromkeys(str(r["solver"]) for r in rows))
@@ -47,7 +66,7 @@ def plot_accuracy_vs_nfe(rows: Sequence[Row], path: str | os.PathLike) -> Path:
 
     Examples:
         >>> import tempfile, pathlib
-        >>> rows = [{"solver": "anderson", "depth": d, "breadth": 1, "nfe_mean": d,
+        >>> rows = [{"solver": "anderson", "depth": d, "breadth": 1, "nfe_mean": d, "n": 20,
         ...          "accuracy": d / 10, "residual_mean": 1 / d} for d in (2, 4)]
         >>> plot_accuracy_vs_nfe(rows, pathlib.Path(tempfile.mkdtemp()) / "a.png").exists()
         True
@@ -63,27 +82,73 @@ def plot_accuracy_vs_nfe(rows: Sequence[Row], path: str | os.PathLike) -> Path:
                 (r for r in rows if r["solver"] == solver and int(r["breadth"]) == breadth),
                 key=lambda r: float(r["nfe_mean"]),
             )
-            ax.plot(
+            ax.errorbar(
                 [float(r["nfe_mean"]) for r in line], [100 * float(r["accuracy"]) for r in line],
+                yerr=[binomial_se(r) for r in line], capsize=3,
                 marker="o", color=color, linestyle=styles[all_breadths.index(breadth) % len(styles)],
                 label=f"{solver}, B={breadth}",
             )
     _accuracy_axis(ax, rows)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("mean NFE per puzzle (all starts)")
-    ax.set_ylabel("exact accuracy (%)")
+    ax.set_ylabel("exact accuracy (%, ± binomial SE)")
     ax.set_title("Accuracy vs compute")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
     return _save(fig, path)
 
 
-def plot_accuracy_vs_residual(rows: Sequence[Row], path: str | os.PathLike) -> Path:
+def plot_accuracy_vs_breadth(rows: Sequence[Row], path: str | os.PathLike) -> Path:
+    """Exact accuracy against breadth (random starts per problem), one line per (solver, depth).
+
+    The paper's breadth-scaling figure: at a fixed depth, how much more is solved by running
+    more starts and keeping one without a verifier (the bench's ``aggregate`` rule).
+
+    Args:
+        rows: Bench rows.
+        path: Output PNG.
+
+    Returns:
+        The written path.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> rows = [{"solver": "anderson", "depth": 8, "breadth": b, "nfe_mean": 8 * b, "n": 20,
+        ...          "accuracy": b / 10, "residual_mean": 0.1} for b in (1, 2, 4)]
+        >>> plot_accuracy_vs_breadth(rows, pathlib.Path(tempfile.mkdtemp()) / "b.png").exists()
+        True
+    """
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    styles = ["-", "--", ":", "-."]
+    all_depths = sorted({int(r["depth"]) for r in rows})
+    for index, solver in enumerate(_solvers(rows)):
+        for depth in sorted({int(r["depth"]) for r in rows if r["solver"] == solver}):
+            line = sorted((r for r in rows if r["solver"] == solver and int(r["depth"]) == depth),
+                          key=lambda r: int(r["breadth"]))
+            ax.errorbar([int(r["breadth"]) for r in line], [100 * float(r["accuracy"]) for r in line],
+                        yerr=[binomial_se(r) for r in line], capsize=3, marker="o", color=f"C{index}",
+                        linestyle=styles[all_depths.index(depth) % len(styles)], label=f"{solver}, depth {depth}")
+    _accuracy_axis(ax, rows)
+    breadths = sorted({int(r["breadth"]) for r in rows})
+    if len(breadths) > 1:
+        ax.set_xscale("log", base=2)
+    ax.set_xticks(breadths, [str(b) for b in breadths])
+    ax.set_xlabel("breadth (random starts per problem)")
+    ax.set_ylabel("exact accuracy (%, ± binomial SE)")
+    ax.set_title("Accuracy vs breadth")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def plot_accuracy_vs_residual(rows: Sequence[Row], path: str | os.PathLike, residual: str = "rel") -> Path:
     """Exact accuracy against mean final residual of the chosen start, one marker per grid cell.
 
     Args:
         rows: Bench rows.
         path: Output PNG.
+        residual: the residual's kind, ``"rel"`` or ``"abs"`` (the bench's ``solver.stop``).
 
     Returns:
         The written path.
@@ -94,9 +159,9 @@ def plot_accuracy_vs_residual(rows: Sequence[Row], path: str | os.PathLike) -> P
     for solver in _solvers(rows):
         cells = [r for r in rows if r["solver"] == solver and _positive(r["residual_mean"])]
         plotted += len(cells)
-        ax.scatter(
+        ax.errorbar(
             [float(r["residual_mean"]) for r in cells], [100 * float(r["accuracy"]) for r in cells],
-            label=solver, s=[12 + 6 * int(r["breadth"]) for r in cells], alpha=0.7,
+            yerr=[binomial_se(r) for r in cells], fmt="o", capsize=3, label=solver, alpha=0.7,
         )
     _accuracy_axis(ax, rows)
     if plotted:
@@ -104,9 +169,9 @@ def plot_accuracy_vs_residual(rows: Sequence[Row], path: str | os.PathLike) -> P
         ax.legend(fontsize="small")
     else:  # every residual non-finite (a model with NaN weights): a log axis has nothing to show
         ax.text(0.5, 0.5, "no finite residual to plot", transform=ax.transAxes, ha="center")
-    ax.set_xlabel("mean final residual (chosen start)")
-    ax.set_ylabel("exact accuracy (%)")
-    ax.set_title("Accuracy vs residual (marker size ~ breadth)")
+    ax.set_xlabel(f"mean final {_residual_label(residual)} (chosen start)")
+    ax.set_ylabel("exact accuracy (%, ± binomial SE)")
+    ax.set_title("Accuracy vs residual (one marker per depth x breadth cell)")
     ax.grid(True, alpha=0.3)
     return _save(fig, path)
 
@@ -163,12 +228,13 @@ def plot_depth_breadth_heatmap(rows: Sequence[Row], path: str | os.PathLike) -> 
     return _save(fig, path)
 
 
-def write_bench_plots(rows: Sequence[Row], out_dir: str | os.PathLike) -> dict[str, str]:
-    """Write the three bench figures into ``out_dir``.
+def write_bench_plots(rows: Sequence[Row], out_dir: str | os.PathLike, residual: str = "rel") -> dict[str, str]:
+    """Write the bench figures into ``out_dir``.
 
     Args:
         rows: Bench rows.
         out_dir: Folder (the run folder).
+        residual: the kind of the rows' residuals (``"rel"`` or ``"abs"``), for axis labels.
 
     Returns:
         Figure name → file name (relative to ``out_dir``).
@@ -176,7 +242,8 @@ def write_bench_plots(rows: Sequence[Row], out_dir: str | os.PathLike) -> dict[s
     out_dir = Path(out_dir)
     files = {
         "accuracy_vs_nfe": plot_accuracy_vs_nfe(rows, out_dir / "accuracy_vs_nfe.png"),
-        "accuracy_vs_residual": plot_accuracy_vs_residual(rows, out_dir / "accuracy_vs_residual.png"),
+        "accuracy_vs_breadth": plot_accuracy_vs_breadth(rows, out_dir / "accuracy_vs_breadth.png"),
+        "accuracy_vs_residual": plot_accuracy_vs_residual(rows, out_dir / "accuracy_vs_residual.png", residual),
         "depth_breadth_heatmap": plot_depth_breadth_heatmap(rows, out_dir / "depth_breadth_heatmap.png"),
     }
     return {name: p.name for name, p in files.items()}
