@@ -152,6 +152,25 @@ def test_run_diagnose_end_to_end(tmp_path):
     assert torch.get_num_threads() == 1  # the config asked for one thread
 
 
+def test_diagnose_measurements_survive_a_plotting_error(tmp_path, monkeypatch):
+    import eqsolve.diagnostics.report as report_module
+    from eqsolve.config import compose
+
+    def broken(run, modes, run_dir):
+        raise ValueError("the plotting library broke")
+
+    monkeypatch.setattr(report_module, "write_figures", broken)
+    cfg = compose("config_diagnose", [
+        "checkpoint=random", f"task.data={two_puzzles_csv(tmp_path)}", "solver=fixed_point", "diagnose.depth=2",
+        "diagnose.starts=2", "diagnose.spectral_iters=2", "model.hidden_size=16", "model.H_cycles=1",
+        "model.L_cycles=1", "model.L_layers=1", "model.num_heads=2",
+    ])
+    with pytest.raises(RuntimeError, match="diagnostics.json"):
+        run_diagnose(cfg, tmp_path)
+    report = json.loads((tmp_path / "diagnostics.json").read_text())
+    assert report["n_problems"] == 2 and report["figures"] == {}
+
+
 def test_spectral_radius_on_an_eqr_state_matches_dense_eigvals():
     from eqsolve.diagnostics import spectral_radius
     from eqsolve.models.eqr import EqR, EqRConfig

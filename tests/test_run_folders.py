@@ -164,7 +164,7 @@ def test_bench_of_a_nan_model_reports_every_row_as_non_finite(tmp_path, caplog):
 def test_bench_results_survive_a_plotting_error(tmp_path, monkeypatch, capsys):
     import eqsolve.bench.plots
 
-    def broken(rows, out_dir):
+    def broken(rows, out_dir, residual="rel"):
         raise ValueError("the plotting library broke")
 
     monkeypatch.setattr(eqsolve.bench.plots, "write_bench_plots", broken)

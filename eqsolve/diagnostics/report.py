@@ -287,10 +287,17 @@ def run_diagnose(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
         by_bucket.setdefault(name, []).append(problem["mode"])
     report["mode_shares_by_difficulty"] = {
         b: {"n": len(m), **mode_shares(m)} for b, m in sorted(by_bucket.items())}
-    report["figures"] = write_figures(run, report["modes"], run_dir)
     report["seconds"] = time.perf_counter() - t0
     report["cpu_seconds"] = time.process_time() - cpu0  # all threads of this process
+    # the measurements first: a plotting error must not cost the run
+    report["figures"] = {}
     atomic_write_json(run_dir / "diagnostics.json", report)
+    try:
+        report["figures"] = write_figures(run, report["modes"], run_dir)
+    except Exception as exc:
+        raise RuntimeError(f"the diagnose figures failed ({type(exc).__name__}: {exc}); the "
+                           f"measurements are in {run_dir / 'diagnostics.json'}") from exc
+    atomic_write_json(run_dir / "diagnostics.json", report)  # now with the figure names
     signal = report["residual_signal"]
     return {
         "n_puzzles": report["n_problems"], "starts": starts, "depth": depth, "tol": tol,
