@@ -85,9 +85,9 @@ class DEQ(nn.Module):
         for name, value in (("max_iter", max_iter), ("eval_max_iter", eval_max_iter), ("n_states", n_states)):
             if value is not None and not (isinstance(value, int) and value >= 1):
                 raise ValueError(f"DEQ: {name} must be an int >= 1, got {value!r}")
-        for name, value in (("tol", tol), ("eval_tol", eval_tol)):
-            if value is not None and not value > 0:
-                raise ValueError(f"DEQ: {name} must be > 0, got {value!r}")
+        for name, level in (("tol", tol), ("eval_tol", eval_tol)):
+            if level is not None and not level > 0:
+                raise ValueError(f"DEQ: {name} must be > 0, got {level!r}")
         if stop not in ("rel", "abs"):
             raise ValueError(f"DEQ: stop must be 'rel' or 'abs', got {stop!r}")
         self.grad = get_gradient(grad)

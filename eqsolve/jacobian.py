@@ -149,14 +149,14 @@ def _jacobian_product(f: Callable[..., Tensor], z: Tensor, args: tuple,
                       method: str) -> Callable[[Tensor], Tensor]:
     """``v ↦ Jᵀ v`` (vjp, on one graph of ``f(z)``) or ``v ↦ J v`` (jvp) at ``z``, z-shaped."""
     if method == "jvp":
-        def product(v: Tensor) -> Tensor:
+        def jvp_product(v: Tensor) -> Tensor:
             try:
                 return torch.func.jvp(lambda s: f(s, *args), (z,), (v,))[1].detach()
             except NotImplementedError as err:  # e.g. CPU scaled_dot_product_attention
                 raise NotImplementedError(
                     f"spectral_radius: method='jvp' needs forward-mode AD for every op of f; "
                     f"use method='vjp' ({err})") from err
-        return product
+        return jvp_product
     z_in = z.requires_grad_()
     with torch.enable_grad():
         fz = f(z_in, *args)

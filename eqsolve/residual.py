@@ -35,4 +35,4 @@ def relative_residual(diff: T, fz_norm: T) -> T:
     Returns:
         The relative residual, same type and shape.
     """
-    return diff / (fz_norm + RESIDUAL_EPS)  # type: ignore[operator]
+    return diff / (fz_norm + RESIDUAL_EPS)  # type: ignore[operator,return-value]

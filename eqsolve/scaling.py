@@ -400,6 +400,7 @@ def solve_many(
             if bool(done.any()):
                 book.finish(rows[done], predict(fz[done]), (stop_halt & ~budget)[done])
                 keep = (~done).nonzero().flatten()
+                assert x_act is not None  # rows are running, so inputs were admitted
                 rows, x_act, state = rows[keep], x_act[keep], take_rows(state, keep)
                 book.keep(keep)
 
@@ -407,6 +408,7 @@ def solve_many(
     window_res = _mean_last(book.trace, count, window)
     window_logit = _mean_last(book.logit_trace, count, window)
     shape_nb = (n_prob, breadth)
+    assert book.pred is not None  # every row finishes (the budget ends it)
     preds = book.pred.view(*shape_nb, *book.pred.shape[1:])
     res_nb, logit_nb = window_res.view(shape_nb), window_logit.view(shape_nb)
     ans = None if answers is None else answers.to(device)

@@ -54,12 +54,14 @@ class BackwardStats:
         """``(B,)`` bool mask of rows whose adjoint solve converged (raises before backward)."""
         if not self.ran:
             raise RuntimeError("backward() has not run yet for this call")
+        assert self.status is not None  # filled in by backward()
         return self.status == int(Status.CONVERGED)
 
     def summary(self) -> dict[str, float]:
         """Batch means and worst cases as plain floats (for logs)."""
         if not self.ran:
             return {"ran": 0.0}
+        assert self.abs_residual is not None and self.rel_residual is not None and self.nfe is not None
         return {
             "ran": 1.0,
             "converged_frac": self.converged.double().mean().item(),

@@ -134,12 +134,13 @@ def _unrolled_solve(f: FixedPointFn, z0: Tensor, args: tuple, solver: Any, *, to
     g = flat_map(f, shape)
     z0_flat = z0.detach().reshape(batch, -1)
     keep_all = last_k is None
+    k = last_k or 0  # used only when not keep_all
     nstep = torch.zeros(batch, dtype=torch.int64, device=z0.device)
     groups: list[tuple[Tensor, Any, int]] = []  # (rows, restart state of those rows, steps to replay)
     with torch.enable_grad() if keep_all else torch.no_grad():
         state = solver.init(g, z0_flat, args)
         done = _stopped(state, stop, tol)
-        ring = deque([_copy_state(state)], maxlen=(last_k or 0) + 1)  # states t-k..t
+        ring = deque([_copy_state(state)], maxlen=k + 1)  # states t-k..t
         if not keep_all and bool(done.any()):
             groups.append((done.nonzero().flatten(), take_rows(ring[-1], done.nonzero().flatten()), 0))
         t = 0
@@ -154,11 +155,11 @@ def _unrolled_solve(f: FixedPointFn, z0: Tensor, args: tuple, solver: Any, *, to
                 ring.append(_copy_state(state))
                 if bool(newly.any()):
                     rows = newly.nonzero().flatten()
-                    back = min(last_k, t)
+                    back = min(k, t)
                     groups.append((rows, take_rows(ring[-1 - back], rows), back))
         if not keep_all and not bool(done.all()):  # rows still running when the budget ran out
             rows = (~done).nonzero().flatten()
-            back = min(last_k, t)
+            back = min(k, t)
             groups.append((rows, take_rows(ring[-1 - back], rows), back))
     final, out, nfe = state, state.fz, state.nfe
     if not keep_all:
