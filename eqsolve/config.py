@@ -518,6 +518,9 @@ def compose(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
         try:
             cfg = hydra_compose(config_name=config_name, overrides=_normalise_overrides(overrides))
         except (HydraException, OmegaConfBaseException) as exc:
+            cause = exc.__cause__
+            if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
+                raise _value_error(cause) from exc  # a typed default (SCHEMA_DEFAULTS) refused the value
             raise ValueError(f"cannot compose {config_name} with overrides {list(overrides)}: {exc}") from exc
     return validate(cfg, schema)
 

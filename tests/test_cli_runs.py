@@ -7,20 +7,20 @@ import logging
 
 import pytest
 
-from eqsolve import _io as runs
+from eqsolve import _io, runs
 
 
 def test_atomic_json_writes_strict_json_and_leaves_no_temp(tmp_path):
-    path = runs.atomic_write_json(tmp_path / "r.json", {"acc": float("nan"), "x": [1, 2.5], "inf": float("inf")})
+    path = _io.atomic_write_json(tmp_path / "r.json", {"acc": float("nan"), "x": [1, 2.5], "inf": float("inf")})
     assert json.loads(path.read_text()) == {"acc": None, "x": [1, 2.5], "inf": None}
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
 
 
 def test_failed_write_keeps_old_file_and_removes_temp(tmp_path):
     path = tmp_path / "r.json"
-    runs.atomic_write_json(path, {"v": 1})
+    _io.atomic_write_json(path, {"v": 1})
     with pytest.raises(TypeError, match="object"):
-        runs.atomic_write_json(path, {"v": object()})
+        _io.atomic_write_json(path, {"v": object()})
     assert json.loads(path.read_text()) == {"v": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
 
@@ -29,7 +29,7 @@ def test_numpy_and_torch_values_are_converted(tmp_path):
     np = pytest.importorskip("numpy")
     import torch
 
-    path = runs.atomic_write_json(tmp_path / "r.json", {"a": np.float32(0.5), "b": torch.tensor([1, 2]),
+    path = _io.atomic_write_json(tmp_path / "r.json", {"a": np.float32(0.5), "b": torch.tensor([1, 2]),
                                                         "c": np.array([True, False])})
     assert json.loads(path.read_text()) == {"a": 0.5, "b": [1, 2], "c": [True, False]}
 
