@@ -75,7 +75,7 @@ def test_compare_grads_counts_every_step_of_every_mode(monkeypatch, tmp_path):
     from eqsolve.training.config import TrainConfig
 
     tiny = EqRConfig(hidden_size=16, num_heads=2, H_cycles=1, L_cycles=1, L_layers=1,
-                     mixer="sudoku_pool")
+                     mixer="sudoku_pool", inner_solver="anderson", inner_iter=4)
     train = TrainConfig(steps=2, batch_size=4, depth=2, gen_easy=6, out=str(tmp_path),
                         warmup_steps=1, halt_weight=0.0)
     terminal = on_terminal(monkeypatch)
