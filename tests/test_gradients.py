@@ -215,7 +215,7 @@ def test_unconverged_backward_warns_once_and_reports_status() -> None:
     for sol in sols:
         assert (sol.backward.status == int(Status.MAX_ITER)).all()
         assert (sol.backward.rel_residual > 1e-12).all()
-    assert strategy.last_backward is sols[-1].backward
+    assert sols[0].backward is not sols[1].backward  # per-call stats; the strategy holds none
     z, _ = Implicit(solver="fixed_point", tol=1e-12, max_iter=2, throw=True)(
         cell, torch.zeros(4, 5, dtype=D), x, solver="anderson", tol=1e-12, max_iter=200)
     with pytest.raises(RuntimeError, match="did not converge"):
@@ -261,6 +261,76 @@ def test_registry_by_name_and_errors() -> None:
         Unrolled()(Cell(), z0, x, stop="relative")
     with pytest.raises(ValueError, match="unknown option"):
         Unrolled()(Cell(), z0, x, solver="anderson", not_an_option=1)
+
+
+def test_strategies_are_frozen_option_dataclasses() -> None:
+    import dataclasses
+
+    for strategy in (Implicit(solver="anderson", m=3), Phantom(k=2), OneStep(), Unrolled(k=3)):
+        assert dataclasses.is_dataclass(strategy)
+        field = dataclasses.fields(strategy)[0].name if dataclasses.fields(strategy) else "k"
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(strategy, field, 1)
+        assert dataclasses.replace(strategy) == strategy and hash(dataclasses.replace(strategy)) == hash(strategy)
+    assert Implicit(m=3) == Implicit(solver_options={"m": 3}) != Implicit(m=4)
+    assert not hasattr(Implicit(), "last_backward") and not hasattr(Implicit(), "_warned")
+
+
+def test_gradient_errors_have_the_solver_registry_wording() -> None:
+    from eqsolve._errors import unknown_key
+    from eqsolve.solvers import get_solver
+
+    with pytest.raises(ValueError) as solver_err:
+        get_solver("fixed_point", taus=0.5)
+    assert str(solver_err.value) == unknown_key("option", "taus", ["tau"], " for solver 'fixed_point'")
+    with pytest.raises(ValueError, match=r"^unknown gradient 'implicitt' \(did you mean 'implicit'\?\); valid: .*bptt.*unrolled"):
+        get_gradient("implicitt")
+    with pytest.raises(ValueError, match=r"^unknown option 'taus' \(did you mean 'tau'\?\) for gradient 'phantom'; valid: k, tau$"):
+        get_gradient("phantom", taus=0.5)
+    with pytest.raises(ValueError, match=r"unknown option 'max_iters' \(did you mean 'max_iter'\?\).*valid: .*\bm\b.*max_iter"):
+        Implicit(max_iters=3)
+    with pytest.raises(ValueError, match="unknown option 'max_iters'"):
+        get_gradient("implicit", max_iters=3)
+    with pytest.raises(ValueError, match="unknown solver 'andersen'"):
+        Implicit(solver="andersen")
+    with pytest.raises(ValueError, match="can only be given with a gradient name"):
+        get_gradient(Phantom(), k=2)
+
+
+def test_register_a_custom_gradient() -> None:
+    import dataclasses
+
+    from eqsolve.gradients import register_gradient
+    from eqsolve.gradients.registry import _REGISTRY
+
+    @dataclasses.dataclass(frozen=True)
+    class Halfway(OneStep):
+        """Half a step: z = (z* + f(z*)) / 2 with a graph."""
+
+        weight: float = 0.5
+
+        def attach(self, f, z_star, args):
+            with torch.enable_grad():
+                return (1 - self.weight) * z_star.detach() + self.weight * f(z_star.detach(), *args), None
+
+    try:
+        register_gradient("Halfway", Halfway)
+        assert available_gradients()["halfway"] is Halfway
+        strategy = get_gradient("HALFWAY", weight=0.25)
+        assert strategy == Halfway(weight=0.25)
+        with pytest.raises(ValueError, match=r"unknown option 'wieght' \(did you mean 'weight'\?\) for gradient 'halfway'; valid: weight"):
+            get_gradient("halfway", wieght=0.1)
+        cell, (x, target) = Cell(), make_batch()
+        z, sol = strategy(cell, torch.zeros(4, 5, dtype=D), x, solver="anderson", tol=1e-10, max_iter=100)
+        (z - target).pow(2).sum().backward()
+        assert x.grad is not None and sol.backward is None
+        with pytest.raises(ValueError, match="already registered"):
+            register_gradient("halfway", Phantom)
+        with pytest.raises(TypeError, match="frozen dataclass"):
+            register_gradient("mutable", type("Mutable", (OneStep,), {"__init__": lambda self: None}) and
+                              dataclasses.dataclass(type("Mutable", (), {})))
+    finally:
+        _REGISTRY.pop("halfway", None)
 
 
 def test_forward_solution_is_reported() -> None:

@@ -3,7 +3,7 @@ a function).
 
 Layers, bottom up:
 
-- utilities: ``eqsolve._io``, ``eqsolve._git``, ``eqsolve._safe_load`` (import nothing of eqsolve);
+- utilities: ``eqsolve._io``, ``eqsolve._git``, ``eqsolve._safe_load``, ``eqsolve._errors`` (import nothing of eqsolve);
 - the core: ``eqsolve.solvers``, ``eqsolve.gradients``, ``eqsolve.deq``, ``eqsolve.jacobian``,
   ``eqsolve.scaling``, ``eqsolve.residual`` and the ``eqsolve`` package itself (torch only);
 - the domain: ``eqsolve.models``, ``eqsolve.tasks``;
@@ -25,7 +25,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = {"eqsolve": ROOT / "eqsolve", "eqsolve.solvers": ROOT / "solvers"}
 
-UTILITIES = ("eqsolve._io", "eqsolve._git", "eqsolve._safe_load")
+UTILITIES = ("eqsolve._io", "eqsolve._git", "eqsolve._safe_load", "eqsolve._errors")
 CORE = ("eqsolve", "eqsolve.solvers", "eqsolve.gradients", "eqsolve.deq", "eqsolve.jacobian",
         "eqsolve.scaling", "eqsolve.residual")
 DOMAIN = ("eqsolve.models", "eqsolve.tasks")

@@ -16,13 +16,16 @@ plus a :class:`GradSolution` (the forward :class:`~eqsolve.solvers.Solution` ext
 - :class:`Unrolled`: backprop through the solver's own iterations, all (``k=None``) or the
   last ``k`` (per row, replayed from the stored solver state).
 
-Strategies are picked by name for configs: ``get_gradient("implicit", tol=1e-8)``.
+Strategies are built like solvers: frozen dataclasses whose fields are their options (a
+strategy holds no per-call state; what a call did is in the returned ``sol``), picked by name
+for configs with ``get_gradient("implicit", tol=1e-8)``, and extended with
+``register_gradient(name, cls)``; an unknown name or option is the solver registry's error.
 
 Modules: :mod:`~eqsolve.gradients.base` (:class:`GradientStrategy`, :class:`GradSolution`,
 :class:`BackwardStats`, :class:`ConvergenceWarning`), :mod:`~eqsolve.gradients.implicit`
 (:class:`Implicit` and its ``autograd.Function``), :mod:`~eqsolve.gradients.unrolled`
 (:class:`Phantom`, :class:`OneStep`, :class:`Unrolled`) and :mod:`~eqsolve.gradients.registry`
-(:func:`get_gradient`, :func:`available_gradients`). Everything public is re-exported here;
+(:func:`get_gradient`, :func:`register_gradient`, :func:`available_gradients`). Everything public is re-exported here;
 import it from ``eqsolve.gradients``.
 
 Examples:
@@ -47,7 +50,12 @@ from eqsolve.gradients.base import (
     GradSolution,
 )
 from eqsolve.gradients.implicit import Implicit
-from eqsolve.gradients.registry import available_gradients, get_gradient
+from eqsolve.gradients.registry import (
+    available_gradients,
+    describe_gradients,
+    get_gradient,
+    register_gradient,
+)
 from eqsolve.gradients.unrolled import OneStep, Phantom, Unrolled
 
 __all__ = [
@@ -60,5 +68,7 @@ __all__ = [
     "Phantom",
     "Unrolled",
     "available_gradients",
+    "describe_gradients",
     "get_gradient",
+    "register_gradient",
 ]

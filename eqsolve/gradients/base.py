@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -90,14 +90,18 @@ class GradSolution(Solution):
         return cls(**base, **extra)
 
 
+@dataclass(frozen=True)
 class GradientStrategy:
     """Base class: solve without a graph, then attach a graph at ``z*`` (``attach``).
 
-    Subclasses implement :meth:`attach`; :class:`Unrolled` overrides :meth:`__call__`
-    because its graph *is* the forward iteration.
+    A strategy is, like a solver, a frozen dataclass whose fields are its options: it holds no
+    per-call state (what one call did is in the :class:`GradSolution` it returns), so one object
+    may be shared by several layers, processes and threads. Subclasses implement :meth:`attach`;
+    :class:`Unrolled` overrides :meth:`__call__` because its graph *is* the forward iteration.
+    Register a subclass by name with :func:`eqsolve.gradients.register_gradient`.
     """
 
-    name: str = ""
+    name: ClassVar[str] = ""
 
     def __call__(
         self,
@@ -120,7 +124,8 @@ class GradientStrategy:
             tol: forward tolerance.
             stop: ``"rel"`` or ``"abs"`` residual for the forward stopping rule.
             max_iter: forward iteration budget.
-            **solver_options: options of a named forward solver.
+            **solver_options: options of a named forward solver, and the loop options of
+                :func:`eqsolve.solvers.solve` (``stall_window``, ``diverge_factor``, ...).
 
         Returns:
             ``z`` with a graph to the parameters of ``f`` and to ``args``, and the forward
@@ -136,15 +141,7 @@ class GradientStrategy:
         """Return ``z`` (value ≈ ``z_star``) whose graph realises this strategy's gradient."""
         raise NotImplementedError
 
-    def __repr__(self) -> str:
-        opts = ", ".join(f"{k}={v!r}" for k, v in self._options().items())
-        return f"{type(self).__name__}({opts})"
-
-    def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and self._options() == other._options()
-
-    def __hash__(self) -> int:
-        return hash((type(self).__name__, repr(self)))
-
-    def _options(self) -> dict[str, Any]:
-        return {}
+    @classmethod
+    def option_names(cls) -> list[str]:
+        """Names of the options this strategy accepts (its dataclass fields)."""
+        return [f.name for f in dataclasses.fields(cls) if f.init]

@@ -7,16 +7,20 @@ solver and records per-row :class:`~eqsolve.gradients.BackwardStats`. Import
 
 from __future__ import annotations
 
-import difflib
 import warnings
+import weakref
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from eqsolve._errors import check_keys
 from eqsolve.gradients.base import BackwardStats, ConvergenceWarning, FixedPointFn, GradientStrategy
-from eqsolve.solvers import Status, get_solver, solve
+from eqsolve.solvers import Status, available_solvers, solve
+from eqsolve.solvers._base import option
+from eqsolve.solvers._registry import resolve_solver
 
 __all__ = ["Implicit"]
 
@@ -25,15 +29,29 @@ __all__ = ["Implicit"]
 # stagnation checks only cost time (a stuck row still ends as MAX_ITER); divergence stays on.
 _ADJOINT_LOOP: dict[str, Any] = {"stall_window": None, "diverge_factor": 1e4, "check_every": 1}
 
+# Strategies (by id) that have warned about a non-converged adjoint solve: the strategy is
+# frozen, so "warn once per strategy" lives here; an entry goes when its strategy is collected.
+_WARNED: set[int] = set()
 
+
+def _warn_once(strategy: Implicit, message: str) -> None:
+    key = id(strategy)
+    if key in _WARNED:
+        return
+    _WARNED.add(key)
+    weakref.finalize(strategy, _WARNED.discard, key)
+    warnings.warn(message, ConvergenceWarning, stacklevel=3)
+
+
+@dataclass(frozen=True, init=False, repr=False)
 class Implicit(GradientStrategy):
     """Implicit differentiation: ``dL/dθ = gᵀ ∂f/∂θ`` with ``g = Jᵀ g + ∂L/∂z*``.
 
     The adjoint fixed point is solved by :func:`eqsolve.solvers.solve` on vector-Jacobian
     products of the one graph built at ``z*`` (memory independent of forward depth). Rows stop
     independently; ``sol.backward`` records status and residual per row after ``backward()``.
-    A non-converged adjoint warns once per strategy (:class:`ConvergenceWarning`), or raises
-    with ``throw=True``; the best adjoint iterate is used either way.
+    A non-converged adjoint warns once per strategy object (:class:`ConvergenceWarning`), or
+    raises with ``throw=True``; the best adjoint iterate is used either way.
 
     Args:
         solver: adjoint solver name (any registered one) or solver object.
@@ -42,9 +60,11 @@ class Implicit(GradientStrategy):
         stop: ``"rel"`` or ``"abs"`` adjoint residual.
         compact: drop converged rows from the adjoint solve (rows of ``f`` must be independent).
         throw: raise ``RuntimeError`` in ``backward()`` when a row does not converge.
-        **solver_options: options of the named adjoint solver (validated now), and the loop
-            options of :func:`~eqsolve.solvers.solve` ``stall_window`` (default None here),
-            ``diverge_factor`` (1e4) and ``check_every`` (1).
+        stall_window, diverge_factor, check_every: the loop options of the adjoint
+            :func:`~eqsolve.solvers.solve` (defaults here: None, 1e4, 1).
+        solver_options: options of the named adjoint solver, as a mapping; or give them as
+            keywords (``Implicit(solver="anderson", m=5)``). Validated now, with the solver
+            built once (:func:`eqsolve.solvers._registry.resolve_solver`).
 
     Examples:
         >>> Implicit(solver="anderson", tol=1e-8, max_iter=100, m=5)
@@ -53,46 +73,57 @@ class Implicit(GradientStrategy):
 
     name = "implicit"
 
+    solver: Any = option("anderson", "adjoint solver name or object")
+    tol: float = option(1e-6, "adjoint tolerance (> 0)")
+    max_iter: int = option(100, "adjoint iteration budget (>= 1)")
+    stop: str = option("rel", "adjoint residual: rel or abs")
+    compact: bool = option(True, "drop converged rows from the adjoint solve")
+    throw: bool = option(False, "raise in backward() when a row does not converge")
+    stall_window: int | None = option(None, "adjoint loop: STAGNATED after this many steps without progress")
+    diverge_factor: float | None = option(1e4, "adjoint loop: DIVERGED beyond this factor")
+    check_every: int = option(1, "adjoint loop: host check every this many steps")
+    solver_options: tuple[tuple[str, Any], ...] = option((), "options of the named adjoint solver")
+
     def __init__(self, solver: Any = "anderson", tol: float = 1e-6, max_iter: int = 100,
                  stop: str = "rel", compact: bool = True, throw: bool = False,
-                 **solver_options: Any) -> None:
+                 stall_window: int | None = None, diverge_factor: float | None = 1e4,
+                 check_every: int = 1, solver_options: Any = (), **options: Any) -> None:
         if not tol > 0:
             raise ValueError(f"Implicit: tol must be > 0, got {tol!r}")
         if not (isinstance(max_iter, int) and max_iter >= 1):
             raise ValueError(f"Implicit: max_iter must be an int >= 1, got {max_iter!r}")
         if stop not in ("rel", "abs"):
             raise ValueError(f"Implicit: stop must be 'rel' or 'abs', got {stop!r}")
-        loop = dict(_ADJOINT_LOOP)
-        loop.update({k: solver_options.pop(k) for k in list(solver_options) if k in loop})
-        if isinstance(solver, str):
-            try:
-                get_solver(solver, **solver_options)  # fail now on a misspelled option, not in backward
-            except ValueError as err:
-                # the solver names only its own options; Implicit's and the loop's are valid too
-                own = ["solver", "tol", "max_iter", "stop", "compact", "throw", *_ADJOINT_LOOP]
-                hints = [m for k in solver_options for m in difflib.get_close_matches(k, own, n=1)]
-                hint = f" (did you mean {hints[0]!r}?)" if hints else ""
-                raise ValueError(f"Implicit: {err}; Implicit's own options: {', '.join(own)}{hint}") from None
-        elif solver_options:
-            raise ValueError(f"Implicit: solver options {sorted(solver_options)} given with a solver object")
-        self.solver, self.tol, self.max_iter, self.stop = solver, tol, max_iter, stop
-        self.compact, self.throw, self.solver_options = compact, throw, dict(solver_options)
-        self.loop_options = loop
-        self.last_backward: BackwardStats | None = None
-        self._warned = False
+        extra = {**dict(solver_options), **options}
+        if isinstance(solver, str) and solver in available_solvers():
+            # one error for a misspelled option, naming Implicit's options and the solver's
+            valid = [*(n for n in self.option_names() if n != "solver_options"),
+                     *available_solvers()[solver].option_names()]
+            check_keys("option", extra, valid, f" for gradient 'implicit' (adjoint solver {solver!r})")
+        adjoint = resolve_solver(solver, extra)  # built once; unknown name or value: fails now
+        values = dict(solver=solver, tol=tol, max_iter=max_iter, stop=stop, compact=compact, throw=throw,
+                      stall_window=stall_window, diverge_factor=diverge_factor, check_every=check_every,
+                      solver_options=tuple(sorted(extra.items())))
+        for key, value in values.items():
+            object.__setattr__(self, key, value)
+        object.__setattr__(self, "_adjoint_solver", adjoint)
 
-    def _options(self) -> dict[str, Any]:
-        return {"solver": self.solver, "tol": self.tol, "max_iter": self.max_iter,
-                "stop": self.stop, "compact": self.compact, "throw": self.throw,
-                **self.solver_options,
-                **{k: v for k, v in self.loop_options.items() if v != _ADJOINT_LOOP[k]}}
+    @property
+    def loop_options(self) -> dict[str, Any]:
+        """The loop options of the adjoint solve (``stall_window``, ``diverge_factor``, ``check_every``)."""
+        return {k: getattr(self, k) for k in _ADJOINT_LOOP}
+
+    def __repr__(self) -> str:
+        shown = {k: getattr(self, k) for k in ("solver", "tol", "max_iter", "stop", "compact", "throw")}
+        shown.update(self.solver_options)
+        shown.update({k: v for k, v in self.loop_options.items() if v != _ADJOINT_LOOP[k]})
+        return f"Implicit({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
     def attach(self, f: FixedPointFn, z_star: Tensor, args: tuple) -> tuple[Tensor, BackwardStats]:
         z_in = z_star.detach().requires_grad_()
         with torch.enable_grad():
             fz = f(z_in, *args)
         stats = BackwardStats()
-        self.last_backward = stats
         return _ImplicitFunction.apply(fz, z_in, self, stats), stats
 
     def _adjoint(self, fz: Tensor, z_in: Tensor, v: Tensor, stats: BackwardStats) -> Tensor:
@@ -107,10 +138,9 @@ class Implicit(GradientStrategy):
             return torch.autograd.grad(fz, z_in, full, retain_graph=True)[0].index_select(0, rows) + v_rows
 
         rows = torch.arange(batch, device=v.device)
-        options = self.solver_options if isinstance(self.solver, str) else {}
         with torch.no_grad():
-            sol = solve(adjoint_map, v, v, rows, solver=self.solver, tol=self.tol, stop=self.stop,
-                        max_iter=self.max_iter, compact=self.compact, **self.loop_options, **options)
+            sol = solve(adjoint_map, v, v, rows, solver=self.__dict__["_adjoint_solver"], tol=self.tol, stop=self.stop,
+                        max_iter=self.max_iter, compact=self.compact, **self.loop_options)
         stats.ran = True
         stats.status, stats.nfe, stats.nstep = sol.status, sol.nfe, sol.nstep
         stats.abs_residual, stats.rel_residual = sol.abs_residual, sol.rel_residual
@@ -122,9 +152,7 @@ class Implicit(GradientStrategy):
                        "gradients use the best adjoint iterate. See sol.backward.")
             if self.throw:
                 raise RuntimeError(message)
-            if not self._warned:
-                self._warned = True
-                warnings.warn(message, ConvergenceWarning, stacklevel=2)
+            _warn_once(self, message)
         return sol.z
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,12 +18,14 @@ from torch import Tensor
 
 from eqsolve.gradients.base import FixedPointFn, GradientStrategy, GradSolution
 from eqsolve.residual import relative_residual
-from eqsolve.solvers import Status, get_solver
-from eqsolve.solvers._base import flat_map, select_rows, take_rows
+from eqsolve.solvers import Status
+from eqsolve.solvers._base import flat_map, option, select_rows, take_rows
+from eqsolve.solvers._registry import resolve_solver
 
 __all__ = ["OneStep", "Phantom", "Unrolled"]
 
 
+@dataclass(frozen=True)
 class Phantom(GradientStrategy):
     """Phantom gradient: ``k`` damped steps ``z ← (1-τ) z + τ f(z)`` from ``z*`` with a graph.
 
@@ -40,15 +43,14 @@ class Phantom(GradientStrategy):
 
     name = "phantom"
 
-    def __init__(self, k: int = 5, tau: float = 0.5) -> None:
-        if not (isinstance(k, int) and k >= 1):
-            raise ValueError(f"Phantom: k must be an int >= 1, got {k!r}")
-        if not 0.0 < tau <= 1.0:
-            raise ValueError(f"Phantom: tau must be in (0, 1], got {tau!r}")
-        self.k, self.tau = k, tau
+    k: int = option(5, "number of damped steps from z* with a graph (>= 1)")
+    tau: float = option(0.5, "damping in (0, 1]")
 
-    def _options(self) -> dict[str, Any]:
-        return {"k": self.k, "tau": self.tau}
+    def __post_init__(self) -> None:
+        if not (isinstance(self.k, int) and self.k >= 1):
+            raise ValueError(f"Phantom: k must be an int >= 1, got {self.k!r}")
+        if not 0.0 < self.tau <= 1.0:
+            raise ValueError(f"Phantom: tau must be in (0, 1], got {self.tau!r}")
 
     def attach(self, f: FixedPointFn, z_star: Tensor, args: tuple) -> tuple[Tensor, None]:
         z = z_star.detach()
@@ -58,6 +60,7 @@ class Phantom(GradientStrategy):
         return z, None
 
 
+@dataclass(frozen=True)
 class OneStep(GradientStrategy):
     """Jacobian-free gradient: ``z = f(z*)`` with ``z*`` detached, so ``dL/dθ ≈ vᵀ ∂f/∂θ``.
 
@@ -75,6 +78,7 @@ class OneStep(GradientStrategy):
             return f(z_star.detach(), *args), None
 
 
+@dataclass(frozen=True)
 class Unrolled(GradientStrategy):
     """Backpropagation through the forward solver's own iterations.
 
@@ -96,13 +100,11 @@ class Unrolled(GradientStrategy):
 
     name = "unrolled"
 
-    def __init__(self, k: int | None = None) -> None:
-        if k is not None and not (isinstance(k, int) and k >= 1):
-            raise ValueError(f"Unrolled: k must be None or an int >= 1, got {k!r}")
-        self.k = k
+    k: int | None = option(None, "trailing iterations to differentiate through (None: all)")
 
-    def _options(self) -> dict[str, Any]:
-        return {"k": self.k}
+    def __post_init__(self) -> None:
+        if self.k is not None and not (isinstance(self.k, int) and self.k >= 1):
+            raise ValueError(f"Unrolled: k must be None or an int >= 1, got {self.k!r}")
 
     def __call__(self, f: FixedPointFn, z0: Tensor, *args: Tensor, solver: Any = "anderson",
                  tol: float = 1e-4, stop: str = "rel", max_iter: int = 50,
@@ -111,9 +113,7 @@ class Unrolled(GradientStrategy):
             raise ValueError(f"Unrolled: stop must be 'rel' or 'abs', got {stop!r}")
         if not (isinstance(max_iter, int) and max_iter >= 0):
             raise ValueError(f"Unrolled: max_iter must be an int >= 0, got {max_iter!r}")
-        if not isinstance(solver, str) and solver_options:
-            raise ValueError(f"Unrolled: solver options {sorted(solver_options)} given with a solver object")
-        solver_obj = get_solver(solver, **solver_options) if isinstance(solver, str) else solver
+        solver_obj = resolve_solver(solver, solver_options)
         return _unrolled_solve(f, z0, args, solver_obj, tol=tol, stop=stop, max_iter=max_iter,
                                last_k=self.k)
 
