@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from eqsolve.gradients import GradientStrategy, GradSolution, OneStep, Unrolled, get_gradient
 from eqsolve.solvers import solve
+from eqsolve.solvers._registry import resolve_solver
 
 __all__ = ["DEQ", "correction_loss"]
 
@@ -49,14 +50,14 @@ class DEQ(nn.Module):
     Args:
         f: the map ``f(z, *args)``; an ``nn.Module`` is registered as a submodule so its
             parameters move with the DEQ (``.to``, ``.parameters()``, DDP).
-        solver: forward solver name or object.
+        solver: forward solver: a registered name (default options) or a solver object, e.g.
+            ``get_solver("anderson", m=5)`` or ``Anderson(m=5)``; resolved once, here.
         grad: gradient strategy object or name (see :func:`eqsolve.gradients.get_gradient`).
         max_iter: forward budget in training.
         tol: forward tolerance in training.
         stop: ``"rel"`` or ``"abs"`` forward residual.
         eval_max_iter: forward budget in eval (None: ``max_iter``).
         eval_tol: forward tolerance in eval (None: ``tol``).
-        solver_options: options of a named forward solver.
         n_states: number of supervised states in training (1: only ``z``).
         state_grad: gradient attached to the intermediate states (default ``OneStep()``).
         grad_in_eval: attach ``grad`` in eval mode as well (default ``False``: no graph in
@@ -79,7 +80,7 @@ class DEQ(nn.Module):
     def __init__(self, f: Callable[..., Tensor], solver: Any = "anderson",
                  grad: GradientStrategy | str = "implicit", max_iter: int = 50, tol: float = 1e-4,
                  stop: str = "rel", eval_max_iter: int | None = None, eval_tol: float | None = None,
-                 solver_options: dict[str, Any] | None = None, n_states: int = 1,
+                 n_states: int = 1,
                  state_grad: GradientStrategy | None = None, grad_in_eval: bool = False) -> None:
         super().__init__()
         for name, value in (("max_iter", max_iter), ("eval_max_iter", eval_max_iter), ("n_states", n_states)):
@@ -94,11 +95,11 @@ class DEQ(nn.Module):
         if n_states > 1 and isinstance(self.grad, Unrolled):
             raise ValueError("DEQ: n_states > 1 needs a strategy that attaches at z* (not Unrolled)")
         self.f = f  # an nn.Module assigned here is registered as a submodule
-        self.solver, self.stop, self.n_states = solver, stop, n_states
+        self.solver = resolve_solver(solver, {})  # the one place a name becomes a solver
+        self.stop, self.n_states = stop, n_states
         self.max_iter, self.tol = max_iter, tol
         self.eval_max_iter = eval_max_iter or max_iter
         self.eval_tol = eval_tol or tol
-        self.solver_options = dict(solver_options or {})
         self.state_grad = state_grad or OneStep()
         self.grad_in_eval = bool(grad_in_eval)
 
@@ -120,7 +121,7 @@ class DEQ(nn.Module):
             (``sol.backward`` is filled by ``backward()`` for ``Implicit``; ``sol.states`` with
             ``n_states > 1``).
         """
-        options = dict(solver=self.solver, stop=self.stop, **self.solver_options)
+        options: dict[str, Any] = dict(solver=self.solver, stop=self.stop)
         if not (torch.is_grad_enabled() and (self.training or self.grad_in_eval)):
             with torch.no_grad():
                 sol = solve(self.f, z0, *args, tol=self.eval_tol, max_iter=self.eval_max_iter, **options)

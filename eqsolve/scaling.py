@@ -3,7 +3,7 @@
 Signature::
 
     solve_many(reasoner, inputs, *, depth=16, breadth=1, solver="fixed_point",
-               solver_options=None, noise=None, init="random", aggregate="min_residual",
+               noise=None, init="random", aggregate="min_residual",
                answers=None, halt=None, halt_tol=1e-3, residual="abs", window=3,
                max_rows=None, refill_threshold=None, seed=0, generator=None,
                predict=None) -> ScalingResult
@@ -49,8 +49,9 @@ import torch
 from torch import Tensor
 
 from eqsolve.residual import relative_residual
-from eqsolve.solvers import flat_map, get_solver
+from eqsolve.solvers import flat_map
 from eqsolve.solvers._base import take_rows
+from eqsolve.solvers._registry import resolve_solver
 
 __all__ = ["AGGREGATIONS", "Reasoner", "ScalingResult", "aggregate_starts", "solve_many"]
 
@@ -263,7 +264,6 @@ def solve_many(
     depth: int = 16,
     breadth: int = 1,
     solver: Any = "fixed_point",
-    solver_options: dict[str, Any] | None = None,
     noise: float | None = None,
     init: str | Tensor = "random",
     aggregate: str = "min_residual",
@@ -285,8 +285,8 @@ def solve_many(
         inputs: ``(N, ...)`` problems (EqR: tokens ``(N, 81)``); passed to ``reasoner.embed``.
         depth: NFE budget per start (>= 1).
         breadth: Starts per problem (>= 1).
-        solver: Solver name or object of :mod:`eqsolve.solvers` (driven via ``init``/``step``).
-        solver_options: Options for a solver given by name.
+        solver: A registered solver name (default options) or a solver object of
+            :mod:`eqsolve.solvers` (``get_solver("anderson", m=5)``), driven via ``init``/``step``.
         noise: Path noise passed to ``reasoner.map`` (``None``: the reasoner's default; 0: off).
         init: ``"random"`` (``reasoner.init_state`` with the generator), ``"zeros"``, or a
             state tensor ``(N·breadth, ...)`` / ``(N, breadth, ...)``.
@@ -333,9 +333,7 @@ def solve_many(
         raise ValueError(f"residual={residual!r}; valid: 'abs', 'rel'")
     if answers is not None and answers.shape[0] != inputs.shape[0]:
         raise ValueError(f"answers has {answers.shape[0]} rows, inputs {inputs.shape[0]}")
-    algo = get_solver(solver, **(solver_options or {})) if isinstance(solver, str) else solver
-    if solver_options and not isinstance(solver, str):
-        raise ValueError("solver_options need a solver name, not a solver object")
+    algo = resolve_solver(solver, {})
 
     device = inputs.device
     n_prob = inputs.shape[0]

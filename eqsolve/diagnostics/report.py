@@ -249,12 +249,12 @@ def run_diagnose(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
     task = get_task(cfg.task.name)
     device = next(model.parameters()).device
     from eqsolve.bench.grid import assign_solver, solves_inner
-    from eqsolve.solvers import get_solver
+    from eqsolve.solvers._registry import resolve_solver
 
     inner = solves_inner(model)
     if inner:
         model.config.inner_grad = "implicit"  # Jacobian products of the outer map are then exact (IFT)
-    outer = assign_solver(model, get_solver(str(cfg.solver.name), **dict(_opt(cfg.solver, "options", {}))))
+    outer = assign_solver(model, resolve_solver(str(cfg.solver.name), dict(_opt(cfg.solver, "options", {}))))
     system = eqr_system(model, task=task)
     generator = torch.Generator().manual_seed(int(cfg.seed))
     per_chunk = max(1, int(_opt(d, "batch_rows", 512)) // starts)

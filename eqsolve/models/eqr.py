@@ -55,6 +55,7 @@ from eqsolve.models.layers import (
     sudoku_peer_mask,
     trunc_normal_,
 )
+from eqsolve.solvers._registry import resolve_solver
 
 __all__ = ["MIXERS", "EqR", "EqRConfig"]
 
@@ -141,9 +142,9 @@ class EqR(nn.Module):
                                           config.rope_theta, board)
         mask = sudoku_peer_mask(math.isqrt(config.seq_len)) if config.mixer == "sudoku_attention" else None
         self.register_buffer("attn_mask", mask, persistent=False)
-        #: Solver of the inner equilibrium (a name or solver object; ``None``: plain L-cycles).
-        #: Set from ``config.inner_solver``; reassign it to solve the same model another way.
-        self.inner_solver: Any = config.inner_solver
+        #: Solver object of the inner equilibrium (``None``: plain L-cycles), resolved once from
+        #: ``config.inner_solver``; reassign it (a solver object) to solve the same model another way.
+        self.inner_solver: Any = None if config.inner_solver is None else resolve_solver(config.inner_solver, {})
         #: Set to a list to collect, per inner solve with autograd on, a one-probe Hutchinson
         #: estimate of ``||J||_F^2 / n`` of the inner map at its solution (with a graph): the
         #: training loop's inner Jacobian penalty. ``None``: nothing is computed.

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from eqsolve.jacobian import jac_reg
 from eqsolve.residual import relative_residual
+from eqsolve.solvers._registry import resolve_solver
 from eqsolve.training.config import TrainConfig
 
 __all__ = ["SotSegment", "DeqForward", "make_strategy", "rel_change", "jacobian_estimate"]
@@ -129,7 +130,8 @@ class DeqForward(nn.Module):
         super().__init__()
         self.model = model
         self.strategy = strategy
-        self.solver, self.tol, self.depth = solver, tol, depth
+        self.solver = resolve_solver(solver, {})  # resolved once: a name becomes its solver
+        self.tol, self.depth = tol, depth
         self.jacobian = jacobian
 
     def forward(self, s0: Tensor, tokens: Tensor, noise: float | None,
