@@ -21,7 +21,8 @@ from collections.abc import Iterable
 __all__ = ["check_keys", "unknown_key"]
 
 
-def unknown_key(what: str, name: object, valid: Iterable[str], context: str = "") -> str:
+def unknown_key(what: str, name: object, valid: Iterable[str], context: str = "",
+                shown: str | None = None) -> str:
     """The message for an unknown ``name`` among ``valid`` (sorted, with a did-you-mean hint).
 
     Args:
@@ -29,11 +30,14 @@ def unknown_key(what: str, name: object, valid: Iterable[str], context: str = ""
         name: the name given.
         valid: the names accepted there.
         context: text placed after the hint, e.g. ``" for solver 'anderson'"``.
+        shown: how to print the name (e.g. its dotted path ``bench.dept``; default ``name``);
+            the hint still compares ``name`` with ``valid``.
     """
     valid = sorted(str(v) for v in valid)
     close = difflib.get_close_matches(str(name), valid, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"unknown {what} {str(name)!r}{hint}{context}; valid: {', '.join(valid) or '(none)'}"
+    label = str(name) if shown is None else shown
+    return f"unknown {what} {label!r}{hint}{context}; valid: {', '.join(valid) or '(none)'}"
 
 
 def check_keys(what: str, given: Iterable[str], valid: Iterable[str], context: str = "") -> None:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from eqsolve import __version__
+from eqsolve._errors import unknown_key
 
 log = logging.getLogger("eqsolve.cli")
 
@@ -145,7 +146,7 @@ def _task_override(name: str) -> str:
     registered = available_tasks()
     if name not in registered:
         valid = sorted(set(registered) | {v.replace("_", "-") for v in files})
-        raise ValueError(f"unknown task {name!r}; valid: {', '.join(valid)}")
+        raise ValueError(unknown_key("task", name, valid))
     return f"task.name={_quote(name)}"
 
 

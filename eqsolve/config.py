@@ -25,7 +25,6 @@ overrides (for ``checkpoint=random``).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib
 import math
 from collections.abc import Mapping, Sequence
@@ -34,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+from eqsolve._errors import unknown_key
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 
@@ -231,12 +232,8 @@ SCHEMAS: dict[str, type] = {
 
 
 def _valid_keys_error(key_path: str, key: str, valid: Sequence[str], where: str) -> ValueError:
-    """Build the error for an unknown key, with a 'did you mean' hint."""
-    hint = difflib.get_close_matches(key, list(valid), n=1)
-    did_you_mean = f" (did you mean '{hint[0]}'?)" if hint else ""
-    return ValueError(
-        f"unknown config key '{key_path}'{did_you_mean}; valid keys of {where}: {', '.join(sorted(valid))}"
-    )
+    """Build the error for an unknown key, with a 'did you mean' hint (:func:`eqsolve._errors.unknown_key`)."""
+    return ValueError(unknown_key("config key", key, valid, f" in {where}", shown=key_path))
 
 
 def _load_external_schema(section: str) -> type | None:
@@ -295,7 +292,7 @@ def check_override_keys(overrides: Sequence[str], schema: type) -> None:
         >>> check_override_keys(["bench.dept=[4]"], BenchRoot)
         Traceback (most recent call last):
         ...
-        ValueError: unknown config key 'bench.dept' (did you mean 'depth'?); valid keys of 'bench': aggregate, baseline, batch_size, breadth, depth, extra_baselines, halt, halt_tol, init, limit, noise, threads
+        ValueError: unknown config key 'bench.dept' (did you mean 'depth'?) in 'bench'; valid: aggregate, baseline, batch_size, breadth, depth, extra_baselines, halt, halt_tol, init, limit, noise, threads
     """
     for override in overrides:
         if "=" not in override or override.startswith("~"):
@@ -509,7 +506,7 @@ def compose(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
 
     schema = SCHEMAS.get(config_name)
     if schema is None:
-        raise ValueError(f"unknown config {config_name!r}; valid: {', '.join(sorted(SCHEMAS))}")
+        raise ValueError(unknown_key("config", config_name, SCHEMAS))
     check_override_keys(overrides, schema)
     _store_schema_defaults()
     # initialize_config_dir (not _module) so that the yaml files are found in editable and wheel

@@ -9,6 +9,7 @@ that no traceback was printed and that no run folder was left behind.
 from __future__ import annotations
 
 import gzip
+import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -99,6 +100,10 @@ CASES: dict[str, Case] = {
     "several solutions with an answer": Case(("bench", "--data", "{several_solutions}", *FAST), 2,
                                              "multi.csv:2: puzzle has more than one solution"),
     "bench.depth as a scalar": Case(("bench", "bench.depth=4"), 2, "bench.depth=[4]"),
+    "misspelt solver option": Case(("bench", "--solver", "anderson", "solver.options.mm=3", *FAST), 2,
+                                   "unknown option 'mm' (did you mean 'm'?) for solver 'anderson'; valid: "),
+    "misspelt config key": Case(("bench", "bench.dept=[4]", *FAST), 2,
+                                "unknown config key 'bench.dept' (did you mean 'depth'?) in 'bench'; valid: "),
     "negative --limit": Case(("bench", "--limit", "-3"), 2, "--limit -3"),
     "bench.batch_size=0": Case(("bench", "bench.batch_size=0", *FAST), 2, "bench.batch_size=0: must be"),
     "diagnose --starts 0": Case(("diagnose", "--starts", "0", "--limit", "1"), 2, "--starts 0 (diagnose.starts)"),
@@ -167,7 +172,54 @@ CALLS: dict[str, tuple[Callable[[], object], type[Exception], str]] = {
     "Implicit(max_iters=3)": (lambda: __import__("eqsolve.gradients", fromlist=["Implicit"]).Implicit(max_iters=3),
                               ValueError, "did you mean 'max_iter'?"),
     "load_csv(limit=-3)": (lambda: load_csv(EVAL_SET_PATH, limit=-3), ValueError, "limit must be >= 0"),
+    # Unknown names and keys: one format everywhere (eqsolve._errors.unknown_key), checked below.
+    "get_solver('andersen')": (lambda: _api("eqsolve.solvers", "get_solver")("andersen"), ValueError,
+                               "unknown solver 'andersen' (did you mean 'anderson'?); valid: anderson, "),
+    "get_solver(mm=3)": (lambda: _api("eqsolve.solvers", "get_solver")("anderson", mm=3), ValueError,
+                         "unknown option 'mm' (did you mean 'm'?) for solver 'anderson'; valid: "),
+    "get_gradient('implicitt')": (lambda: _api("eqsolve.gradients", "get_gradient")("implicitt"), ValueError,
+                                  "unknown gradient 'implicitt' (did you mean 'implicit'?); valid: bptt, "),
+    "get_gradient('phantom', taus=.5)": (lambda: _api("eqsolve.gradients", "get_gradient")("phantom", taus=0.5),
+                                         ValueError, "unknown option 'taus' (did you mean 'tau'?) for gradient "
+                                         "'phantom'; valid: k, tau"),
+    "Implicit(mm=3)": (lambda: _api("eqsolve.gradients", "Implicit")(mm=3), ValueError,
+                       "unknown option 'mm' (did you mean 'm'?) for gradient 'implicit' (adjoint solver "
+                       "'anderson'); valid: "),
+    "DEQ(solver='andersen')": (lambda: _api("eqsolve.deq", "DEQ")(lambda z: z, solver="andersen"), ValueError,
+                               "unknown solver 'andersen' (did you mean 'anderson'?)"),
+    "solve_many(solver=a name and options together)": (
+        lambda: _api("eqsolve.scaling", "solve_many")(None, __import__("torch").ones(1, 81), solver="anderson",
+                                                      m=3),
+        TypeError, "unexpected keyword argument 'm'"),
+    "dataclass_from_dict(stepz)": (
+        lambda: _api("eqsolve.training.config", "dataclass_from_dict")(
+            _api("eqsolve.training.config", "TrainConfig"), {"stepz": 1}, "train"),
+        ValueError, "unknown train config key 'stepz' (did you mean 'steps'?); valid: "),
+    "EqRConfig.from_dict(hidden_sise)": (
+        lambda: _api("eqsolve.models", "EqRConfig").from_dict({"hidden_sise": 8}), ValueError,
+        "unknown EqRConfig key 'hidden_sise' (did you mean 'hidden_size'?); valid: "),
+    "config_from_arch(bogus)": (lambda: _api("eqsolve.models.checkpoint", "config_from_arch")({"bogus": 1}),
+                                ValueError, "unknown official arch config key 'bogus'"),
+    "compose(bench.dept)": (lambda: _api("eqsolve.config", "compose")("config_bench", ["bench.dept=[4]"]),
+                            ValueError, "unknown config key 'bench.dept' (did you mean 'depth'?) in 'bench'; "
+                            "valid: "),
+    "compose(config name)": (lambda: _api("eqsolve.config", "compose")("config_bnch"), ValueError,
+                             "unknown config 'config_bnch' (did you mean 'config_bench'?); valid: "),
+    "get_task('sudoku-extrem')": (lambda: _api("eqsolve.tasks.base", "get_task")("sudoku-extrem"), ValueError,
+                                  "unknown task 'sudoku-extrem' (did you mean 'sudoku-extreme'?); valid: "),
+    "cross_entropy(kind)": (lambda: _api("eqsolve.training.losses", "cross_entropy")(
+        __import__("torch").zeros(1, 3), __import__("torch").tensor([0]), kind="stablemx"), ValueError,
+        "unknown loss kind 'stablemx' (did you mean 'stablemax'?); valid: "),
+    "train run(config group)": (lambda: _api("eqsolve.training.run", "main")({"trian": {}}), ValueError,
+                                "unknown config group 'trian' (did you mean 'train'?); valid: model, train"),
 }
+
+
+def _api(module: str, name: str):
+    return getattr(__import__(module, fromlist=[name]), name)
+
+
+UNKNOWN = re.compile(r"^unknown [\w ]+ '[^']+'( \(did you mean '[^']+'\?\))?[^;]*; valid: [^;]+$")
 
 
 @pytest.mark.parametrize("name", list(CALLS))
@@ -176,3 +228,5 @@ def test_bad_library_call_names_the_fix(name):
     with pytest.raises(error) as info:
         call()
     assert message in str(info.value) and "\n" not in str(info.value)
+    if message.startswith("unknown "):  # the one format of eqsolve._errors.unknown_key
+        assert UNKNOWN.match(str(info.value)), str(info.value)

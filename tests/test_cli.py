@@ -150,7 +150,7 @@ def test_train_flags_land_in_the_train_section(tmp_path):
     assert cfg.train.resume == "ckpt.pt"
     assert cfg.train.out == str(tmp_path / "t") and cfg.train.steps == 2 and cfg.model.hidden_size == 32
     assert compose("config_train", overrides_for(["train", "--resume"])).train.resume is True
-    with pytest.raises(ValueError, match="valid keys of 'train'"):
+    with pytest.raises(ValueError, match="in 'train'; valid: "):
         compose("config_train", ["train.stepz=2"])
 
 

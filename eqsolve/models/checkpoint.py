@@ -29,6 +29,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from eqsolve._errors import check_keys
 from eqsolve._io import atomic_torch_save
 from eqsolve._safe_load import safe_torch_load
 from eqsolve.models.eqr_config import EqRConfig
@@ -72,9 +73,7 @@ def config_from_arch(arch: Mapping[str, Any], **overrides: Any) -> EqRConfig:
     Raises:
         ValueError: On an unknown arch key, or puzzle embeddings (not supported by EqR here).
     """
-    unknown = sorted(set(arch) - set(_ARCH_FIELDS) - set(_ARCH_IGNORED) - {"mlp_t", "rms_norm_eps"})
-    if unknown:
-        raise ValueError(f"unknown keys in official arch config: {unknown}")
+    check_keys("official arch config key", arch, [*_ARCH_FIELDS, *_ARCH_IGNORED, "mlp_t", "rms_norm_eps"])
     if int(arch.get("puzzle_emb_ndim", 0) or 0) > 0 or int(arch.get("puzzle_emb_len", 0) or 0) > 0:
         raise ValueError(
             "official arch uses puzzle embeddings "

@@ -10,7 +10,7 @@ Examples:
     >>> EqRConfig.from_dict({"hidden": 3})
     Traceback (most recent call last):
     ...
-    ValueError: unknown EqRConfig keys ['hidden']; valid: [...]
+    ValueError: unknown EqRConfig key 'hidden' (did you mean 'hidden_size'?); valid: ...
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
+
+from eqsolve._errors import check_keys
 
 __all__ = ["MIXERS", "POS_ENCODINGS", "SOLVE_FIELDS", "EqRConfig"]
 
@@ -161,8 +163,5 @@ class EqRConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> EqRConfig:
         """Build from a dict; an unknown key is a ValueError naming the valid ones."""
-        valid = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - valid)
-        if unknown:
-            raise ValueError(f"unknown EqRConfig keys {unknown}; valid: {sorted(valid)}")
+        check_keys("EqRConfig key", values, [f.name for f in fields(cls)])
         return cls(**values)

@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from eqsolve._errors import unknown_key
+
 __all__ = ["Task", "TaskData", "available_tasks", "get_task", "register_task"]
 
 
@@ -277,5 +279,5 @@ def get_task(name: str | Task) -> Task:
     _load_builtins()
     task = _REGISTRY.tasks.get(name)
     if task is None:
-        raise ValueError(f"unknown task {name!r}; valid: {', '.join(available_tasks())}")
+        raise ValueError(unknown_key("task", name, available_tasks()))
     return task

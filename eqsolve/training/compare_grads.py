@@ -46,6 +46,7 @@ from typing import Any
 
 import torch
 
+from eqsolve._errors import check_keys
 from eqsolve._io import atomic_write, atomic_write_json
 from eqsolve.models.eqr import EqRConfig
 from eqsolve.runs import progress_bar
@@ -454,9 +455,7 @@ def run(cfg: Mapping[str, Any] | None = None) -> dict[str, Any]:
     from eqsolve.training.run import load_preset
 
     cfg = dict(cfg or {})
-    unknown = sorted(set(cfg) - {"model", "train", "compare"})
-    if unknown:
-        raise ValueError(f"unknown config group(s) {unknown}; valid: model, train, compare")
+    check_keys("config group", cfg, ["model", "train", "compare"])
     model = dataclass_from_dict(EqRConfig, dict(cfg.get("model") or load_preset("model", "tiny_deq")),
                                 "model")
     train = TrainConfig.from_dict(dict(cfg.get("train") or load_preset("train", "compare")))

@@ -11,7 +11,7 @@ Examples:
     >>> TrainConfig.from_dict({"stepz": 3})
     Traceback (most recent call last):
     ...
-    ValueError: unknown train config key(s) ['stepz']; valid keys: ...
+    ValueError: unknown train config key 'stepz' (did you mean 'steps'?); valid: ...
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from eqsolve._errors import check_keys
 from eqsolve.training.tracking import TRACKERS
 
 __all__ = ["GRAD_MODES", "TrainConfig", "dataclass_from_dict", "RESUMABLE_CHANGES"]
@@ -57,10 +58,7 @@ def dataclass_from_dict(cls: type, values: Mapping[str, Any] | None, what: str) 
         5
     """
     values = dict(values or {})
-    valid = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(values) - set(valid))
-    if unknown:
-        raise ValueError(f"unknown {what} config key(s) {unknown}; valid keys: {', '.join(valid)}")
+    check_keys(f"{what} config key", values, [f.name for f in dataclasses.fields(cls)])
     return cls(**values)
 
 

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from eqsolve._errors import unknown_key
+
 __all__ = ["LOSS_KINDS", "stablemax_log_probs", "cross_entropy", "halting_bce", "reasoning_loss"]
 
 LOSS_KINDS = ("stablemax", "softmax")
@@ -64,7 +66,7 @@ def cross_entropy(logits: Tensor, labels: Tensor, kind: str = "stablemax") -> Te
         True
     """
     if kind not in LOSS_KINDS:
-        raise ValueError(f"unknown loss kind {kind!r}; valid: {', '.join(LOSS_KINDS)}")
+        raise ValueError(unknown_key("loss kind", kind, LOSS_KINDS))
     if kind == "softmax":
         logp = F.log_softmax(logits.float(), dim=-1)
     else:

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from eqsolve._errors import unknown_key
 from eqsolve._io import atomic_write_text
 
 __all__ = ["load_sets", "measure", "parse_grid"]
@@ -77,7 +78,7 @@ def load_sets(spec: str, seed: int = 0) -> dict[str, Any]:
             finally:
                 tmp.unlink()
         else:
-            raise ValueError(f"unknown set {name!r}; valid: eval, {', '.join(REAL_LISTS)}")
+            raise ValueError(unknown_key("set", name, ["eval", *REAL_LISTS]))
     return out
 
 

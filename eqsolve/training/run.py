@@ -47,8 +47,9 @@ import torch
 import torch.distributed as dist
 
 from eqsolve import runs
+from eqsolve._errors import check_keys
 from eqsolve._io import atomic_write
-from eqsolve.distributed import process_group, select_device
+from eqsolve.distributed import process_group, rank_and_world, select_device
 from eqsolve.models.eqr import EqRConfig
 from eqsolve.tasks.base import get_task
 from eqsolve.training.checkpoint import (
@@ -88,13 +89,6 @@ def load_preset(group: str, name: str) -> dict[str, Any]:
         have = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
         raise ValueError(f"no {group} preset {name!r}; available: {have}")
     return dict(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
-
-
-def _dist_setup() -> tuple[int, int]:
-    """This process's rank and the world size (``0, 1`` outside a process group)."""
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _get_pool(cfg: TrainConfig, out: Path, rank: int) -> PuzzlePool:
@@ -199,7 +193,7 @@ def _run_training(cfg: TrainConfig, model_config: EqRConfig | None = None) -> di
         model_config = EqRConfig.from_dict(load_preset("model", get_task(cfg.task).model_config))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    rank, world = _dist_setup()
+    rank, world = rank_and_world()
     out = Path(cfg.out)
     lock = None
     if rank == 0:  # one writer per folder; the CLI already holds this lock (claims nest)
@@ -388,9 +382,7 @@ def main(cfg: Mapping[str, Any] | None = None) -> dict[str, Any]:
         What :func:`run_training` returns.
     """
     cfg = dict(cfg or {})
-    unknown = sorted(set(cfg) - {"model", "train"})
-    if unknown:
-        raise ValueError(f"unknown config group(s) {unknown}; valid: model, train")
+    check_keys("config group", cfg, ["model", "train"])
     train_values = dict(cfg.get("train") or load_preset("train", "small"))
     task = get_task(train_values.get("task", TrainConfig.task))
     model_values = dict(cfg.get("model") or load_preset("model", task.model_config))

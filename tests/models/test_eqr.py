@@ -322,7 +322,7 @@ def test_input_validation():
         EqRConfig(H_cycles=0)
     with pytest.raises(ValueError, match="square"):
         EqRConfig(mixer="sudoku_attention", seq_len=80)
-    with pytest.raises(ValueError, match="unknown EqRConfig keys"):
+    with pytest.raises(ValueError, match="unknown EqRConfig key"):
         EqRConfig.from_dict({"hidden_size": 8, "hiden_size": 8})
 
 
