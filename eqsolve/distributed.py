@@ -19,6 +19,10 @@ imports it first, and :func:`leave_process_group` leaves in the safe order: ever
 Joining starts with :func:`select_device`, the one place that maps a requested device to this
 rank's device and the backend of the group: each rank takes its own GPU (``LOCAL_RANK``), and
 CUDA ranks talk over nccl for CUDA tensors and gloo for CPU ones.
+
+This module is the one home of the distributed set-up of every command: training and the bench
+both join with :func:`process_group` (the bench's backend from :func:`group_backend`) and read
+their place with :func:`rank_and_world`.
 """
 
 from __future__ import annotations
@@ -32,8 +36,9 @@ from contextlib import contextmanager
 import torch
 import torch.distributed as dist
 
-__all__ = ["CPU_BACKEND", "CUDA_BACKEND", "gloo_threads", "init_process_group",
-           "leave_process_group", "process_group", "select_device"]
+__all__ = ["CPU_BACKEND", "CUDA_BACKEND", "gloo_threads", "group_backend", "init_process_group",
+           "leave_process_group", "process_group", "rank_and_world", "select_device",
+           "several_processes"]
 
 #: Backend of a group whose ranks compute on the CPU.
 CPU_BACKEND = "gloo"
@@ -100,6 +105,37 @@ def select_device(requested: str = "auto") -> tuple[torch.device, str]:
     return torch.device("cuda", index), CUDA_BACKEND
 
 
+def several_processes() -> bool:
+    """Whether this process was launched as one of several (``torchrun``: ``WORLD_SIZE > 1``)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the world size of the default group (``0, 1`` without one).
+
+    Examples:
+        >>> rank_and_world()
+        (0, 1)
+    """
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def group_backend(device: str = "auto") -> str:
+    """The backend of the group a run on ``device`` joins under ``torchrun``.
+
+    With several processes this is :func:`select_device`'s backend (which also makes this rank's
+    GPU the current one); a single process joins no group, so the device is not looked at here
+    and :data:`CPU_BACKEND` is returned.
+
+    Examples:
+        >>> group_backend("cpu")
+        'gloo'
+    """
+    return select_device(device)[1] if several_processes() else CPU_BACKEND
+
+
 def init_process_group(backend: str, **kwargs: object) -> None:
     """``torch.distributed.init_process_group`` after importing ``torch._dynamo`` (see module doc).
 
@@ -139,7 +175,7 @@ def process_group(backend: str) -> Iterator[bool]:
     Yields:
         Whether this block created the group (and will destroy it on leaving).
     """
-    started = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
+    started = several_processes() and not dist.is_initialized()
     if started:
         init_process_group(backend)
     clean = False

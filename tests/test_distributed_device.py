@@ -110,20 +110,29 @@ def test_training_joins_with_the_selected_backend(monkeypatch, fake_cuda):
 
 @pytest.mark.parametrize("cuda", [True, False])
 def test_bench_joins_with_the_selected_backend(monkeypatch, fake_cuda, cuda):
-    from eqsolve.bench.grid import _init_distributed
+    """The bench joins through eqsolve.distributed (group_backend + process_group), like training."""
+    import inspect
+
+    from eqsolve.bench import grid
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     _torchrun(monkeypatch, 1)
     joined: list[str] = []
     monkeypatch.setattr(distributed, "init_process_group", lambda backend, **kw: joined.append(backend))
-    assert _init_distributed() is True
+    monkeypatch.setattr(distributed, "leave_process_group", lambda **kw: None)
+    with distributed.process_group(distributed.group_backend()) as started:
+        assert started is True
     assert joined == [CUDA_BACKEND if cuda else CPU_BACKEND]
     assert fake_cuda == ([1] if cuda else [])
+    source = inspect.getsource(grid.run_bench)
+    assert "process_group(group_backend(" in source and "rank_and_world()" in source
 
 
 def test_bench_alone_joins_nothing(monkeypatch, no_torchrun):
-    from eqsolve.bench.grid import _init_distributed
-
     monkeypatch.setattr(distributed, "init_process_group",
                         lambda *a, **k: pytest.fail("no group for one process"))
-    assert _init_distributed() is False
+    monkeypatch.setattr(distributed, "select_device", lambda *a: pytest.fail("no device choice for one process"))
+    assert distributed.group_backend("cuda") == CPU_BACKEND
+    with distributed.process_group(distributed.group_backend()) as started:
+        assert started is False
+    assert distributed.rank_and_world() == (0, 1)

@@ -23,7 +23,6 @@ Outputs (in the run folder): the table on stdout and in ``log.txt``, ``results.j
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -33,6 +32,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from eqsolve.distributed import group_backend, process_group, rank_and_world
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,8 @@ class Cell:
         solver: Registered solver name.
         depth: NFE budget per start.
         breadth: Starts per puzzle.
-        options: Solver options (``get_solver(solver, **options)``).
+        options: Solver options (the CLI's ``solver.options.*``), resolved with the name by
+            ``resolve_solver(solver, options)``.
     """
 
     solver: str
@@ -290,13 +292,13 @@ def evaluate_chunk(
         final relative residual of the chosen start), each of shape ``(n,)``.
     """
     from eqsolve.scaling import solve_many
-    from eqsolve.solvers import get_solver
+    from eqsolve.solvers._registry import resolve_solver
     task = get_task(options.task)
     device = next(model.parameters()).device
     tokens = task.encode(questions).to(device)
     halt = None if options.halt == "none" else options.halt
     inner_before = getattr(model, "inner_solver", None)
-    outer_solver = assign_solver(model, get_solver(cell.solver, **dict(cell.options)))
+    outer_solver = assign_solver(model, resolve_solver(cell.solver, dict(cell.options)))
     try:
         blocks = int(model.blocks_per_map()) if hasattr(model, "blocks_per_map") else 1
         with torch.no_grad():
@@ -322,13 +324,6 @@ def evaluate_chunk(
 
 
 # ----------------------------------------------------------------------------- grid, sharding
-def _distributed() -> tuple[int, int]:
-    """(rank, world size) of an initialised process group, else (0, 1)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
 def run_grid(
     model: torch.nn.Module, puzzles: Any, cells: Sequence[Cell], options: RunOptions,
     evaluate: Evaluator = evaluate_chunk, progress: bool = False,
@@ -349,7 +344,7 @@ def run_grid(
     """
     from tqdm import tqdm
 
-    rank, world = _distributed()
+    rank, world = rank_and_world()
     n = len(puzzles)
     starts = list(range(0, n, options.batch_size))
     mine = [c for c in range(len(starts)) if c % world == rank]
@@ -520,25 +515,6 @@ def make_cells(cfg: Any) -> list[Cell]:
             for name, opts in solvers for d in b.depth for w in b.breadth]
 
 
-def _init_distributed(device: str = "auto") -> bool:
-    """Join the torchrun process group when launched by torchrun; True if this call did.
-
-    Device and backend come from :func:`eqsolve.distributed.select_device`: with CUDA each rank
-    takes its own GPU (``cuda:LOCAL_RANK``) and the group uses nccl (plus gloo for the CPU-side
-    gather of results); without CUDA, gloo.
-
-    Args:
-        device: The run's device (``cfg.device``); ``"auto"`` picks CUDA when it is available.
-    """
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
-        from eqsolve.distributed import init_process_group, select_device
-
-        _, backend = select_device(device)
-        init_process_group(backend)
-        return True
-    return False
-
-
 def run_bench(cfg: Any, run_dir: Path | None = None) -> dict[str, Any] | None:
     """Run the bench described by a validated ``config_bench`` config.
 
@@ -549,14 +525,13 @@ def run_bench(cfg: Any, run_dir: Path | None = None) -> dict[str, Any] | None:
     Returns:
         The ``results.json`` payload on rank 0 (``None`` on other ranks).
     """
-    from eqsolve.solvers import get_solver
+    from eqsolve.solvers._registry import resolve_solver
 
     cells = make_cells(cfg)
     for cell in {(c.solver, tuple(sorted(c.options.items()))) for c in cells}:
-        get_solver(cell[0], **dict(cell[1]))  # unknown solver/option: fail before any work
-    started_group = _init_distributed(str(cfg.device))
-    try:
-        rank, world = _distributed()
+        resolve_solver(cell[0], dict(cell[1]))  # unknown solver/option: fail before any work
+    with process_group(group_backend(str(cfg.device))):  # torchrun: join (and leave cleanly)
+        rank, world = rank_and_world()
         threads = max(1, int(cfg.bench.threads) // world)
         torch.set_num_threads(threads)  # pinned: timings are only comparable at a fixed thread count
         model = load_model(cfg)
@@ -567,9 +542,6 @@ def run_bench(cfg: Any, run_dir: Path | None = None) -> dict[str, Any] | None:
                              batch_size=int(cfg.bench.batch_size), seed=int(cfg.seed), task=str(cfg.task.name))
         log.info("bench: %d puzzles, %d cells, %d process(es) × %d thread(s)", len(puzzles), len(cells), world, threads)
         per_puzzle, seconds = run_grid(model, puzzles, cells, options, progress=rank == 0 and sys.stderr.isatty())
-    finally:
-        if started_group:
-            torch.distributed.destroy_process_group()
     if rank != 0:
         return None
     task = get_task(cfg.task.name)
