@@ -76,7 +76,8 @@ class SolverConfig:
         stop: ``"rel"`` or ``"abs"`` residual (also the residual the bench reports and aggregates).
         max_iter: Iteration cap for diagnose (``None``: its ``depth``); the bench uses
             ``bench.depth`` and refuses this key.
-        options: Solver options passed to ``get_solver(name, **options)`` (validated there).
+        options: Solver options (``solver.options.m=5``); ``name`` and these become one solver
+            object, once, through ``resolve_solver(name, options)`` (which validates them).
     """
 
     name: str = "anderson"
