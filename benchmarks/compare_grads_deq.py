@@ -39,9 +39,9 @@ from eqsolve._io import (
     atomic_write,  # noqa: E402
     atomic_write_json,  # noqa: E402
 )
+from eqsolve.models.loading import load_checkpoint as load_model  # noqa: E402
 from eqsolve.scaling import solve_many  # noqa: E402
 from eqsolve.tasks.sudoku import check_batch, default_eval_set, encode_tokens  # noqa: E402
-from eqsolve.training.run import load_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

@@ -44,9 +44,9 @@ import numpy as np
 import torch
 
 from eqsolve._io import atomic_write, atomic_write_json
+from eqsolve.models.loading import load_checkpoint as load_model
 from eqsolve.solvers import get_solver, solve
 from eqsolve.tasks.sudoku import check_batch, default_eval_set, encode_tokens, load_any
-from eqsolve.training.run import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

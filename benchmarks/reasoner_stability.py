@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 from eqsolve.jacobian import spectral_radius
+from eqsolve.models.loading import load_checkpoint as load_model
 from eqsolve.solvers import Anderson, solve
 from eqsolve.tasks.sudoku import check_batch, default_eval_set, encode_tokens
-from eqsolve.training.run import load_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # (label, solver, depth): plain iteration, the accelerated solvers with defaults, and Anderson
