@@ -60,8 +60,9 @@ class Implicit(GradientStrategy):
         stop: ``"rel"`` or ``"abs"`` adjoint residual.
         compact: drop converged rows from the adjoint solve (rows of ``f`` must be independent).
         throw: raise ``RuntimeError`` in ``backward()`` when a row does not converge.
-        stall_window, diverge_factor, check_every: the loop options of the adjoint
-            :func:`~eqsolve.solvers.solve` (defaults here: None, 1e4, 1).
+        stall_window: adjoint loop option of :func:`~eqsolve.solvers.solve` (None here: never).
+        diverge_factor: adjoint loop option (1e4).
+        check_every: adjoint loop option (1: the host checks every step).
         solver_options: options of the named adjoint solver, as a mapping; or give them as
             keywords (``Implicit(solver="anderson", m=5)``). Validated now, with the solver
             built once (:func:`eqsolve.solvers._registry.resolve_solver`).

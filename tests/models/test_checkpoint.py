@@ -47,7 +47,7 @@ def test_config_from_arch_maps_release_fields():
     assert (cfg.lambda_, cfg.noise_scale, cfg.L_init_std, cfg.halt_max_steps) == (0.9, 0.02, 0.5, 16)
     assert config_from_arch({**ARCH, "mlp_t": False}).mixer == "attention"
     assert config_from_arch({**ARCH, "mlp_t": False, "pos_encodings": None}).pos_encodings == "none"
-    with pytest.raises(ValueError, match="unknown keys.*hiden_size"):
+    with pytest.raises(ValueError, match="unknown official arch config key 'hiden_size' \\(did you mean 'hidden_size'\\?\\); valid: "):
         config_from_arch({**ARCH, "hiden_size": 8})
     with pytest.raises(ValueError, match="puzzle embeddings"):
         config_from_arch({**ARCH, "puzzle_emb_ndim": 32, "puzzle_emb_len": 16})
