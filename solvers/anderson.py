@@ -166,7 +166,8 @@ class Anderson(Solver):
         # a zero right-hand side, so their coefficients come out exactly 0 without a mask.
         y = torch.cholesky_solve(torch.where(valid, rhs.double() * scale, 0.0).unsqueeze(2), chol).squeeze(2)
         gamma = y * scale
-        ok = (info == 0) & torch.isfinite(pivots).all(dim=1) & torch.isfinite(gamma).all(dim=1)
+        # (one finiteness test for both: a sum is finite iff its terms are, short of overflow)
+        ok = (info == 0) & torch.isfinite(pivots.sum(dim=1) + gamma.sum(dim=1))
         gamma = torch.where(ok[:, None], gamma, 0.0)
         # Restart rows whose system failed; drop columns that are numerically dependent on the
         # others (tiny Cholesky pivot) from the next steps on. This step's solve is still sound:
