@@ -40,16 +40,43 @@ from ._base import (
     write_sym_slot,
 )
 
-_EYE: dict[tuple, Tensor] = {}
-
-
-def _eye(m: int, device: torch.device) -> Tensor:
-    key = (m, str(device))
-    if key not in _EYE:
-        _EYE[key] = torch.eye(m, dtype=torch.float64, device=device)
-    return _EYE[key]
-
 __all__ = ["Anderson", "AndersonState"]
+
+
+def _small_solve(gram: Tensor, scale: Tensor, valid: Tensor, rhs: Tensor, ridge: float,
+                 min_pivot: float) -> tuple[Tensor, Tensor]:
+    """The m x m solve of :meth:`Anderson.coefficients` (float64 ``gamma``, next history mask)."""
+    m = gram.shape[-1]
+    # The small m x m systems are solved in float64: cheap, and it keeps the pivots honest.
+    # The Gram matrix is stored scaled, with the ridge on its diagonal (the ridge is relative
+    # to each column's norm); slots without usable history form an identity block.
+    vv = valid[:, :, None] & valid[:, None, :]
+    scaled = torch.where(vv, gram, torch.eye(m, dtype=gram.dtype, device=gram.device))
+    chol, info = torch.linalg.cholesky_ex(scaled)
+    pivots = torch.diagonal(chol, dim1=1, dim2=2) ** 2
+    # A singular row's (partial) factor only spoils its own solution, which is zeroed below,
+    # so it needs no replacing. On a regular row the unused slots form an identity block with
+    # a zero right-hand side, so their coefficients come out exactly 0 without a mask.
+    y = torch.cholesky_solve(torch.where(valid, rhs.double() * scale, 0.0).unsqueeze(2), chol).squeeze(2)
+    gamma = y * scale
+    # (one finiteness test for both: a sum is finite iff its terms are, short of overflow)
+    ok = (info == 0) & torch.isfinite(pivots.sum(dim=1) + gamma.sum(dim=1))
+    gamma = torch.where(ok[:, None], gamma, 0.0)
+    # Restart rows whose system failed; drop columns that are numerically dependent on the
+    # others (tiny Cholesky pivot) from the next steps on. This step's solve is still sound:
+    # the ridge bounds the pivots from below.
+    keep = valid & ok[:, None] & (pivots >= min_pivot)
+    return gamma.to(rhs.dtype), keep
+
+
+_COMPILED: dict[str, Any] = {}
+
+
+def _compiled(backend: str) -> Any:
+    """:func:`_small_solve` through ``torch.compile`` (dynamic shapes: compaction shrinks the batch)."""
+    if backend not in _COMPILED:
+        _COMPILED[backend] = torch.compile(_small_solve, backend=backend, dynamic=True)
+    return _COMPILED[backend]
 
 
 @dataclass
@@ -100,6 +127,10 @@ class Anderson(Solver):
             fixed point sought. It is no cure for maps with many unstable fixed points, where
             the extrapolation still reaches nearby unstable equilibria after the plain steps
             (measured on the shipped Sudoku reasoner: ``benchmarks/results/bench_scaling.md``).
+        compile: run the small m x m solve and its safeguards through ``torch.compile`` with this
+            backend (``"inductor"``), with dynamic shapes. Off by default: on the CPU it did not
+            pay for itself (measurements in ``benchmarks/results/solvers_compile.md``); the first
+            call compiles, which takes seconds.
 
     Examples:
         >>> import torch
@@ -116,6 +147,7 @@ class Anderson(Solver):
     ridge: float = option(1e-6, "Tikhonov ridge relative to the Gram diagonal (scale-free)")
     max_cond: float | None = option(None, "drop dependent history columns beyond this condition (None: 1e-2/eps)")
     delay: int = option(0, "plain (beta-damped) steps before extrapolating; history is recorded meanwhile")
+    compile: str | None = option(None, "torch.compile backend for the small solve (e.g. 'inductor'); None: eager")
 
     def __post_init__(self) -> None:
         check_int("m", self.m, 1)
@@ -124,6 +156,8 @@ class Anderson(Solver):
         if self.max_cond is not None:
             check_real("max_cond", self.max_cond, 1.0, low_open=True)
         check_int("delay", self.delay, 0)
+        if self.compile is not None and not isinstance(self.compile, str):
+            raise ValueError(f"option compile={self.compile!r} is invalid: must be a torch.compile backend name or None")
 
     def init(self, f: FlatMap, z0: Tensor, args: Sequence[Any]) -> AndersonState:
         """Evaluate ``f(z0)`` and allocate an empty history."""
@@ -149,30 +183,11 @@ class Anderson(Solver):
             system is singular or non-finite) and the ``(B, m)`` history mask for the next steps:
             without numerically dependent columns, empty for rows that restart.
         """
-        valid = state.valid
         rhs = state.dGg if rhs is None else rhs
-        # The small m x m systems are solved in float64: cheap, and it keeps the pivots honest.
         eps = torch.finfo(state.z.dtype).eps
         max_cond = self.max_cond if self.max_cond is not None else 1e-2 / eps
-        scale = state.scale
-        # The Gram matrix is stored scaled, with the ridge on its diagonal (the ridge is relative
-        # to each column's norm); slots without usable history form an identity block.
-        vv = valid[:, :, None] & valid[:, None, :]
-        scaled = torch.where(vv, state.gram, _eye(self.m, scale.device))
-        chol, info = torch.linalg.cholesky_ex(scaled)
-        pivots = torch.diagonal(chol, dim1=1, dim2=2) ** 2
-        # A singular row's (partial) factor only spoils its own solution, which is zeroed below,
-        # so it needs no replacing. On a regular row the unused slots form an identity block with
-        # a zero right-hand side, so their coefficients come out exactly 0 without a mask.
-        y = torch.cholesky_solve(torch.where(valid, rhs.double() * scale, 0.0).unsqueeze(2), chol).squeeze(2)
-        gamma = y * scale
-        # (one finiteness test for both: a sum is finite iff its terms are, short of overflow)
-        ok = (info == 0) & torch.isfinite(pivots.sum(dim=1) + gamma.sum(dim=1))
-        gamma = torch.where(ok[:, None], gamma, 0.0)
-        # Restart rows whose system failed; drop columns that are numerically dependent on the
-        # others (tiny Cholesky pivot) from the next steps on. This step's solve is still sound:
-        # the ridge bounds the pivots from below.
-        keep = valid & ok[:, None] & (pivots >= (1.0 + self.ridge) / max_cond)
+        solve_small = _small_solve if self.compile is None else _compiled(self.compile)
+        gamma, keep = solve_small(state.gram, state.scale, state.valid, rhs, self.ridge, (1.0 + self.ridge) / max_cond)
         return gamma.to(state.z.dtype), keep
 
     def step(self, f: FlatMap, state: AndersonState, args: Sequence[Any]) -> AndersonState:

@@ -193,7 +193,7 @@ def test_best_iterate_is_returned_not_the_last():
 # ---- options and inputs ------------------------------------------------------------------------
 
 def test_strict_options_name_the_valid_ones():
-    with pytest.raises(ValueError, match=r"unknown option 'mm' \(did you mean 'm'\?\) for solver 'anderson'; valid: beta, delay, m, max_cond, ridge"):
+    with pytest.raises(ValueError, match=r"unknown option 'mm' \(did you mean 'm'\?\) for solver 'anderson'; valid: beta, compile, delay, m, max_cond, ridge"):
         get_solver("anderson", mm=3)
     with pytest.raises(ValueError, match="unknown option 'memroy'.*did you mean 'memory'"):
         solve(lambda z: z, torch.zeros(1, 1), solver="broyden", memroy=3)
@@ -218,6 +218,7 @@ def test_invalid_loop_options(bad):
     lambda: FixedPointIteration(tau=0.0), lambda: FixedPointIteration(tau=1.5), lambda: Anderson(m=0),
     lambda: Anderson(beta=0.0), lambda: Anderson(ridge=-1.0), lambda: Anderson(max_cond=0.5),
     lambda: Broyden(memory=0), lambda: Broyden(line_search="yes"), lambda: Broyden(reset_factor=1.0),
+    lambda: Anderson(compile=True),
 ])
 def test_invalid_option_values(make):
     with pytest.raises(ValueError, match="option"):

@@ -64,7 +64,7 @@ def test_describe_solvers_lists_every_option_with_default_and_doc():
             assert opt["default"] == getattr(defaults, opt["name"])
             assert isinstance(opt["doc"], str)
     anderson = {o["name"]: o for o in entries["anderson"]["options"]}
-    assert set(anderson) == {"m", "beta", "ridge", "max_cond", "delay"}
+    assert set(anderson) == {"m", "beta", "ridge", "max_cond", "delay", "compile"}
     assert all(o["doc"] for o in anderson.values())
 
 

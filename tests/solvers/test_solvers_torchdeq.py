@@ -86,7 +86,7 @@ def test_options_translate_or_fail_loudly():
     z0 = torch.ones(2, 2)
     adapter.torchdeq_solver(f, z0, solver="anderson", m=3, tau=0.9)  # torchdeq's names
     adapter.torchdeq_solver(f, z0, solver="broyden", ls=True, LBFGS_thres=5, check_every=2)
-    with pytest.raises(ValueError, match="unknown option 'lam'.*valid: beta, delay, m, max_cond, ridge"):
+    with pytest.raises(ValueError, match="unknown option 'lam'.*valid: beta, compile, delay, m, max_cond, ridge"):
         adapter.torchdeq_solver(f, z0, solver="anderson", lam=1e-4)
     with pytest.raises(ValueError, match="return_final"):
         adapter.torchdeq_solver(f, z0, solver="anderson", return_final=True)
