@@ -472,7 +472,8 @@ def describe_run(cfg: Any, inner: bool, blocks_per_step: int, n_puzzles: int) ->
     others = [other for other in task.shipped_reasoners if other != name]
     if not cfg.checkpoint and others:
         lines.append("the other shipped reasoner: " + ", ".join(f"eqsolve bench --model {n}" for n in others)
-                     + "; a real list: --data FILE (e.g. the Sudoku-Extreme test CSV from `eqsolve data fetch`)")
+                     + "; a real list: --data FILE" + (" (e.g. the Sudoku-Extreme test CSV from `eqsolve data fetch`)"
+                                                        if task.name == "sudoku-extreme" else ""))
     return "\n".join(lines)
 
 

@@ -42,7 +42,8 @@ class MazeTask(Task):
     train_config: ClassVar[str] = "maze"
     bench_config: ClassVar[str] = "maze"
     random_model: ClassVar[str | None] = "maze"
-    shipped_reasoners: ClassVar[dict[str, Path]] = {"eqr": _ASSETS / "maze_reasoner.pt"}
+    shipped_reasoners: ClassVar[dict[str, Path]] = {"eqr": _ASSETS / "maze_reasoner.pt",
+                                                    "deq": _ASSETS / "maze_reasoner_deq.pt"}
     supports_reveal: ClassVar[bool] = False
 
     def load(self, path: str | None, *, limit: int | None = None, seed: int = 0,
