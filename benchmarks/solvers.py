@@ -396,6 +396,47 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(fh.name, path)
 
 
+def compile_check(a) -> dict:
+    """Anderson with and without ``compile="inductor"`` on two problems: does compiling pay?"""
+    from eqsolve.solvers import Anderson
+
+    torch.set_num_threads(a.threads)
+    problems = {p.name: p for p in make_problems(a.d, a.batch, small_d=32, small_batch=4)}
+    out = {"meta": {"command": "nice -n 5 python benchmarks/solvers.py --compile-check", "torch": torch.__version__,
+                    "threads": torch.get_num_threads(), "commit": _git_commit(), "runs": a.runs, "note": a.note,
+                    "loadavg_before": [round(x, 2) for x in os.getloadavg()],
+                    "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}, "problems": {}}
+    for name in ("tanh_rho0.99", "small_tanh_rho0.99"):
+        p = problems[name]
+        fns = {"eager": lambda p=p: run_eqsolve(p, Anderson(), a.max_iter),
+               "inductor": lambda p=p: run_eqsolve(p, Anderson(compile="inductor"), a.max_iter),
+               "torchdeq.fixed_point_iter": lambda p=p: run_torchdeq(p, "fixed_point_iter", a.max_iter)}
+        t = time.perf_counter()
+        fns["inductor"]()
+        first = time.perf_counter() - t
+        r = measure(fns, p, a.runs)
+        out["problems"][name] = {"first_call_with_compile_s": first, "results": r}
+        print(name, f"first compiled call {first:.1f}s", {k: round(v["wall_s_median"], 4) for k, v in r.items()},
+              flush=True)
+    out["meta"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+    lines = ["# Anderson's small solve through torch.compile (inductor) vs eager, CPU", "",
+             f"Command: `{out['meta']['command']}`; torch {out['meta']['torch']}, threads {out['meta']['threads']}, "
+             f"commit {out['meta']['commit']}, {out['meta']['date']}; median of {a.runs} runs after a warm-up; "
+             f"load average {out['meta']['loadavg_before']} before, {out['meta']['loadavg_after']} after"
+             + (f"; {a.note}" if a.note else "") + ".", "",
+             "| problem | first call incl. compile (s) | eager (s) | inductor (s) | inductor / eager | NFE/row |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, pr in out["problems"].items():
+        r = pr["results"]
+        e, i = r["eager"]["wall_s_median"], r["inductor"]["wall_s_median"]
+        lines.append(f"| {name} | {pr['first_call_with_compile_s']:.1f} | {e:.4f} | {i:.4f} | {i / e:.3f} | "
+                     f"{r['eager']['nfe_per_row']:.1f} |")
+    lines += ["", "Default: eager (`Anderson(compile=None)`); compiling is worth it only where it is faster above.", ""]
+    write_atomic(a.out / "solvers_compile.json", json.dumps(out, indent=1))
+    write_atomic(a.out / "solvers_compile.md", "\n".join(lines))
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5, help="timed runs per solver (median reported)")
@@ -408,7 +449,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--from-json", type=Path, default=None,
                     help="recompute targets and markdown from an existing results JSON (no solving)")
+    ap.add_argument("--compile-check", action="store_true",
+                    help="only time Anderson eager vs compiled (-> results/solvers_compile.{json,md})")
     a = ap.parse_args(argv)
+    if a.compile_check:
+        return compile_check(a)
     if a.from_json is not None:
         results = json.loads(a.from_json.read_text())
         results["meta"]["report_regenerated"] = "targets and markdown recomputed from the JSON by --from-json"
