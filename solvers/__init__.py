@@ -9,8 +9,9 @@ Solve ``z = f(z, *args)`` for every row of a batch, each row stopping on its own
 True
 
 Modules: ``_solution`` (Solution, Status), ``_base`` (the solver protocol), ``_registry``
-(solvers by name), ``_loop`` (the generic loop behind :func:`solve`), one module per
-algorithm, and ``torchdeq`` (adapter registering eqsolve's solvers in torchdeq).
+(solvers by name), ``_engine`` (the one engine that drives every solver: stepping, status,
+best iterate, NFE, with a pluggable stop rule), ``_loop`` (:func:`solve` on that engine), one
+module per algorithm, and ``torchdeq`` (adapter registering eqsolve's solvers in torchdeq).
 """
 
 from ._base import Solver, SolverState, flat_map

@@ -6,8 +6,8 @@ iterates ``z`` of shape ``(B, n)`` and a map ``f(z, *args) -> (B, n)``:
 - ``state = solver.init(f, z0, args)`` evaluates ``f(z0)`` once and returns a state;
 - ``state = solver.step(f, state, args)`` takes one step (normally one evaluation of ``f``).
 
-A state is a dataclass whose tensor fields are all batch-first, so that the generic loop in
-:mod:`eqsolve.solvers._loop` can drop finished rows and freeze rows without knowing the
+A state is a dataclass whose tensor fields are all batch-first, so that the solver engine in
+:mod:`eqsolve.solvers._engine` can drop finished rows and freeze rows without knowing the
 algorithm. Every state carries ``z`` (current iterate), ``fz = f(z)`` and ``nfe`` (``(B,)``
 int64 evaluations of ``f`` spent per row).
 
@@ -38,7 +38,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 from torch import Tensor
@@ -75,14 +75,17 @@ class SolverState:
     nfe: Tensor
 
 
-class Solver:
-    """Base class of the solvers (subclasses are frozen dataclasses; fields are options)."""
+class Solver(Generic[StateT]):
+    """Base class of the solvers (subclasses are frozen dataclasses; fields are options).
 
-    def init(self, f: FlatMap, z0: Tensor, args: Sequence[Any]) -> SolverState:
+    Generic over the state type ``StateT`` its ``init`` returns and its ``step`` takes.
+    """
+
+    def init(self, f: FlatMap, z0: Tensor, args: Sequence[Any]) -> StateT:
         """Evaluate ``f(z0, *args)`` and build the initial state. ``z0`` is ``(B, n)``."""
         raise NotImplementedError
 
-    def step(self, f: FlatMap, state: SolverState, args: Sequence[Any]) -> SolverState:
+    def step(self, f: FlatMap, state: StateT, args: Sequence[Any]) -> StateT:
         """Take one step from ``state`` and return the new state.
 
         Only the history buffers (``type(state).BUFFERS``) of ``state`` may be updated in place,

@@ -1,8 +1,9 @@
-"""The one generic solve loop: per-row stopping, compaction, best iterate, status, trace.
+"""The solve loop: :func:`solve` runs the :class:`~eqsolve.solvers._engine.Engine` with the
+:class:`~eqsolve.solvers._engine.Tolerance` stop rule, and adds compaction, traces and snapshots.
 
-Every solver only supplies ``init``/``step``; everything about *when* a row stops and *what*
-is returned lives here, once. Bookkeeping stays on the device; the host looks at it only every
-``check_every`` steps (one sync), which is when finished rows leave the active set. By default
+Every solver only supplies ``init``/``step``; *when* a row stops and *what* is returned (status,
+best iterate, NFE) is the engine's, shared with every other driver. Bookkeeping stays on the
+device; the host looks at it only every ``check_every`` steps (one sync), which is when finished rows leave the active set. By default
 that is every step on the CPU (a look costs next to nothing there, and finished rows leave at
 once) and every :data:`DEVICE_CHECK_EVERY` steps on an accelerator, where a look stalls the
 queue of kernels; in between, rows that stopped are frozen on the device.
@@ -20,7 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._base import compact_rows, flat_map, select_rows
+from ._base import flat_map
+from ._engine import Engine, Tolerance
 from ._registry import resolve_solver
 from ._solution import Solution, SolveError, Status
 
@@ -28,49 +30,6 @@ __all__ = ["DEVICE_CHECK_EVERY", "solve"]
 
 #: ``check_every`` used by default off the CPU (CUDA and other accelerators).
 DEVICE_CHECK_EVERY = 8
-
-# A row makes progress when its best residual drops below this fraction of the reference value.
-_PROGRESS = 0.99
-
-
-def _residuals(z: Tensor, fz: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``(||f(z) - z||, relative residual, ||f(z)||)`` per row."""
-    diff = torch.linalg.vector_norm(fz - z, dim=1)
-    fz_norm = torch.linalg.vector_norm(fz, dim=1)
-    return diff, diff / (fz_norm + 1e-8), fz_norm
-
-
-def _status_codes(res: Tensor, abs_r: Tensor, min_abs: Tensor, bounded: Tensor | None, ref_step: Tensor, k: int,
-                  tol: float, diverge_factor: float | None, stall_window: int | None) -> Tensor:
-    """Why each row stops at step ``k`` (a :class:`Status` value), -1 for a row that goes on.
-
-    Priority, highest first: NONFINITE, DIVERGED by a runaway iterate (not ``bounded``: a small
-    relative residual far beyond the row's scale proves nothing), CONVERGED, DIVERGED by
-    residual growth, STAGNATED.
-    """
-    code = torch.full_like(ref_step, -1)
-    if stall_window is not None:
-        code = torch.where(ref_step <= k - stall_window, int(Status.STAGNATED), code)
-    if diverge_factor is not None:
-        code = torch.where(abs_r > diverge_factor * min_abs, int(Status.DIVERGED), code)
-    code = torch.where(res <= tol, int(Status.CONVERGED), code)  # False for NaN
-    if bounded is not None:
-        code = torch.where(bounded, code, int(Status.DIVERGED))
-    return torch.where(torch.isfinite(res), code, int(Status.NONFINITE))
-
-
-def _going(res: Tensor, abs_r: Tensor, min_abs: Tensor, bounded: Tensor | None, ref_step: Tensor, k: int,
-           tol: float, diverge_factor: float | None, stall_window: int | None) -> Tensor:
-    """``_status_codes(...) < 0`` (the rows that go on) in fewer ops: the per-step test."""
-    going = (res > tol) & (res < math.inf)  # False for converged rows, NaN and inf
-    if diverge_factor is not None:
-        going &= abs_r <= diverge_factor * min_abs  # a NaN residual already stops the row
-    if bounded is not None:
-        going &= bounded
-    if stall_window is not None:
-        going &= ref_step > k - stall_window
-    return going
-
 
 def _check_inputs(z0: Any, args: tuple, stop: str, tol: Any, max_iter: Any, check_every: Any,
                   diverge_factor: Any, stall_window: Any) -> None:
@@ -102,10 +61,6 @@ def _check_inputs(z0: Any, args: tuple, stop: str, tol: Any, max_iter: Any, chec
 def default_check_every(device: torch.device) -> int:
     """``check_every`` when none is given: 1 on the CPU, :data:`DEVICE_CHECK_EVERY` elsewhere."""
     return 1 if torch.device(device).type == "cpu" else DEVICE_CHECK_EVERY
-
-
-def _take_args(args: tuple, index: Tensor) -> tuple:
-    return tuple(a[index] if isinstance(a, Tensor) else a for a in args)
 
 
 def solve(
@@ -188,9 +143,9 @@ def solve(
     device, idx_dtype = z0.device, torch.int64
     # Rows may be frozen while still in the batch only when the host has not looked yet.
     freeze = (not compact) or check_every > 1
-
-    state = algo.init(g, z0.reshape(batch, -1), args)
-    active_args = args
+    eng = Engine(algo, g, Tolerance(float(tol)), stop=stop, diverge_factor=diverge_factor,
+                 stall_window=stall_window, freeze=freeze)
+    eng.admit(z0.reshape(batch, -1), args)
     idx = torch.arange(batch, device=device)  # original row of each active row
 
     # Full-batch outputs, written when rows leave (and at the end).
@@ -206,104 +161,48 @@ def solve(
         raise ValueError(f"snapshots={list(snapshots)!r} is invalid: steps must be >= 0")
     snaps: list[Tensor] = []
 
-    # Per active row bookkeeping (device tensors).
-    best_z = state.z
-    best_abs = z0.new_full((batch,), math.inf)
-    best_rel = z0.new_full((batch,), math.inf)
-    min_abs = z0.new_full((batch,), math.inf)  # divergence is judged on the absolute residual
-    # ... and on the size of f(z): diverge_factor * (||f(z0)|| + ||f(z0) - z0||), set at step 0.
-    max_fz = z0.new_full((batch,), math.inf)
-    ref_res = z0.new_full((batch,), math.inf)
-    ref_step = torch.zeros(batch, dtype=idx_dtype, device=device)
-    nstep = torch.zeros(batch, dtype=idx_dtype, device=device)
-    status = torch.full((batch,), int(Status.MAX_ITER), dtype=idx_dtype, device=device)
-    done = torch.zeros(batch, dtype=torch.bool, device=device)
-
     def flush() -> None:
-        out_z[idx] = best_z.detach().to(out_z.dtype)
-        out_abs[idx], out_rel[idx] = best_abs.detach(), best_rel.detach()
-        # Without freezing, every row in the batch has taken all k steps so far.
-        out_nfe[idx], out_nstep[idx], out_status[idx] = state.nfe, nstep if freeze else k, status
+        assert eng.state is not None
+        out_z[idx] = eng.best_z.detach().to(out_z.dtype)
+        out_abs[idx], out_rel[idx] = eng.best_abs.detach(), eng.best_rel.detach()
+        out_nfe[idx], out_nstep[idx], out_status[idx] = eng.state.nfe, eng.nstep, eng.status
 
     k = 0
     while True:
         # --- observe the current iterate of every active row (no host sync) ---
-        abs_r, rel_r, fz_norm = _residuals(state.z.detach(), state.fz.detach())
-        res = rel_r if stop == "rel" else abs_r
-        best_res = best_rel if stop == "rel" else best_abs
-        # Without freezing, every row still in the batch is live: skip the masking ops.
-        live = ~done if freeze else None
-        improved = res < best_res  # False for NaN
-        bounded = None
-        if diverge_factor is not None:
-            if k == 0:  # every row is in the batch: the scale each row starts from
-                max_fz = diverge_factor * (fz_norm + abs_r)
-            # An iterate beyond the row's scale is DIVERGED and never the best one, however
-            # small its relative residual (f(z) = z + c has none: ||c|| / ||z + c|| -> 0).
-            bounded = fz_norm <= max_fz  # False for NaN too: no matter, such a row is NONFINITE
-            improved &= bounded
-        improved = improved if live is None else live & improved
-        best_z = torch.where(improved[:, None], state.z, best_z)
-        best_abs = torch.where(improved, abs_r, best_abs)
-        best_rel = torch.where(improved, rel_r, best_rel)
-        best_res = best_rel if stop == "rel" else best_abs
-        # min_abs and the progress reference only feed the divergence and stall tests.
-        if diverge_factor is not None:
-            lowest = torch.fmin(min_abs, abs_r)
-            min_abs = lowest if live is None else torch.where(live, lowest, min_abs)
-        if stall_window is not None:
-            progress = best_res < _PROGRESS * ref_res
-            ref_res = torch.where(progress, best_res, ref_res)
-            ref_step = torch.where(progress, k, ref_step)
-        if freeze:
-            # Rows may stop between host looks: record their status now.
-            code = _status_codes(res, abs_r, min_abs, bounded, ref_step, k, tol, diverge_factor, stall_window)
-            stops = live & (code >= 0)
-            status = torch.where(stops, code, status)
-            done = done | stops
-        else:
-            # The host looks at this very step: find the rows that go on with few ops, and
-            # work out why the others stopped only when some did (rare).
-            going = _going(res, abs_r, min_abs, bounded, ref_step, k, tol, diverge_factor, stall_window)
+        # Without freezing the host looks at this very step: find the rows that go on with few
+        # ops, and work out why the others stopped only when some did (rare).
+        going = eng.observe(lazy=not freeze)
         for kind, buf in trace_bufs.items():
-            value = abs_r if kind == "abs" else rel_r
-            buf[idx, k] = value if live is None else torch.where(live, value, math.nan)
+            value = eng.abs_residual if kind == "abs" else eng.rel_residual
+            assert value is not None
+            buf[idx, k] = value if eng.live is None else torch.where(eng.live, value, math.nan)
 
         if k in snap_steps:
             snap = out_z.clone()
-            snap[idx] = best_z.detach().to(snap.dtype)
+            snap[idx] = eng.best_z.detach().to(snap.dtype)
             snaps.append(snap.view(batch, *shape))
 
         # --- host look: drop finished rows, or leave when none is left ---
         if k % check_every == 0 or k == max_iter:
             if compact:
-                keep = (going if not freeze else ~done).nonzero().flatten()  # the one host sync of this check
+                keep = (going if not freeze else ~eng.done).nonzero().flatten()  # the one host sync
                 if keep.numel() < idx.numel():
                     if not freeze:
-                        code = _status_codes(res, abs_r, min_abs, bounded, ref_step, k, tol, diverge_factor,
-                                             stall_window)
-                        status = torch.where(code >= 0, code, status)
+                        eng.settle()
                     flush()
                     if keep.numel() == 0:
                         break
                     # The history buffers stay put (no copy); everything aligned with the
                     # state's rows follows the same order.
-                    state, keep = compact_rows(state, keep)
-                    idx, active_args = idx[keep], _take_args(active_args, keep)
-                    best_z, best_abs, best_rel = best_z[keep], best_abs[keep], best_rel[keep]
-                    min_abs, max_fz = min_abs[keep], max_fz[keep]
-                    ref_res, ref_step, nstep = ref_res[keep], ref_step[keep], nstep[keep]
-                    status, done = status[keep], done[keep]
-            elif bool(done.all()):
+                    idx = idx[eng.drop(keep)]
+            elif bool(eng.done.all()):
                 break
         if k == max_iter:
             break
 
-        # --- one step of the solver on the active rows ---
-        new_state = algo.step(g, state, active_args)
-        state = select_rows(done, state, new_state) if freeze else new_state
-        if freeze:
-            nstep = nstep + (~done).to(idx_dtype)
+        # --- one step of the solver on the active rows (frozen rows keep their state) ---
+        eng.advance()
         k += 1
 
     flush()

@@ -108,7 +108,7 @@ class AndersonState(SolverState):
 
 
 @dataclass(frozen=True)
-class Anderson(Solver):
+class Anderson(Solver[AndersonState]):
     """Anderson acceleration with a relative ridge, column dropping and history restarts.
 
     Args:

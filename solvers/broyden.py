@@ -77,7 +77,7 @@ def _write_sym(gram: Tensor, hot: Tensor, row: Tensor, col: Tensor) -> Tensor:
 
 
 @dataclass(frozen=True)
-class Broyden(Solver):
+class Broyden(Solver[BroydenState]):
     """Limited-memory good Broyden (compact form) with per-row safeguards.
 
     Args:

@@ -15,7 +15,7 @@ __all__ = ["FixedPointIteration"]
 
 
 @dataclass(frozen=True)
-class FixedPointIteration(Solver):
+class FixedPointIteration(Solver[SolverState]):
     """Damped fixed-point iteration, one evaluation of ``f`` per step.
 
     Converges linearly at rate ``max |1 - tau + tau * lambda|`` over the eigenvalues
