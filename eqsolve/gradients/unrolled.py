@@ -8,7 +8,6 @@ last ``k`` per row, replayed from stored solver states). Import them from
 
 from __future__ import annotations
 
-import dataclasses
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -17,12 +16,14 @@ import torch
 from torch import Tensor
 
 from eqsolve.gradients.base import FixedPointFn, GradientStrategy, GradSolution
-from eqsolve.residual import relative_residual
-from eqsolve.solvers import Status
-from eqsolve.solvers._base import flat_map, option, select_rows, take_rows
+from eqsolve.solvers._base import copy_buffers, flat_map, option, take_rows
+from eqsolve.solvers._engine import Engine, Tolerance
 from eqsolve.solvers._registry import resolve_solver
 
 __all__ = ["OneStep", "Phantom", "Unrolled"]
+
+#: Loop options of :func:`~eqsolve.solvers.solve` that :class:`Unrolled` accepts too.
+_LOOP_OPTIONS = ("diverge_factor", "stall_window")
 
 
 @dataclass(frozen=True)
@@ -85,10 +86,12 @@ class Unrolled(GradientStrategy):
     ``k=None`` keeps the graph of every iteration (memory grows with depth); ``k`` keeps the
     last ``k`` iterations of each row (the earlier ones run without a graph, and the last ``k``
     are replayed with one from the stored solver state, so the values match the no-graph run).
-    The loop drives the solver's ``init``/``step`` protocol on the whole batch; a row stops
-    (is frozen) when its residual reaches ``tol``. Like the other strategies the output is
-    ``f`` at the row's final iterate (``sol.z``), here with the graph of the iterations that
-    led there; it is the *last* iterate, not the best seen.
+    The forward pass is the solver engine of :func:`~eqsolve.solvers.solve` on the whole batch
+    (stopped rows are frozen): a row stops with the same statuses as there (CONVERGED at
+    ``tol``, DIVERGED, NONFINITE, STAGNATED, else MAX_ITER; ``diverge_factor`` and
+    ``stall_window`` are accepted as loop options with ``solve``'s defaults), and ``sol.z`` is
+    the row's *best* iterate with its residuals, as in ``solve``. Like the other strategies the
+    output is ``f`` at ``sol.z``, here with the graph of the iterations that led there.
 
     Args:
         k: number of trailing iterations to differentiate through, or None for all.
@@ -113,88 +116,83 @@ class Unrolled(GradientStrategy):
             raise ValueError(f"Unrolled: stop must be 'rel' or 'abs', got {stop!r}")
         if not (isinstance(max_iter, int) and max_iter >= 0):
             raise ValueError(f"Unrolled: max_iter must be an int >= 0, got {max_iter!r}")
+        loop = {name: solver_options.pop(name) for name in _LOOP_OPTIONS if name in solver_options}
+        factor, window = loop.get("diverge_factor"), loop.get("stall_window")
+        if factor is not None and not (isinstance(factor, (int, float)) and factor > 1):
+            raise ValueError(f"Unrolled: diverge_factor must be a number > 1 or None, got {factor!r}")
+        if window is not None and not (isinstance(window, int) and not isinstance(window, bool) and window >= 1):
+            raise ValueError(f"Unrolled: stall_window must be an int >= 1 or None, got {window!r}")
         solver_obj = resolve_solver(solver, solver_options)
         return _unrolled_solve(f, z0, args, solver_obj, tol=tol, stop=stop, max_iter=max_iter,
-                               last_k=self.k)
+                               last_k=self.k, **loop)
 
     def attach(self, f: FixedPointFn, z_star: Tensor, args: tuple) -> tuple[Tensor, None]:
         raise TypeError("Unrolled differentiates the forward iterations; it cannot attach at a given z*")
 
 
 def _unrolled_solve(f: FixedPointFn, z0: Tensor, args: tuple, solver: Any, *, tol: float, stop: str,
-                    max_iter: int, last_k: int | None) -> tuple[Tensor, GradSolution]:
-    """The :class:`Unrolled` loop: full graph (``last_k=None``) or no-graph run + replay.
+                    max_iter: int, last_k: int | None, diverge_factor: float | None = 1e4,
+                    stall_window: int | None = 30) -> tuple[Tensor, GradSolution]:
+    """The :class:`Unrolled` loop: the solver engine with the tolerance rule, frozen stopped rows.
 
-    For ``last_k``, rows that stop at the same step form one replay group, restarted from a
-    copy of the solver state ``min(k, n)`` steps before their stop: copies, because solvers
-    may update history buffers in place without a graph, and groups, because a state's
-    non-tensor fields (e.g. Anderson's ring position) are shared by all its rows.
+    ``last_k=None`` runs the engine with a graph. For ``last_k`` the engine runs without one, and
+    each row's last ``min(k, b)`` steps up to its best step ``b`` are replayed with a graph from
+    a stored solver state. Rows whose best iterate is the same step form one replay group,
+    restarted from the state ``min(k, b)`` steps before ``b``: the ring of the last ``k + 1``
+    states keeps copies of their history buffers (:func:`~eqsolve.solvers._base.copy_buffers`:
+    solvers update them in place without a graph), and a group shares one state because a
+    state's non-tensor fields (e.g. Anderson's ring position) are shared by its rows.
     """
     batch, shape = z0.shape[0], z0.shape[1:]
     g = flat_map(f, shape)
     z0_flat = z0.detach().reshape(batch, -1)
     keep_all = last_k is None
     k = last_k or 0  # used only when not keep_all
-    nstep = torch.zeros(batch, dtype=torch.int64, device=z0.device)
-    groups: list[tuple[Tensor, Any, int]] = []  # (rows, restart state of those rows, steps to replay)
+    # step b -> (rows whose best iterate was step b then, their state min(k, b) steps earlier, min(k, b))
+    restarts: dict[int, tuple[Tensor, Any, int]] = {}
     with torch.enable_grad() if keep_all else torch.no_grad():
-        state = solver.init(g, z0_flat, args)
-        done = _stopped(state, stop, tol)
-        ring = deque([_copy_state(state)], maxlen=k + 1)  # states t-k..t
-        if not keep_all and bool(done.any()):
-            groups.append((done.nonzero().flatten(), take_rows(ring[-1], done.nonzero().flatten()), 0))
-        t = 0
-        for t in range(1, max_iter + 1):
-            if bool(done.all()):
-                break
-            state = select_rows(done, state, solver.step(g, state, args))
-            nstep = nstep + (~done).long()
-            newly = ~done & _stopped(state, stop, tol)
-            done = done | newly
+        eng: Engine[Any] = Engine(solver, g, Tolerance(tol), stop=stop, diverge_factor=diverge_factor,
+                                  stall_window=stall_window, freeze=True, track_fz=True)
+        eng.admit(z0_flat, args)
+        ring: deque[Any] = deque(maxlen=k + 1)  # states t-k..t (buffers copied)
+        for t in range(max_iter + 1):
+            if t:
+                eng.advance()
+            eng.observe()
             if not keep_all:
-                ring.append(_copy_state(state))
-                if bool(newly.any()):
-                    rows = newly.nonzero().flatten()
+                ring.append(copy_buffers(eng.state))
+                assert eng.improved is not None
+                if bool(eng.improved.any()):
+                    rows = eng.improved.nonzero().flatten()
                     back = min(k, t)
-                    groups.append((rows, take_rows(ring[-1 - back], rows), back))
-        if not keep_all and not bool(done.all()):  # rows still running when the budget ran out
-            rows = (~done).nonzero().flatten()
-            back = min(k, t)
-            groups.append((rows, take_rows(ring[-1 - back], rows), back))
-    final, out, nfe = state, state.fz, state.nfe
+                    restarts[t] = (rows, take_rows(ring[-1 - back], rows), back)
+                alive = set(eng.best_step.unique().tolist())
+                for step in [s for s in restarts if s not in alive]:
+                    del restarts[step]  # no row's best iterate is that step any more
+            if bool(eng.done.all()):
+                break
+    final = eng.state
+    assert final is not None
+    nfe = final.nfe
+    assert eng.best_fz is not None
+    out = eng.best_fz  # f at the best iterate (with the graph of every step when keep_all)
     if not keep_all:
-        out, replayed = final.fz.detach(), torch.zeros_like(nfe)
+        # Replace it by its replay with a graph; it stays detached where there is none (a row
+        # whose best iterate is z0 itself, or which never had a finite one).
+        replayed = torch.zeros_like(nfe)
         with torch.enable_grad():
-            for rows, restart, steps in groups:
+            for step, (rows, restart, steps) in restarts.items():
+                mine = (eng.best_step[rows] == step).nonzero().flatten()
+                if mine.numel() == 0:
+                    continue
+                rows, restart = rows[mine], take_rows(restart, mine)
                 rows_args = tuple(a[rows] if isinstance(a, Tensor) else a for a in args)
                 for _ in range(steps):
                     restart = solver.step(g, restart, rows_args)
                 out = out.index_copy(0, rows, restart.fz)
                 replayed[rows] = steps
         nfe = nfe + replayed
-    abs_res, rel_res = _residuals(final)
-    res = rel_res if stop == "rel" else abs_res
-    status = torch.full_like(nstep, int(Status.MAX_ITER))
-    status[res <= tol] = int(Status.CONVERGED)
-    status[~torch.isfinite(res)] = int(Status.NONFINITE)
-    sol = GradSolution(z=final.z.detach().view(batch, *shape), abs_residual=abs_res, rel_residual=rel_res,
-                       nfe=nfe, nstep=nstep, status=status, trace=None, stop=stop, tol=tol)
+    sol = GradSolution(z=eng.best_z.detach().view(batch, *shape), abs_residual=eng.best_abs.detach(),
+                       rel_residual=eng.best_rel.detach(), nfe=nfe, nstep=eng.nstep, status=eng.status,
+                       trace=None, stop=stop, tol=tol)
     return out.view(batch, *shape), sol
-
-
-def _copy_state(state: Any) -> Any:
-    """A state whose tensors are copies (safe from later in-place history updates)."""
-    return dataclasses.replace(state, **{f.name: getattr(state, f.name).clone() for f in dataclasses.fields(state)
-                                         if isinstance(getattr(state, f.name), Tensor)})
-
-
-def _residuals(state: Any) -> tuple[Tensor, Tensor]:
-    fz, z = state.fz.detach(), state.z.detach()
-    abs_res = (fz - z).norm(dim=1)
-    return abs_res, relative_residual(abs_res, fz.norm(dim=1))
-
-
-def _stopped(state: Any, stop: str, tol: float) -> Tensor:
-    abs_res, rel_res = _residuals(state)
-    res = rel_res if stop == "rel" else abs_res
-    return (res <= tol) | ~torch.isfinite(res)
