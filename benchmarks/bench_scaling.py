@@ -14,10 +14,10 @@ with per-row stopping, each solver stopping a row at its own relative residual â
 ``solve`` does with ``tol``; the tolerance is swept and the cheapest one that keeps the target
 accuracy is reported, for plain iteration too, so the ratio compares like with like).
 
-Questions 1 and 2 use *anytime curves*: one run per solver drives the solver's ``init``/``step``
-protocol to ``--depth`` NFE and records, after every NFE, each puzzle's answer (decoded from
-``F(z)``, exactly as :func:`eqsolve.scaling.solve_many` decodes), its relative residual and its
-halting logit. Because the iterate after k NFE does not depend on the budget, the curve gives
+Questions 1 and 2 use *anytime curves*: one run per solver drives the solver engine (the loop
+behind ``solve`` and ``solve_many``, with no stop rule) to ``--depth`` NFE and records, after
+every NFE, each puzzle's answer (decoded from ``F(z)``, exactly as
+:func:`eqsolve.scaling.solve_many` decodes), its relative residual and its halting logit. Because the iterate after k NFE does not depend on the budget, the curve gives
 the accuracy at every depth from one run, and halting at any tolerance is the first step whose
 residual is below it. A consistency check re-runs ``solve_many`` at a few depths and, for the
 best accelerated solver with per-row stopping, at its tolerance (``halt="residual"``) with the same
@@ -47,10 +47,10 @@ import torch
 from eqsolve._io import atomic_write_json, atomic_write_text
 from eqsolve.bench.grid import SHIPPED_REASONER, load_model, load_puzzles
 from eqsolve.config import compose
-from eqsolve.residual import relative_residual
 from eqsolve.runs import run_metadata
 from eqsolve.scaling import solve_many
 from eqsolve.solvers import flat_map, get_solver
+from eqsolve.solvers._engine import Engine, Never
 from eqsolve.tasks.base import get_task
 from eqsolve.tasks.sudoku import check_batch, encode_tokens
 
@@ -102,13 +102,16 @@ def anytime_curves(model: Any, questions: np.ndarray, solver: str, depth: int, i
             hi = min(lo + batch_size, len(questions))
             x = model.embed(encode_tokens(questions[lo:hi]))
             g = flat_map(lambda s, x: model.map(s, x, 0.0), shape)
-            state = algo.init(g, init[lo:hi].reshape(hi - lo, -1), (x,))
+            # The solver engine with no stop rule: every row takes every step (the curve).
+            eng: Engine[Any] = Engine(algo, g, Never())
+            eng.admit(init[lo:hi].reshape(hi - lo, -1), (x,))
             for k in range(depth):
                 if k:
-                    state = algo.step(g, state, (x,))
-                fz = state.fz.view(hi - lo, *shape)
-                diff = torch.linalg.vector_norm(state.fz - state.z, dim=1)
-                out["residual"][lo:hi, k] = relative_residual(diff, torch.linalg.vector_norm(state.fz, dim=1)).numpy()
+                    eng.advance()
+                eng.observe()
+                assert eng.state is not None and eng.rel_residual is not None
+                fz = eng.state.fz.view(hi - lo, *shape)
+                out["residual"][lo:hi, k] = eng.rel_residual.numpy()
                 digits = model.predict_digits(fz).numpy()
                 out["digits"][lo:hi, k] = digits
                 out["correct"][lo:hi, k] = check_batch(digits, questions[lo:hi])

@@ -9,12 +9,15 @@ Signature::
                predict=None) -> ScalingResult
 
 Every puzzle gets ``breadth`` starting points; the ``N × breadth`` rows are queued puzzle-major
-and run through any eqsolve solver's ``init``/``step`` protocol in one batch of at most
-``max_rows`` rows. A row stops when it has spent ``depth`` NFE (one NFE = one call of the map on
-one row), or earlier when the halting rule fires (``halt="residual"``: latent residual
-``<= halt_tol``; ``halt="logit"``: learned halting logit ``> 0``). Freed rows are refilled from
-the queue (continuous batching). A row's answer is decoded from its last map output ``F(z)``:
-with ``solver="fixed_point"`` and no halting this is exactly the paper's depth-D protocol.
+and run through any eqsolve solver by the solver engine (:mod:`eqsolve.solvers._engine`, the
+loop behind :func:`eqsolve.solvers.solve`, here with an NFE-budget stop rule) in one batch of
+at most ``max_rows`` rows. A row stops when it has spent ``depth`` NFE (one NFE = one call of
+the map on one row), or earlier when the halting rule fires (``halt="residual"``: latent
+residual ``<= halt_tol``; ``halt="logit"``: learned halting logit ``> 0``), or when its residual
+is not finite (status NONFINITE). Freed rows are refilled from the queue (continuous batching).
+A row's answer is decoded from its last map output ``F(z)`` (the budget protocol; the engine's
+best iterate is not used here): with ``solver="fixed_point"`` and no halting this is exactly
+the paper's depth-D protocol.
 
 Per start, two convergence scores are kept: the mean latent residual ``||F(z) - z||`` over the
 row's last ``window`` (3) iterations (``residual="abs"``, or the relative one), and the release's
@@ -42,15 +45,14 @@ from __future__ import annotations
 
 import inspect
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
-from eqsolve.residual import relative_residual
-from eqsolve.solvers import flat_map
-from eqsolve.solvers._base import take_rows
+from eqsolve.solvers import Status, flat_map
+from eqsolve.solvers._engine import Budget, Engine
 from eqsolve.solvers._registry import resolve_solver
 
 __all__ = ["AGGREGATIONS", "Reasoner", "ScalingResult", "aggregate_starts", "solve_many"]
@@ -85,6 +87,9 @@ class ScalingResult:
         row_logit_change: ``(N, B)`` mean logit change over the last ``window`` iterations (NaN
             when a row ran a single iteration).
         row_halted: ``(N, B)`` True where the halting rule stopped the row before its budget.
+        row_status: ``(N, B)`` int64 :class:`~eqsolve.solvers.Status` of every start, from the
+            solver engine as in :func:`~eqsolve.solvers.solve`: ``MAX_ITER`` (the NFE budget
+            ended it), ``CONVERGED`` (the halting rule stopped it) or ``NONFINITE``.
         trace: ``(N, B, depth)`` latent residual per iteration (NaN after the row stopped).
         correct: ``(N,)`` chosen answer equals ``answers`` (None without answers).
         row_correct: ``(N, B)`` per start (None without answers).
@@ -108,6 +113,7 @@ class ScalingResult:
     aggregate: str
     depth: int
     breadth: int
+    row_status: Tensor | None = None
 
     def summary(self) -> dict[str, float]:
         """Scalar summary: accuracy (and oracle any-correct) when answers were given, NFE, residual."""
@@ -194,15 +200,6 @@ def _accepts(fn: Any, name: str) -> bool:
     return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
-def _cat_states(a: Any, b: Any) -> Any:
-    """Rows of ``b`` appended to ``a`` (non-tensor fields, e.g. ring positions, kept from ``a``)."""
-    if a is None:
-        return b
-    updates = {f.name: torch.cat((getattr(a, f.name), getattr(b, f.name)))
-               for f in fields(a) if isinstance(getattr(a, f.name), Tensor)}
-    return replace(a, **updates)
-
-
 def _initial_states(reasoner: Any, init: Any, jobs: Tensor, generator: Any, device: torch.device) -> Tensor:
     if isinstance(init, Tensor):  # already (N·breadth, ...)
         return init[jobs.to(init.device)].to(device)
@@ -214,20 +211,20 @@ def _initial_states(reasoner: Any, init: Any, jobs: Tensor, generator: Any, devi
 class _Bookkeeping:
     """Per-row records of a :func:`solve_many` run (rows indexed by job id, puzzle-major)."""
 
-    def __init__(self, n_rows: int, depth: int, residual: str, device: torch.device) -> None:
-        self.depth, self.residual = depth, residual
+    def __init__(self, n_rows: int, depth: int, device: torch.device) -> None:
+        self.depth = depth
         self.trace = torch.full((n_rows, depth), math.nan, device=device)
         self.logit_trace = torch.full((n_rows, depth), math.nan, device=device)
         self.nfe = torch.zeros(n_rows, dtype=torch.int64, device=device)
         self.steps = torch.zeros(n_rows, dtype=torch.int64, device=device)
-        self.halted = torch.zeros(n_rows, dtype=torch.bool, device=device)
+        self.status = torch.full((n_rows,), int(Status.MAX_ITER), dtype=torch.int64, device=device)
         self.pred: Tensor | None = None
         self.prev_logits: Tensor | None = None  # aligned with the active rows
 
-    def observe(self, rows: Tensor, observed: Tensor, z: Tensor, fz: Tensor, logits: Tensor | None) -> Tensor:
-        """Record the newest pair ``(z, F(z))`` of the ``observed`` active rows; return residuals."""
-        diff = torch.linalg.vector_norm((fz - z).float(), dim=1)
-        res = diff if self.residual == "abs" else relative_residual(diff, torch.linalg.vector_norm(fz.float(), dim=1))
+    def observe(self, rows: Tensor, observed: Tensor | None, res: Tensor, logits: Tensor | None) -> None:
+        """Record the engine's newest residuals ``res`` of the ``observed`` active rows (None: all)."""
+        if observed is None:
+            observed = torch.ones(len(rows), dtype=torch.bool, device=rows.device)
         obs_rows = rows[observed]
         col = self.steps[obs_rows].clamp(max=self.depth - 1)
         self.trace[obs_rows, col] = res[observed]
@@ -242,14 +239,13 @@ class _Bookkeeping:
             self.logit_trace[obs_rows, col] = torch.where(first, math.nan, change)[observed]
             self.prev_logits = torch.where(observed.view(-1, *[1] * (logits.dim() - 1)), logits, prev)
         self.steps[obs_rows] += 1
-        return res
 
-    def finish(self, rows: Tensor, pred: Tensor, halted: Tensor) -> None:
-        """Store the answers of rows that stopped (and whether a halting rule stopped them)."""
+    def finish(self, rows: Tensor, pred: Tensor, status: Tensor) -> None:
+        """Store the answers and the :class:`~eqsolve.solvers.Status` of rows that stopped."""
         if self.pred is None:
             self.pred = torch.zeros((self.nfe.shape[0], *pred.shape[1:]), dtype=pred.dtype, device=pred.device)
         self.pred[rows] = pred
-        self.halted[rows] = halted
+        self.status[rows] = status
 
     def keep(self, index: Tensor) -> None:
         """The active rows were compacted to ``index``."""
@@ -364,8 +360,16 @@ def solve_many(
             raise ValueError(f"init={init!r}; valid: 'random', 'zeros' or a state tensor")
         g = flat_map(lambda s, x: reasoner.map(s, x, noise, **map_kwargs), state_shape)
 
-        book = _Bookkeeping(n_rows, depth, residual, device)
-        state, rows, x_act = None, torch.empty(0, dtype=torch.int64, device=device), None
+        halt_rule: Any = None
+        if halt == "residual":
+            halt_rule = lambda obs: obs.residual <= halt_tol  # noqa: E731
+        elif halt == "logit":
+            halt_rule = lambda obs: reasoner.halt_logit(obs.state.fz.view(-1, *state_shape)) > 0  # noqa: E731
+        # The solver engine with the NFE budget as its stop rule. The fixed-budget protocol has
+        # no DIVERGED/STAGNATED tests; a row with a non-finite residual stops as NONFINITE.
+        eng: Engine[Any] = Engine(algo, g, Budget(depth, halt_rule), stop=residual)
+        book = _Bookkeeping(n_rows, depth, device)
+        rows = torch.empty(0, dtype=torch.int64, device=device)
         next_job = 0
         while rows.numel() or next_job < n_rows:
             free = capacity - int(rows.numel())
@@ -376,30 +380,23 @@ def solve_many(
                 x_new = inputs[jobs // breadth]
                 x_new = embed(x_new) if callable(embed) else x_new
                 z0 = _initial_states(reasoner, init, jobs, generator, device)
-                fresh = algo.init(g, z0.reshape(len(jobs), -1), (x_new,))
-                state = _cat_states(state, fresh)
+                eng.admit(z0.reshape(len(jobs), -1), (x_new,))
                 rows = torch.cat((rows, jobs))
-                x_act = x_new if x_act is None else torch.cat((x_act, x_new))
-                observed = torch.arange(len(rows), device=device) >= len(rows) - len(jobs)
+                observed: Tensor | None = torch.arange(len(rows), device=device) >= len(rows) - len(jobs)
             else:
-                state = algo.step(g, state, (x_act,))
-                observed = torch.ones(len(rows), dtype=torch.bool, device=device)
+                eng.advance()
+                observed = None
+            code = eng.observe(observed)
+            state = eng.state
+            assert state is not None and eng.residual is not None
             fz = state.fz.view(len(rows), *state_shape)
-            res = book.observe(rows, observed, state.z, state.fz,
-                               reasoner.decode(fz).float() if track_logits else None)
+            book.observe(rows, observed, eng.residual, reasoner.decode(fz).float() if track_logits else None)
             book.nfe[rows] = state.nfe
-            stop_halt = torch.zeros_like(observed)
-            if halt == "residual":
-                stop_halt = res <= halt_tol
-            elif halt == "logit":
-                stop_halt = reasoner.halt_logit(fz) > 0
-            budget = state.nfe >= depth
-            done = observed & (budget | stop_halt)
+            done = code >= 0
             if bool(done.any()):
-                book.finish(rows[done], predict(fz[done]), (stop_halt & ~budget)[done])
+                book.finish(rows[done], predict(fz[done]), code[done])
                 keep = (~done).nonzero().flatten()
-                assert x_act is not None  # rows are running, so inputs were admitted
-                rows, x_act, state = rows[keep], x_act[keep], take_rows(state, keep)
+                rows = rows[eng.drop(keep, move=False)]
                 book.keep(keep)
 
     count = book.steps.clamp(max=depth)
@@ -419,7 +416,8 @@ def solve_many(
     return ScalingResult(
         predictions=preds[idx, chosen], chosen=chosen, nfe=book.nfe.view(shape_nb).sum(1),
         residual=res_nb[idx, chosen], row_predictions=preds, row_nfe=book.nfe.view(shape_nb),
-        row_residual=res_nb, row_logit_change=logit_nb, row_halted=book.halted.view(shape_nb),
+        row_residual=res_nb, row_logit_change=logit_nb, row_halted=(book.status == int(Status.CONVERGED)).view(shape_nb),
+        row_status=book.status.view(shape_nb),
         trace=book.trace.view(*shape_nb, depth), correct=correct, row_correct=row_correct,
         aggregate=aggregate, depth=depth, breadth=breadth,
     )
