@@ -44,8 +44,8 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "FlatMap", "Solver", "SolverState", "batched_combine", "batched_dot", "compact_rows", "copy_buffers", "flat_map",
-    "option", "select_rows", "take_rows", "write_slot", "write_sym_slot",
+    "FlatMap", "Solver", "SolverState", "batched_combine", "batched_dot", "compact_rows", "copy_buffers",
+    "describe_options", "flat_map", "option", "select_rows", "take_rows", "write_slot", "write_sym_slot",
 ]
 
 StateT = TypeVar("StateT", bound="SolverState")
@@ -55,6 +55,19 @@ FlatMap = Callable[..., Tensor]
 def option(default: Any, doc: str) -> Any:
     """A solver option: a dataclass field with a default and a one-line doc (for the CLI)."""
     return field(default=default, metadata={"doc": doc})
+
+
+def describe_options(cls: type) -> list[dict[str, Any]]:
+    """The options of an option dataclass (a solver, a gradient strategy) as plain dicts.
+
+    Each is ``{"name", "default", "type", "doc"}`` (``default`` None where the field has none).
+    """
+    out = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else None
+        typ = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        out.append({"name": f.name, "default": default, "type": typ, "doc": f.metadata.get("doc", "")})
+    return out
 
 
 @dataclass

@@ -6,7 +6,7 @@ import dataclasses
 import difflib
 from typing import Any
 
-from ._base import Solver
+from ._base import Solver, describe_options
 
 __all__ = ["available_solvers", "describe_solvers", "get_solver", "register_solver", "resolve_solver"]
 
@@ -135,11 +135,7 @@ def describe_solvers() -> list[dict[str, Any]]:
     """
     out = []
     for name, cls in sorted(_REGISTRY.items()):
-        options = []
-        for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else None
-            typ = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-            options.append({"name": f.name, "default": default, "type": typ, "doc": f.metadata.get("doc", "")})
+        options = describe_options(cls)
         doc = (cls.__doc__ or "").strip().splitlines()
         out.append({
             "name": name,

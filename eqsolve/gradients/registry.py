@@ -20,6 +20,7 @@ from eqsolve._errors import check_keys, unknown_key
 from eqsolve.gradients.base import GradientStrategy
 from eqsolve.gradients.implicit import Implicit
 from eqsolve.gradients.unrolled import OneStep, Phantom, Unrolled
+from eqsolve.solvers._base import describe_options
 
 __all__ = ["available_gradients", "describe_gradients", "get_gradient", "register_gradient"]
 
@@ -117,11 +118,7 @@ def describe_gradients() -> list[dict[str, Any]]:
         by_class.setdefault(cls, []).append(name)
     out = []
     for cls, names in by_class.items():
-        options = []
-        for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else None
-            typ = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-            options.append({"name": f.name, "default": default, "type": typ, "doc": f.metadata.get("doc", "")})
+        options = describe_options(cls)
         doc = (cls.__doc__ or "").strip().splitlines()
         out.append({"name": names[0], "class": f"{cls.__module__}.{cls.__qualname__}",
                     "aliases": sorted(names[1:]), "doc": doc[0] if doc else "", "options": options})
