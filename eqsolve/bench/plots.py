@@ -73,21 +73,7 @@ def plot_accuracy_vs_nfe(rows: Sequence[Row], path: str | os.PathLike) -> Path:
     """
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
-    styles = ["-", "--", ":", "-."]
-    all_breadths = sorted({int(r["breadth"]) for r in rows})
-    for index, solver in enumerate(_solvers(rows)):
-        color = f"C{index}"  # one colour per solver, one line style per breadth
-        for breadth in sorted({int(r["breadth"]) for r in rows if r["solver"] == solver}):
-            line = sorted(
-                (r for r in rows if r["solver"] == solver and int(r["breadth"]) == breadth),
-                key=lambda r: float(r["nfe_mean"]),
-            )
-            ax.errorbar(
-                [float(r["nfe_mean"]) for r in line], [100 * float(r["accuracy"]) for r in line],
-                yerr=[binomial_se(r) for r in line], capsize=3,
-                marker="o", color=color, linestyle=styles[all_breadths.index(breadth) % len(styles)],
-                label=f"{solver}, B={breadth}",
-            )
+    _accuracy_lines(ax, rows, x="nfe_mean", per="breadth", label="{solver}, B={value}")
     _accuracy_axis(ax, rows)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("mean NFE per puzzle (all starts)")
@@ -120,15 +106,7 @@ def plot_accuracy_vs_breadth(rows: Sequence[Row], path: str | os.PathLike) -> Pa
     """
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
-    styles = ["-", "--", ":", "-."]
-    all_depths = sorted({int(r["depth"]) for r in rows})
-    for index, solver in enumerate(_solvers(rows)):
-        for depth in sorted({int(r["depth"]) for r in rows if r["solver"] == solver}):
-            line = sorted((r for r in rows if r["solver"] == solver and int(r["depth"]) == depth),
-                          key=lambda r: int(r["breadth"]))
-            ax.errorbar([int(r["breadth"]) for r in line], [100 * float(r["accuracy"]) for r in line],
-                        yerr=[binomial_se(r) for r in line], capsize=3, marker="o", color=f"C{index}",
-                        linestyle=styles[all_depths.index(depth) % len(styles)], label=f"{solver}, depth {depth}")
+    _accuracy_lines(ax, rows, x="breadth", per="depth", label="{solver}, depth {value}")
     _accuracy_axis(ax, rows)
     breadths = sorted({int(r["breadth"]) for r in rows})
     if len(breadths) > 1:
@@ -174,6 +152,21 @@ def plot_accuracy_vs_residual(rows: Sequence[Row], path: str | os.PathLike, resi
     ax.set_title("Accuracy vs residual (one marker per depth x breadth cell)")
     ax.grid(True, alpha=0.3)
     return _save(fig, path)
+
+
+def _accuracy_lines(ax: Any, rows: Sequence[Row], *, x: str, per: str, label: str) -> None:
+    """Accuracy (± binomial SE) against row key ``x``: one colour per solver and one line style
+    per value of row key ``per``; ``label`` is formatted with ``solver`` and ``value``."""
+    styles = ["-", "--", ":", "-."]
+    values = sorted({int(r[per]) for r in rows})
+    for index, solver in enumerate(_solvers(rows)):
+        for value in sorted({int(r[per]) for r in rows if r["solver"] == solver}):
+            line = sorted((r for r in rows if r["solver"] == solver and int(r[per]) == value),
+                          key=lambda r: float(r[x]))
+            ax.errorbar([float(r[x]) for r in line], [100 * float(r["accuracy"]) for r in line],
+                        yerr=[binomial_se(r) for r in line], capsize=3, marker="o", color=f"C{index}",
+                        linestyle=styles[values.index(value) % len(styles)],
+                        label=label.format(solver=solver, value=value))
 
 
 def _accuracy_axis(ax: Any, rows: Sequence[Row]) -> None:
