@@ -244,3 +244,12 @@ def test_accuracy_plots_carry_binomial_error_bars(tmp_path):
             assert sorted(v for bars in drawn for v in bars) == pytest.approx(expected)  # every point has its bar
     finally:
         Figure.add_subplot = original
+
+
+def test_plots_keep_one_solver_under_two_option_sets_apart():
+    from eqsolve.bench import plots
+
+    rows = [{"solver": "fixed_point", "label": label, "depth": 4, "breadth": 1, "nfe_mean": 4, "n": 8,
+             "accuracy": 0.5, "residual_mean": 0.1} for label in ("fixed_point", "fixed_point(tau=0.5)")]
+    assert plots._solvers(rows) == ["fixed_point", "fixed_point(tau=0.5)"]
+    assert plots._solvers([{k: v for k, v in rows[0].items() if k != "label"}]) == ["fixed_point"]

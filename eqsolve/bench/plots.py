@@ -51,7 +51,13 @@ def _residual_label(kind: str) -> str:
 
 def _solvers(rows: Sequence[Row]) -> list[str]:
     """Solver names in first-seen order."""
-    return list(dict.fromkeys(str(r["solver"]) for r in rows))
+    return list(dict.fromkeys(_name(r) for r in rows))
+
+
+def _name(row: Row) -> str:
+    """A row's solver as the bench labels it: ``label`` (e.g. ``fixed_point(tau=0.5)``, so that
+    one solver under two option sets is two lines), else ``solver``."""
+    return str(row.get("label") or row["solver"])
 
 
 def plot_accuracy_vs_nfe(rows: Sequence[Row], path: str | os.PathLike) -> Path:
@@ -116,7 +122,7 @@ def plot_accuracy_vs_breadth(rows: Sequence[Row], path: str | os.PathLike) -> Pa
     ax.set_ylabel("exact accuracy (%, ± binomial SE)")
     ax.set_title("Accuracy vs breadth")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="x-small", loc="center left", bbox_to_anchor=(1.01, 0.5))  # many lines: beside the axes
     return _save(fig, path)
 
 
@@ -135,7 +141,7 @@ def plot_accuracy_vs_residual(rows: Sequence[Row], path: str | os.PathLike, resi
     ax = fig.add_subplot()
     plotted = 0
     for solver in _solvers(rows):
-        cells = [r for r in rows if r["solver"] == solver and _positive(r["residual_mean"])]
+        cells = [r for r in rows if _name(r) == solver and _positive(r["residual_mean"])]
         plotted += len(cells)
         ax.errorbar(
             [float(r["residual_mean"]) for r in cells], [100 * float(r["accuracy"]) for r in cells],
@@ -160,8 +166,8 @@ def _accuracy_lines(ax: Any, rows: Sequence[Row], *, x: str, per: str, label: st
     styles = ["-", "--", ":", "-."]
     values = sorted({int(r[per]) for r in rows})
     for index, solver in enumerate(_solvers(rows)):
-        for value in sorted({int(r[per]) for r in rows if r["solver"] == solver}):
-            line = sorted((r for r in rows if r["solver"] == solver and int(r[per]) == value),
+        for value in sorted({int(r[per]) for r in rows if _name(r) == solver}):
+            line = sorted((r for r in rows if _name(r) == solver and int(r[per]) == value),
                           key=lambda r: float(r[x]))
             ax.errorbar([float(r[x]) for r in line], [100 * float(r["accuracy"]) for r in line],
                         yerr=[binomial_se(r) for r in line], capsize=3, marker="o", color=f"C{index}",
@@ -203,7 +209,7 @@ def plot_depth_breadth_heatmap(rows: Sequence[Row], path: str | os.PathLike) -> 
     for ax, solver in zip(axes, solvers):
         grid = [[math.nan] * len(breadths) for _ in depths]
         for r in rows:
-            if r["solver"] == solver:
+            if _name(r) == solver:
                 grid[depths.index(int(r["depth"]))][breadths.index(int(r["breadth"]))] = 100 * float(r["accuracy"])
         image = ax.imshow(grid, vmin=0, vmax=100, cmap="viridis", origin="lower", aspect="auto")
         for i, row in enumerate(grid):
