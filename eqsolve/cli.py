@@ -651,7 +651,7 @@ def expand_sweep(overrides: Sequence[str]) -> list[list[str]]:
 def _run_sweep(args: argparse.Namespace) -> int:
     """``-m``: one run per combination of the sweep, sequentially, under one sweep folder.
 
-    Each run gets ``<sweep>/<index>`` as its run folder; ``<sweep>/sweep.json`` (rewritten
+    Each run gets ``<sweep>/<index>`` (three digits) as its run folder; ``<sweep>/sweep.json`` (rewritten
     atomically after every run) lists each run's overrides, folder and outcome. A failed run is
     recorded and the sweep goes on; the exit status is 1 if any run failed.
     """
@@ -685,7 +685,8 @@ def _run_sweep(args: argparse.Namespace) -> int:
             entry.update(status="failed", error=_one_line(exc))
             print(f"eqsolve {args.command}: run {index} failed: {entry['error']}", file=sys.stderr)
         record["runs"].append(entry)
-        atomic_write_json(base / "sweep.json", record)
+        if _rank() == 0:  # under torchrun every rank runs the sweep; one writes its index
+            atomic_write_json(base / "sweep.json", record)
         if entry["status"] == "stopped":
             return EXIT_SIGTERM
     print(f"sweep folder: {base} ({len(jobs) - failed} of {len(jobs)} runs done)")
