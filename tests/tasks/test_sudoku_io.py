@@ -194,3 +194,8 @@ def test_training_data_limit_samples_the_file(tmp_path):
     a = task.load_training(str(path), limit=6, seed=0)
     assert a.questions.shape == (6, 81)
     assert len(task.load_training(str(path)).questions) == 30
+    # a plain puzzle-per-line file samples the same way (only the drawn lines are solved)
+    plain = tmp_path / "train.txt"
+    plain.write_text("# comment\n" + "".join(f"{WIKI}\n" for _ in range(30)))
+    assert task.load_training(str(plain), limit=4, seed=0).questions.shape == (4, 81)
+    assert len(task.load_training(str(plain)).questions) == 30

@@ -330,14 +330,15 @@ def load_lines(
     seed: int = 0,
     augment: int = 0,
     unique: bool = True,
+    sample: int | None = None,
 ) -> SudokuSet:
     """Loads a plain file with one puzzle per line; solves and rates every puzzle.
 
     Args:
         path: the text file.
-        limit, min_rating, subsample, seed, augment: as in :func:`load_csv`. ``subsample``
-            is applied after rating, so prefer ``limit`` on large files (rating costs about
-            5-30 ms per hard puzzle).
+        limit, min_rating, subsample, seed, augment, sample: as in :func:`load_csv`.
+            ``subsample`` is applied after rating, so prefer ``limit`` or ``sample`` on large
+            files (rating costs about 5-30 ms per hard puzzle; only drawn lines are rated).
         unique: accepted for :func:`load_any`; every puzzle is solved, so uniqueness is always
             proven here.
 
@@ -347,19 +348,31 @@ def load_lines(
     Raises:
         ValueError: a malformed line or a puzzle without a unique solution (``file:line``).
     """
-    _check_options(limit, subsample, augment)
+    _check_options(limit, subsample, augment, sample)
     path = Path(path)
     lines: list[int] = []
     questions: list[str] = []
+
+    def is_data(text: str) -> bool:
+        stripped = text.strip()
+        return bool(stripped) and not stripped.startswith("#")
+
     try:
+        select = None
+        if sample is not None:  # a first, cheap pass counts the data lines to draw from
+            with open(path, encoding="utf-8-sig") as fh:
+                select = _sample_rows(sum(1 for text in fh if is_data(text)), sample, seed)
         with open(path, encoding="utf-8-sig") as fh:
+            index = -1
             for line, text in enumerate(fh, start=1):
                 if limit is not None and len(questions) >= limit:
                     break
-                stripped = text.strip()
-                if not stripped or stripped.startswith("#"):
+                if not is_data(text):
                     continue
-                questions.append(stripped.split()[0])
+                index += 1
+                if select is not None and index not in select:
+                    continue
+                questions.append(text.strip().split()[0])
                 lines.append(line)
     except UnicodeDecodeError as exc:
         raise _decode_error(path, exc) from None
