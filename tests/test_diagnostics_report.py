@@ -130,15 +130,20 @@ def two_puzzles_csv(tmp_path):
     return csv
 
 
-def test_run_diagnose_end_to_end(tmp_path):
+def tiny_diagnose_cfg(tmp_path, *overrides):
+    """The diagnose config of an untrained one-block model on two generated puzzles, plus ``overrides``."""
     from eqsolve.config import compose
 
-    csv = two_puzzles_csv(tmp_path)
-    cfg = compose("config_diagnose", [
-        "checkpoint=random", f"task.data={csv}", "solver=fixed_point", "diagnose.depth=4",
-        "diagnose.starts=3", "diagnose.spectral_iters=3", "diagnose.threads=1", "model.hidden_size=16",
-        "model.H_cycles=1", "model.L_cycles=1", "model.L_layers=1", "model.num_heads=2",
+    return compose("config_diagnose", [
+        "checkpoint=random", f"task.data={two_puzzles_csv(tmp_path)}", "diagnose.threads=1",
+        "model.hidden_size=16", "model.H_cycles=1", "model.L_cycles=1", "model.L_layers=1",
+        "model.num_heads=2", *overrides,
     ])
+
+
+def test_run_diagnose_end_to_end(tmp_path):
+    cfg = tiny_diagnose_cfg(tmp_path, "solver=fixed_point", "diagnose.depth=4", "diagnose.starts=3",
+                            "diagnose.spectral_iters=3")
     summary = run_diagnose(cfg, tmp_path)
     report = json.loads((tmp_path / "diagnostics.json").read_text())
     assert summary["n_puzzles"] == 2 and report["n_problems"] == 2
@@ -154,17 +159,13 @@ def test_run_diagnose_end_to_end(tmp_path):
 
 def test_diagnose_measurements_survive_a_plotting_error(tmp_path, monkeypatch):
     import eqsolve.diagnostics.report as report_module
-    from eqsolve.config import compose
 
     def broken(run, modes, run_dir):
         raise ValueError("the plotting library broke")
 
     monkeypatch.setattr(report_module, "write_figures", broken)
-    cfg = compose("config_diagnose", [
-        "checkpoint=random", f"task.data={two_puzzles_csv(tmp_path)}", "solver=fixed_point", "diagnose.depth=2",
-        "diagnose.starts=2", "diagnose.spectral_iters=2", "model.hidden_size=16", "model.H_cycles=1",
-        "model.L_cycles=1", "model.L_layers=1", "model.num_heads=2",
-    ])
+    cfg = tiny_diagnose_cfg(tmp_path, "solver=fixed_point", "diagnose.depth=2", "diagnose.starts=2",
+                            "diagnose.spectral_iters=2")
     with pytest.raises(RuntimeError, match="diagnostics.json"):
         run_diagnose(cfg, tmp_path)
     report = json.loads((tmp_path / "diagnostics.json").read_text())
@@ -193,16 +194,10 @@ def test_spectral_radius_on_an_eqr_state_matches_dense_eigvals():
 
 def test_run_diagnose_puts_the_solver_inside_an_inner_equilibrium_reasoner(tmp_path):
     """As in the bench: for a reasoner with an inner solver, --solver solves the inner equilibrium."""
-    from eqsolve.config import compose
     from eqsolve.models.eqr import EqR
 
-    csv = two_puzzles_csv(tmp_path)
-    cfg = compose("config_diagnose", [
-        "checkpoint=random", f"task.data={csv}", "solver=broyden", "diagnose.depth=3",
-        "diagnose.starts=2", "diagnose.spectral_iters=3", "diagnose.threads=1", "model.hidden_size=16",
-        "model.H_cycles=1", "model.L_cycles=1", "model.L_layers=1", "model.num_heads=2",
-        "model.inner_solver=anderson", "model.inner_iter=3",
-    ])
+    cfg = tiny_diagnose_cfg(tmp_path, "solver=broyden", "diagnose.depth=3", "diagnose.starts=2",
+                            "diagnose.spectral_iters=3", "model.inner_solver=anderson", "model.inner_iter=3")
     used = []
     original = EqR._inner_equilibrium
 
