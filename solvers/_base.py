@@ -14,21 +14,22 @@ int64 evaluations of ``f`` spent per row).
 **State ownership (the one rule).** The fields named in a state class's ``BUFFERS`` (the
 preallocated history, e.g. Anderson's ``dG``/``dX``) are owned by the state:
 
-1. With autograd off (``torch.is_grad_enabled()`` is False), ``step`` may write into the
-   buffers of the state it is given, and the state it returns shares those buffers. The
-   given state's buffers are then stale: step it again or read its history and you get the
-   new history, not the old one. Keep a copy of the buffer fields (:func:`copy_buffers`) if an
-   earlier state must be stepped again.
+1. When a step builds no autograd graph (autograd is off, or neither the state nor ``f``'s
+   output requires grad: :func:`builds_graph`), ``step`` may write into the buffers of the state it is given, and the
+   state it returns shares those buffers. The given state's buffers are then stale: step it
+   again or read its history and you get the new history, not the old one. Keep a copy of the
+   buffer fields (:func:`copy_buffers`) if an earlier state must be stepped again.
 2. ``step`` never writes into a non-buffer field of the given state (``z``, ``fz``, ``nfe``,
    masks, cached products), nor into ``z0``, ``f``'s outputs or ``args``; and no non-buffer
    field of the state it returns shares memory with a buffer. So a caller may keep
    ``state.z`` and ``state.fz`` of any state without copying (they may be shared between
    states: plain iteration's new ``z`` is the old ``fz``).
-3. With autograd on, ``step`` writes into nothing it was given (buffers included: it returns
-   updated copies), so unrolled steps can be differentiated, also from a state computed
-   without a graph.
+3. When a step builds a graph (autograd on, and a field of the state or ``f``'s output requires
+   grad),
+   ``step`` writes into nothing it was given (buffers included: it returns updated copies), so
+   unrolled steps can be differentiated, also from a state computed without a graph.
 4. Whoever holds a state may reorder or shrink its rows in place (:func:`compact_rows`), which
-   touches only the buffers, and only with autograd off.
+   touches only the buffers, and only when they take part in no graph.
 
 ``tests/solvers/test_solvers_state_contract.py`` checks this rule for every registered solver.
 """
@@ -45,7 +46,8 @@ from torch import Tensor
 
 __all__ = [
     "FlatMap", "Solver", "SolverState", "batched_combine", "batched_dot", "compact_rows", "copy_buffers",
-    "describe_options", "flat_map", "option", "select_rows", "take_rows", "write_slot", "write_sym_slot",
+    "builds_graph", "describe_options", "flat_map", "option", "select_rows", "take_rows", "write_diff", "write_slot",
+    "write_sym_slot",
 ]
 
 StateT = TypeVar("StateT", bound="SolverState")
@@ -181,7 +183,7 @@ def compact_rows(state: StateT, keep: Tensor) -> tuple[StateT, Tensor]:
     """
     n = keep.numel()
     names = type(state).BUFFERS
-    if not names or torch.is_grad_enabled():
+    if not names or builds_graph(state):
         return take_rows(state, keep), keep
     batch = getattr(state, names[0]).shape[0]
     # Old row now at each new position: itself where it stays, a mover from the tail in a hole.
@@ -246,28 +248,61 @@ def batched_combine(coef: Tensor, buf: Tensor) -> Tensor:
     return torch.bmm(coef.unsqueeze(1), buf).squeeze(1)
 
 
-def write_slot(buf: Tensor, slot: int, rows: Tensor) -> Tensor:
+def builds_graph(state: SolverState, *more: Tensor) -> bool:
+    """Whether a step from ``state`` records an autograd graph (so must write into nothing it was given).
+
+    True when autograd is on and a tensor field of ``state`` or one of ``more`` (pass ``f``'s
+    output of the step) requires grad. Without a graph nothing is saved for backward, so the
+    step may update its buffers in place: the copy this spares is the whole history per step,
+    which matters to callers of :func:`~eqsolve.solvers.solve` that leave autograd on.
+    """
+    if not torch.is_grad_enabled():
+        return False
+    if any(t.requires_grad for t in more):
+        return True
+    return any(isinstance(v, Tensor) and v.requires_grad for v in vars(state).values())
+
+
+def _in_place(inplace: bool | None) -> bool:
+    return not torch.is_grad_enabled() if inplace is None else inplace
+
+
+def write_slot(buf: Tensor, slot: int, rows: Tensor, inplace: bool | None = None) -> Tensor:
     """``buf[:, slot] = rows`` for a ring buffer ``buf`` of shape ``(B, m, ...)``.
 
-    Writes in place only when autograd is off (the normal case of a solve under
-    ``torch.no_grad()``: no copy of the whole buffer per step). With grad enabled it returns an
-    out-of-place copy, even if neither tensor requires grad yet: an earlier step may have saved
-    ``buf`` for backward (unrolling from a state computed without a graph).
+    Writes in place when ``inplace`` (a step passes ``not builds_graph(...)``; None: when
+    autograd is off), with no copy of the whole buffer; otherwise it returns an out-of-place
+    copy (an earlier op of the graph may have saved ``buf`` for backward).
     """
-    if torch.is_grad_enabled():
+    if not _in_place(inplace):
         return buf.index_copy(1, torch.tensor([slot], device=buf.device), rows.unsqueeze(1))
     buf[:, slot] = rows
     return buf
 
 
-def write_sym_slot(gram: Tensor, slot: int, col: Tensor) -> Tensor:
+def write_diff(buf: Tensor, slot: int, a: Tensor, b: Tensor, inplace: bool | None = None) -> tuple[Tensor, Tensor]:
+    """``buf[:, slot] = a - b`` (computed straight into the slot when in place), and ``a - b``.
+
+    Returns:
+        ``(buf, diff)``: the buffer (the same tensor, or an updated copy as in :func:`write_slot`)
+        and the difference, bit for bit the same either way.
+    """
+    if not _in_place(inplace):
+        diff = a - b
+        return write_slot(buf, slot, diff, False), diff
+    diff = buf[:, slot]
+    torch.sub(a, b, out=diff)
+    return buf, diff
+
+
+def write_sym_slot(gram: Tensor, slot: int, col: Tensor, inplace: bool | None = None) -> Tensor:
     """``gram[:, slot, :] = gram[:, :, slot] = col`` for a ``(B, m, m)`` symmetric Gram matrix.
 
     ``col`` is cast to the dtype of ``gram`` (exactly, when ``gram`` is the wider one).
 
-    In place when autograd is off, out of place otherwise (see :func:`write_slot`).
+    In place or out of place like :func:`write_slot`.
     """
-    if torch.is_grad_enabled():
+    if not _in_place(inplace):
         at, col = torch.tensor([slot], device=gram.device), col.to(gram.dtype)
         gram = gram.index_copy(1, at, col.unsqueeze(1))
         return gram.index_copy(2, at, col.unsqueeze(2))

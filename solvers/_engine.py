@@ -67,9 +67,12 @@ GO = -1
 _PROGRESS = 0.99
 
 
-def residuals(z: Tensor, fz: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``(||f(z) - z||, relative residual, ||f(z)||)`` per row of ``(B, n)`` tensors."""
-    diff = torch.linalg.vector_norm(fz - z, dim=1)
+def residuals(z: Tensor, fz: Tensor, g: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """``(||f(z) - z||, relative residual, ||f(z)||)`` per row of ``(B, n)`` tensors.
+
+    ``g``, when given, is ``fz - z`` already computed (a solver state may cache it as ``g``).
+    """
+    diff = torch.linalg.vector_norm(fz - z if g is None else g, dim=1)
     fz_norm = torch.linalg.vector_norm(fz, dim=1)
     return diff, diff / (fz_norm + 1e-8), fz_norm
 
@@ -255,7 +258,8 @@ class Engine(Generic[StateT]):
             (with ``lazy``: the ``(B,)`` bool mask of the rows that go on).
         """
         state = self._state()
-        abs_r, rel_r, fz_norm = residuals(state.z.detach(), state.fz.detach())
+        g = getattr(state, "g", None)
+        abs_r, rel_r, fz_norm = residuals(state.z.detach(), state.fz.detach(), None if g is None else g.detach())
         rel = self.stop == "rel"
         res = rel_r if rel else abs_r
         live = ~self.done if self.freeze else None

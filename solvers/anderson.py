@@ -33,9 +33,11 @@ from ._base import (
     SolverState,
     batched_combine,
     batched_dot,
+    builds_graph,
     check_int,
     check_real,
     option,
+    write_diff,
     write_slot,
     write_sym_slot,
 )
@@ -53,19 +55,22 @@ def _small_solve(gram: Tensor, scale: Tensor, valid: Tensor, rhs: Tensor, ridge:
     vv = valid[:, :, None] & valid[:, None, :]
     scaled = torch.where(vv, gram, torch.eye(m, dtype=gram.dtype, device=gram.device))
     chol, info = torch.linalg.cholesky_ex(scaled)
-    pivots = torch.diagonal(chol, dim1=1, dim2=2) ** 2
+    diag = torch.diagonal(chol, dim1=1, dim2=2)
     # A singular row's (partial) factor only spoils its own solution, which is zeroed below,
     # so it needs no replacing. On a regular row the unused slots form an identity block with
     # a zero right-hand side, so their coefficients come out exactly 0 without a mask.
-    y = torch.cholesky_solve(torch.where(valid, rhs.double() * scale, 0.0).unsqueeze(2), chol).squeeze(2)
+    # (two triangular solves: torch.cholesky_solve would read its error flag back to the host)
+    b = torch.where(valid, rhs.double() * scale, 0.0).unsqueeze(2)
+    y = torch.linalg.solve_triangular(chol.mT, torch.linalg.solve_triangular(chol, b, upper=False), upper=True).squeeze(2)
     gamma = y * scale
-    # (one finiteness test for both: a sum is finite iff its terms are, short of overflow)
-    ok = (info == 0) & torch.isfinite(pivots.sum(dim=1) + gamma.sum(dim=1))
+    # A factor with a non-finite pivot gives a non-finite solution: one finiteness test does
+    # for both (a sum is finite iff its terms are, short of overflow).
+    ok = (info == 0) & torch.isfinite(gamma.sum(dim=1))
     gamma = torch.where(ok[:, None], gamma, 0.0)
     # Restart rows whose system failed; drop columns that are numerically dependent on the
     # others (tiny Cholesky pivot) from the next steps on. This step's solve is still sound:
     # the ridge bounds the pivots from below.
-    keep = valid & ok[:, None] & (pivots >= min_pivot)
+    keep = valid & ok[:, None] & (diag * diag >= min_pivot)
     return gamma.to(rhs.dtype), keep
 
 
@@ -91,6 +96,8 @@ class AndersonState(SolverState):
             meaningless (a buffer: one row and column is written per step).
         scale: ``(B, m)`` float64, ``1 / ||dg_i||`` of every slot (a buffer).
         valid: ``(B, m)`` bool, which slots hold usable history for the row.
+        g: ``(B, n)`` the residual ``fz - z`` of the current iterate (cached for the step and
+            the solve loop).
         dGg: ``(B, m)`` ``dG g`` for the current residual ``g = fz - z`` (cached: it is both the
             next right-hand side and, differenced, the next Gram column).
         slot: ring position the next difference is written to (shared by all rows).
@@ -103,6 +110,7 @@ class AndersonState(SolverState):
     gram: Tensor
     scale: Tensor
     valid: Tensor
+    g: Tensor
     dGg: Tensor
     slot: int = 0
 
@@ -168,7 +176,8 @@ class Anderson(Solver[AndersonState]):
             dG=z0.new_zeros(b, self.m, n), dX=z0.new_zeros(b, self.m, n),
             gram=z0.new_zeros(b, self.m, self.m, dtype=torch.float64),
             scale=z0.new_zeros(b, self.m, dtype=torch.float64),
-            valid=torch.zeros(b, self.m, dtype=torch.bool, device=z0.device), dGg=z0.new_zeros(b, self.m), slot=0,
+            valid=torch.zeros(b, self.m, dtype=torch.bool, device=z0.device), g=fz - z0,
+            dGg=z0.new_zeros(b, self.m), slot=0,
         )
 
     def coefficients(self, state: AndersonState, rhs: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -192,34 +201,39 @@ class Anderson(Solver[AndersonState]):
 
     def step(self, f: FlatMap, state: AndersonState, args: Sequence[Any]) -> AndersonState:
         """One Anderson step (one evaluation of ``f``), then push the new difference."""
-        g = state.fz - state.z
+        g = state.g
         gamma, valid = self.coefficients(state)
         if self.delay:
             # rows still in their first `delay` steps move like plain iteration (per row, by the
             # row's own count, so rows refilled mid-solve wait too; no host sync)
             gamma = torch.where((state.nfe <= self.delay)[:, None], 0.0, gamma)
-        z = (state.z + g if self.beta == 1.0 else state.z + self.beta * g) - batched_combine(gamma, state.dX)
+        # z+ = z + beta g - dX gamma, where z + g = f(z) (one pass over dX, fused)
+        base = state.fz if self.beta == 1.0 else torch.add(state.z, g, alpha=self.beta)
+        z = torch.baddbmm(base.unsqueeze(1), gamma.unsqueeze(1), state.dX, alpha=-1.0).squeeze(1)
         fz = f(z, *args)
         g_new = fz - z
-        dg, dz = g_new - g, z - state.z
-        # Push the new pair into the ring buffers and its row/column of the scaled Gram matrix.
-        slot = state.slot
-        dG = write_slot(state.dG, slot, dg)
-        dX = write_slot(state.dX, slot, dz + self.beta * dg if self.beta != 1.0 else dz + dg)
+        # Push the new pair into the ring buffers (computed straight into the slot where the
+        # buffers are written in place) and its row/column of the scaled Gram matrix.
+        slot, inplace = state.slot, not builds_graph(state, fz)
+        dG, dg = write_diff(state.dG, slot, g_new, g, inplace)
+        if self.beta == 1.0:
+            dX, _ = write_diff(state.dX, slot, fz, state.fz, inplace)  # dz + dg = f(z+) - f(z)
+        else:
+            dX = write_slot(state.dX, slot, torch.add(z - state.z, dg, alpha=self.beta), inplace)
         dGg = batched_dot(dG, g_new)  # the one pass over the history for the next step
         # The new Gram column dG dg = dG g_new - dG g (old slots), with its own entry dg . dg.
         col = dGg - state.dGg
-        col[:, slot] = (dg * dg).sum(dim=1)  # col is a fresh tensor
+        col[:, slot] = torch.linalg.vecdot(dg, dg)  # col is a fresh tensor
         col = col.double()
         diag = col[:, slot]
         scale_new = torch.where(diag > 0, diag, 1.0).rsqrt()
-        scale = write_slot(state.scale, slot, scale_new)
-        row = col * (scale_new[:, None] * scale)
-        row[:, slot] = diag * (scale_new * scale_new) + self.ridge
-        gram = write_sym_slot(state.gram, slot, row)
+        scale = write_slot(state.scale, slot, scale_new, inplace)
+        row = col * (scale_new[:, None] * scale)  # its own entry: diag * scale_new**2 (1 if diag > 0)
+        row[:, slot] += self.ridge
+        gram = write_sym_slot(state.gram, slot, row, inplace)
         valid[:, slot] = True  # a fresh mask from coefficients(), never recorded by autograd
         return AndersonState(
-            z=z, fz=fz, nfe=state.nfe + 1, dG=dG, dX=dX, gram=gram, scale=scale, valid=valid, dGg=dGg,
+            z=z, fz=fz, nfe=state.nfe + 1, dG=dG, dX=dX, gram=gram, scale=scale, valid=valid, g=g_new, dGg=dGg,
             slot=(slot + 1) % self.m,
         )
 

@@ -39,6 +39,7 @@ from ._base import (
     SolverState,
     batched_combine,
     batched_dot,
+    builds_graph,
     check_int,
     check_real,
     option,
@@ -118,12 +119,14 @@ class Broyden(Solver[BroydenState]):
             SS=z0.new_zeros(b, m, m), stamp=torch.full((b, m), -1, dtype=torch.int64, device=z0.device),
         )
 
-    def factor(self, state: BroydenState) -> tuple[Tensor, Tensor, Tensor]:
-        """LU-factor the small matrix ``M`` of every row (float64).
+    def factor(self, state: BroydenState) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """LU-factor the small matrix ``M = P L U`` of every row (float64).
 
         Returns:
-            ``(lu, pivots, ok)``: the factorisation and a ``(B,)`` mask of rows whose ``M`` is
-            non-singular and finite (the other rows use ``H = -I``).
+            ``(P, L, U, ok)``: the unpacked factors and a ``(B,)`` mask of rows whose ``M`` is
+            non-singular and finite (the other rows use ``H = -I``). Solving with the unpacked
+            factors by triangular solves, unlike ``torch.linalg.lu_solve``, never reads a value
+            back to the host (no sync on an accelerator).
         """
         valid = state.stamp >= 0
         vv = valid[:, :, None] & valid[:, None, :]
@@ -135,16 +138,20 @@ class Broyden(Solver[BroydenState]):
         ok = (info == 0) & torch.isfinite(lu).flatten(1).all(dim=1)
         lu = torch.where(ok[:, None, None], lu, eye)
         piv = torch.where(ok[:, None], piv, torch.arange(1, self.memory + 1, device=piv.device, dtype=piv.dtype))
-        return lu, piv, ok
+        perm, lower, upper = torch.lu_unpack(lu, piv)
+        return perm, lower, upper, ok
 
-    def apply_h(self, state: BroydenState, v: Tensor, factors: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
+    def apply_h(self, state: BroydenState, v: Tensor,
+                factors: tuple[Tensor, Tensor, Tensor, Tensor] | None = None) -> Tensor:
         """``H v`` for a ``(B, n)`` batch of vectors (pass ``factor(state)`` to reuse it)."""
         return self._apply_h(state, v, batched_dot(state.S, v), factors)
 
     def _apply_h(self, state: BroydenState, v: Tensor, stv: Tensor,
-                 factors: tuple[Tensor, Tensor, Tensor] | None) -> Tensor:
-        lu, piv, ok = factors if factors is not None else self.factor(state)
-        coef = torch.linalg.lu_solve(lu, piv, stv.double()[:, :, None])[:, :, 0]
+                 factors: tuple[Tensor, Tensor, Tensor, Tensor] | None) -> Tensor:
+        perm, lower, upper, ok = factors if factors is not None else self.factor(state)
+        rhs = torch.bmm(perm.mT, stv.double()[:, :, None])
+        y = torch.linalg.solve_triangular(lower, rhs, upper=False, unitriangular=True)
+        coef = torch.linalg.solve_triangular(upper, y, upper=True)[:, :, 0]
         coef = torch.where(ok[:, None] & (state.stamp >= 0), coef, 0.0).to(v.dtype)
         return -v + batched_combine(coef, state.W)
 
@@ -195,13 +202,14 @@ class Broyden(Solver[BroydenState]):
         hot = torch.arange(self.memory, device=z.device) == slot
         keep = store[:, None]
         # Rows that skip this pair keep their old slot content (and its time stamp).
-        S = write_slot(state.S, slot, torch.where(keep, s, state.S[:, slot]))
-        W = write_slot(state.W, slot, torch.where(keep, s + y, state.W[:, slot]))
+        inplace = not builds_graph(state, fz)
+        S = write_slot(state.S, slot, torch.where(keep, s, state.S[:, slot]), inplace)
+        W = write_slot(state.W, slot, torch.where(keep, s + y, state.W[:, slot]), inplace)
         ss = batched_dot(S, s)
         sy_col = torch.where(hot, (s * y).sum(dim=1, keepdim=True), sty)  # s_i . y (new column)
         sy_row = batched_dot(W, s) - ss  # s . y_j = s . (w_j - s_j) (new row)
         SY = torch.where(keep[:, :, None], _write_sym(state.SY, hot, sy_row, sy_col), state.SY)
         SS = torch.where(keep[:, :, None], _write_sym(state.SS, hot, ss, ss), state.SS)
         stamp = torch.where(hot[None, :] & keep, state.count, state.stamp)
-        stamp = torch.where((reject | ~factors[2])[:, None], -1, stamp)
+        stamp = torch.where((reject | ~factors[3])[:, None], -1, stamp)
         return BroydenState(z=z, fz=fz, nfe=nfe, S=S, W=W, SY=SY, SS=SS, stamp=stamp, count=state.count + 1)
