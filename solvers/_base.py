@@ -46,8 +46,8 @@ from torch import Tensor
 
 __all__ = [
     "FlatMap", "Solver", "SolverState", "batched_combine", "batched_dot", "compact_rows", "copy_buffers",
-    "builds_graph", "describe_options", "flat_map", "option", "select_rows", "take_rows", "write_diff", "write_slot",
-    "write_sym_slot",
+    "builds_graph", "describe_options", "flat_map", "option", "select_rows", "take_rows", "write_diff", "write_row_col",
+    "write_slot", "write_sym_slot",
 ]
 
 StateT = TypeVar("StateT", bound="SolverState")
@@ -293,6 +293,20 @@ def write_diff(buf: Tensor, slot: int, a: Tensor, b: Tensor, inplace: bool | Non
     diff = buf[:, slot]
     torch.sub(a, b, out=diff)
     return buf, diff
+
+
+def write_row_col(mat: Tensor, slot: int, row: Tensor, col: Tensor, inplace: bool | None = None) -> Tensor:
+    """``mat[:, slot, :] = row`` then ``mat[:, :, slot] = col`` for a ``(B, m, m)`` matrix.
+
+    In place or out of place like :func:`write_slot` (the corner comes from ``col``).
+    """
+    if not _in_place(inplace):
+        at = torch.tensor([slot], device=mat.device)
+        mat = mat.index_copy(1, at, row.to(mat.dtype).unsqueeze(1))
+        return mat.index_copy(2, at, col.to(mat.dtype).unsqueeze(2))
+    mat[:, slot, :] = row
+    mat[:, :, slot] = col
+    return mat
 
 
 def write_sym_slot(gram: Tensor, slot: int, col: Tensor, inplace: bool | None = None) -> Tensor:

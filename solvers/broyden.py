@@ -10,7 +10,9 @@ applied to ``H_0 = -I`` over the pairs ``(s_i, y_i)`` in time order has the comp
     H = -I + (S + Y) M^{-1} S^T,   M = S^T Y + strictly_lower(S^T S),
 
 where ``strictly_lower`` keeps the entries ``s_i^T s_j`` with ``s_i`` newer than ``s_j``. We
-store the last ``memory`` pairs and keep ``S^T Y`` and ``S^T S`` up to date incrementally.
+store the last ``memory`` pairs and keep ``M`` up to date incrementally: the newest pair ``k``
+adds the row ``M_kj = s_k^T (y_j + s_j) = s_k^T w_j`` and the column ``M_ik = s_i^T y_k``, and
+the other entries keep their values.
 Dropping the oldest pair therefore yields exactly the Broyden matrix of the remaining pairs
 (a consistent limited-memory method, like L-BFGS), and memory never grows with ``max_iter``.
 
@@ -43,6 +45,7 @@ from ._base import (
     check_int,
     check_real,
     option,
+    write_row_col,
     write_slot,
 )
 
@@ -56,25 +59,21 @@ class BroydenState(SolverState):
     Attributes:
         S: ``(B, memory, n)`` steps ``s_i = z_{i+1} - z_i`` (ring buffer; a buffer).
         W: ``(B, memory, n)`` ``s_i + y_i`` with ``y_i = g_{i+1} - g_i`` (a buffer).
-        SY: ``(B, memory, memory)`` ``s_i . y_j``.
-        SS: ``(B, memory, memory)`` ``s_i . s_j``.
+        M: ``(B, memory, memory)`` float64, the compact form's ``M`` (entries of slots that are
+            not in use are meaningless; a buffer: one row and column is written per step).
         stamp: ``(B, memory)`` int64 time a slot was written, -1 for an empty slot.
+        g: ``(B, n)`` the residual ``fz - z`` of the current iterate (cached).
         count: number of steps taken (the time stamp of the next pair).
     """
 
-    BUFFERS: ClassVar[tuple[str, ...]] = ("S", "W")
+    BUFFERS: ClassVar[tuple[str, ...]] = ("S", "W", "M")
 
     S: Tensor
     W: Tensor
-    SY: Tensor
-    SS: Tensor
+    M: Tensor
     stamp: Tensor
+    g: Tensor
     count: int = 0
-
-
-def _write_sym(gram: Tensor, hot: Tensor, row: Tensor, col: Tensor) -> Tensor:
-    gram = torch.where(hot[None, :, None], row[:, None, :], gram)
-    return torch.where(hot[None, None, :], col[:, :, None], gram)
 
 
 @dataclass(frozen=True)
@@ -98,7 +97,7 @@ class Broyden(Solver[BroydenState]):
         True
     """
 
-    memory: int = option(30, "pairs (step, residual change) kept per row; the memory cap")
+    memory: int = option(60, "pairs (step, residual change) kept per row; the memory cap")
     line_search: bool = option(False, "per-row backtracking line search on the residual norm")
     max_backtracks: int = option(3, "halvings of the step tried by the line search")
     reset_factor: float = option(10.0, "reject a step that grows a row's residual by this factor; clear its memory")
@@ -113,45 +112,42 @@ class Broyden(Solver[BroydenState]):
     def init(self, f: FlatMap, z0: Tensor, args: Sequence[Any]) -> BroydenState:
         """Evaluate ``f(z0)``; start from ``H = -I`` (empty memory)."""
         b, n, m = z0.shape[0], z0.shape[1], self.memory
+        fz = f(z0, *args)
         return BroydenState(
-            z=z0, fz=f(z0, *args), nfe=torch.ones(b, dtype=torch.int64, device=z0.device),
-            S=z0.new_zeros(b, m, n), W=z0.new_zeros(b, m, n), SY=z0.new_zeros(b, m, m),
-            SS=z0.new_zeros(b, m, m), stamp=torch.full((b, m), -1, dtype=torch.int64, device=z0.device),
+            z=z0, fz=fz, nfe=torch.ones(b, dtype=torch.int64, device=z0.device),
+            S=z0.new_zeros(b, m, n), W=z0.new_zeros(b, m, n), M=z0.new_zeros(b, m, m, dtype=torch.float64),
+            stamp=torch.full((b, m), -1, dtype=torch.int64, device=z0.device), g=fz - z0,
         )
 
-    def factor(self, state: BroydenState) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def factor(self, state: BroydenState) -> tuple[Tensor, Tensor, Tensor]:
         """LU-factor the small matrix ``M = P L U`` of every row (float64).
 
         Returns:
-            ``(P, L, U, ok)``: the unpacked factors and a ``(B,)`` mask of rows whose ``M`` is
-            non-singular and finite (the other rows use ``H = -I``). Solving with the unpacked
-            factors by triangular solves, unlike ``torch.linalg.lu_solve``, never reads a value
-            back to the host (no sync on an accelerator).
+            ``(P, LU, ok)``: the permutation, ``L`` (unit lower) and ``U`` packed in one matrix,
+            and a ``(B,)`` mask of rows whose ``M`` is non-singular and finite (the other rows use
+            ``H = -I``). Solving by triangular solves, unlike ``torch.linalg.lu_solve``, never
+            reads a value back to the host (no sync on an accelerator).
         """
         valid = state.stamp >= 0
-        vv = valid[:, :, None] & valid[:, None, :]
-        newer = state.stamp[:, :, None] > state.stamp[:, None, :]
-        mat = state.SY.double() + torch.where(newer, state.SS.double(), 0.0)
-        eye = torch.eye(self.memory, dtype=mat.dtype, device=mat.device)
-        mat = torch.where(vv, mat, 0.0) + eye * (~valid)[:, None, :]
+        eye = torch.eye(self.memory, dtype=state.M.dtype, device=state.M.device)
+        mat = torch.where(valid[:, :, None] & valid[:, None, :], state.M, eye)
         lu, piv, info = torch.linalg.lu_factor_ex(mat)
-        ok = (info == 0) & torch.isfinite(lu).flatten(1).all(dim=1)
-        lu = torch.where(ok[:, None, None], lu, eye)
-        piv = torch.where(ok[:, None], piv, torch.arange(1, self.memory + 1, device=piv.device, dtype=piv.dtype))
-        perm, lower, upper = torch.lu_unpack(lu, piv)
-        return perm, lower, upper, ok
+        ok = (info == 0) & torch.isfinite(lu.sum(dim=(1, 2)))
+        perm = torch.lu_unpack(lu, piv, unpack_data=False)[0]
+        return perm, lu, ok
 
     def apply_h(self, state: BroydenState, v: Tensor,
-                factors: tuple[Tensor, Tensor, Tensor, Tensor] | None = None) -> Tensor:
+                factors: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
         """``H v`` for a ``(B, n)`` batch of vectors (pass ``factor(state)`` to reuse it)."""
         return self._apply_h(state, v, batched_dot(state.S, v), factors)
 
     def _apply_h(self, state: BroydenState, v: Tensor, stv: Tensor,
-                 factors: tuple[Tensor, Tensor, Tensor, Tensor] | None) -> Tensor:
-        perm, lower, upper, ok = factors if factors is not None else self.factor(state)
+                 factors: tuple[Tensor, Tensor, Tensor] | None) -> Tensor:
+        perm, lu, ok = factors if factors is not None else self.factor(state)
         rhs = torch.bmm(perm.mT, stv.double()[:, :, None])
-        y = torch.linalg.solve_triangular(lower, rhs, upper=False, unitriangular=True)
-        coef = torch.linalg.solve_triangular(upper, y, upper=True)[:, :, 0]
+        y = torch.linalg.solve_triangular(lu, rhs, upper=False, unitriangular=True)
+        coef = torch.linalg.solve_triangular(lu, y, upper=True)[:, :, 0]
+        # a failed row's solution is garbage (or not finite): it takes the plain step
         coef = torch.where(ok[:, None] & (state.stamp >= 0), coef, 0.0).to(v.dtype)
         return -v + batched_combine(coef, state.W)
 
@@ -174,7 +170,7 @@ class Broyden(Solver[BroydenState]):
     def step(self, f: FlatMap, state: BroydenState, args: Sequence[Any]) -> BroydenState:
         """One Broyden step (one evaluation of ``f``; more with the line search), then update."""
         factors = self.factor(state)
-        g = state.fz - state.z
+        g = state.g
         stg = batched_dot(state.S, g)
         p = -self._apply_h(state, g, stg, factors)
         z = state.z + p
@@ -194,22 +190,24 @@ class Broyden(Solver[BroydenState]):
         s, y = z - state.z, g_new - g
         sty = batched_dot(state.S, g_new) - stg  # S^T y without another pass
         h_y = self._apply_h(state, y, sty, factors)
-        denom = (s * h_y).sum(dim=1)
+        denom = torch.linalg.vecdot(s, h_y)
         scale = torch.linalg.vector_norm(s, dim=1) * torch.linalg.vector_norm(h_y, dim=1)
         store = torch.isfinite(denom) & (denom.abs() > 1e-10 * scale)
         store = store & torch.isfinite(s).all(dim=1) & torch.isfinite(y).all(dim=1) & ~reject
-        slot = state.count % self.memory
-        hot = torch.arange(self.memory, device=z.device) == slot
+        slot, inplace = state.count % self.memory, not builds_graph(state, fz)
         keep = store[:, None]
-        # Rows that skip this pair keep their old slot content (and its time stamp).
-        inplace = not builds_graph(state, fz)
+        # The new pair's row and column of M (computed before the slot is overwritten): row
+        # M_kj = s . w_j, column M_ik = s_i . y, corner s . y. Rows that skip this pair keep
+        # their old slot content (and its time stamp).
+        row = batched_dot(state.W, s).double()
+        col = sty.double()
+        corner = torch.linalg.vecdot(s, y).double()
+        row[:, slot] = corner
+        col[:, slot] = corner
+        M = write_row_col(state.M, slot, torch.where(keep, row, state.M[:, slot, :]),
+                          torch.where(keep, col, state.M[:, :, slot]), inplace)
         S = write_slot(state.S, slot, torch.where(keep, s, state.S[:, slot]), inplace)
         W = write_slot(state.W, slot, torch.where(keep, s + y, state.W[:, slot]), inplace)
-        ss = batched_dot(S, s)
-        sy_col = torch.where(hot, (s * y).sum(dim=1, keepdim=True), sty)  # s_i . y (new column)
-        sy_row = batched_dot(W, s) - ss  # s . y_j = s . (w_j - s_j) (new row)
-        SY = torch.where(keep[:, :, None], _write_sym(state.SY, hot, sy_row, sy_col), state.SY)
-        SS = torch.where(keep[:, :, None], _write_sym(state.SS, hot, ss, ss), state.SS)
-        stamp = torch.where(hot[None, :] & keep, state.count, state.stamp)
-        stamp = torch.where((reject | ~factors[3])[:, None], -1, stamp)
-        return BroydenState(z=z, fz=fz, nfe=nfe, S=S, W=W, SY=SY, SS=SS, stamp=stamp, count=state.count + 1)
+        stamp = torch.where(keep & (torch.arange(self.memory, device=z.device) == slot), state.count, state.stamp)
+        stamp = torch.where((reject | ~factors[2])[:, None], -1, stamp)
+        return BroydenState(z=z, fz=fz, nfe=nfe, S=S, W=W, M=M, stamp=stamp, g=g_new, count=state.count + 1)

@@ -131,7 +131,7 @@ def problems() -> list[Problem]:
     # Non-normal: a Jordan-like block; spectral radius 0.5 but ||A|| = 1.2 and ||A^k|| up to 142.
     # Plain iteration's residual grows for ~40 steps before it falls, which the stall heuristic
     # would call STAGNATED: the problem turns it off. Its minimal polynomial has degree 20, so
-    # histories shorter than that (m=20, memory=30) lose information and need many steps.
+    # histories shorter than that (Anderson m=20) lose information and need many steps.
     jordan = 0.5 * torch.eye(20, dtype=torch.float64) + 0.7 * torch.diag(torch.ones(19, dtype=torch.float64), 1)
     out.append(linear(
         "linear_nonnormal", jordan, 6, 3,

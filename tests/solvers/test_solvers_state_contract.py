@@ -216,3 +216,24 @@ def test_the_compiled_small_solve_gives_the_eager_results():
     traced = solve(f, z0, q, solver=Anderson(m=5, compile="eager"), tol=1e-10, max_iter=60)
     assert eager.converged.all() and traced.nfe.tolist() == eager.nfe.tolist()
     torch.testing.assert_close(traced.z, eager.z, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["in_place", "out_of_place"])
+def test_broydens_incremental_m_equals_the_compact_form_from_scratch(grad):
+    # M = S^T Y + strictly_lower_by_time(S^T S) over the stored pairs, after the ring wrapped
+    # around several times; in place and out of place (a graph) alike.
+    f, z0, args = _problem(batch=4, d=9)
+    algo = Broyden(memory=3)
+    if grad:
+        args = tuple(a.clone().requires_grad_() for a in args)
+    with torch.set_grad_enabled(grad):
+        state = algo.init(f, z0, args)
+        for _ in range(11):
+            state = algo.step(f, state, args)
+    S, Y = state.S.detach(), (state.W - state.S).detach()
+    newer = state.stamp[:, :, None] > state.stamp[:, None, :]
+    ref = S @ Y.mT + torch.where(newer, S @ S.mT, 0.0)
+    valid = state.stamp >= 0
+    vv = valid[:, :, None] & valid[:, None, :]
+    assert vv.sum() >= 4 * 3 * 3 // 2  # most slots in use
+    torch.testing.assert_close(state.M.detach()[vv], ref[vv], rtol=1e-9, atol=1e-12)
