@@ -272,8 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="action")
     fetch = data_sub.add_parser("fetch", help="download a dataset (needs the 'hub' extra)")
     fetch.add_argument("dataset", choices=sorted(_FETCHERS),
-                       help="sudoku-extreme (sapientinc/sudoku-extreme) or maze-30x30-hard (HRM's "
-                            "sapientinc/maze-30x30-hard-1k, the CSV layout of --task maze-unique)")
+                       help="sudoku-extreme (sapientinc/sudoku-extreme), maze-30x30-hard (HRM's "
+                            "sapientinc/maze-30x30-hard-1k, the CSV layout of --task maze-unique) or "
+                            "maze-unique (the EqR authors' Maze-Unique split from locuslab/EqR-data: "
+                            "a folder of official arrays; pass it to --data)")
     fetch.add_argument("--out", default="data", help="destination folder (default: data)")
     fetch.add_argument("--split", default="test", choices=["train", "test"])
     fetch.add_argument("--revision", help="branch, tag or commit of the dataset repository "
@@ -473,7 +475,8 @@ def _cmd_solvers(args: argparse.Namespace) -> int:
 
 #: ``eqsolve data fetch`` datasets -> their download function
 _FETCHERS = {"sudoku-extreme": "eqsolve.tasks.sudoku:fetch_sudoku_extreme",
-             "maze-30x30-hard": "eqsolve.tasks.maze:fetch_maze_csv"}
+             "maze-30x30-hard": "eqsolve.tasks.maze:fetch_maze_csv",
+             "maze-unique": "eqsolve.tasks.maze:fetch_maze_unique"}
 
 
 def _cmd_data(args: argparse.Namespace) -> int:

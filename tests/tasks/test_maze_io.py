@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from eqsolve.tasks.maze import (
     encode_tokens,
     eval_set_keys,
     fetch_maze_csv,
+    fetch_maze_unique,
     format_grid,
     grid_to_string,
     load_any,
@@ -194,3 +196,44 @@ def test_the_shipped_eval_set_loads_and_every_record_checks():
     assert not set(keys) & training_keys(1, 200)
     assert eval_set_keys() == frozenset(keys)  # what a training run passes as generate(exclude=...)
     assert all(s.startswith(f"maze-unique:seed={EVAL_SEED}:") for s in data.sources)
+
+
+def _write_official_split(folder, data, seq_len=900):
+    """A split in the layout of the EqR authors' build_maze_unique_dataset.py."""
+    folder.mkdir(parents=True)
+    q, a = data.tokens()
+    np.save(folder / "all__inputs.npy", q.numpy().astype(np.uint8))
+    np.save(folder / "all__labels.npy", a.numpy().astype(np.uint8))
+    (folder / "dataset.json").write_text(json.dumps({"seq_len": seq_len, "vocab_size": 6, "pad_id": 0,
+                                                     "total_groups": len(data), "sets": ["all"]}))
+
+
+@pytest.mark.parametrize("under_data", [False, True], ids=["top_level", "under_data"])
+def test_the_eqr_maze_unique_split_loads_from_the_hub(tmp_path, monkeypatch, under_data):
+    """locuslab/EqR-data (faked: no network here): only the split is fetched; the folder loads as is."""
+    data = sample().subset(np.arange(3))
+    calls = {}
+
+    def fake_snapshot(repo_id, repo_type, local_dir, revision, allow_patterns):
+        calls.update(repo_id=repo_id, repo_type=repo_type, revision=revision, allow_patterns=allow_patterns)
+        root = Path(local_dir) / ("data" if under_data else "")
+        if any("/test/" in p for p in allow_patterns):  # the fake repository has only this split
+            _write_official_split(root / "maze-30x30-unique-1k" / "test", data)
+        return str(local_dir)
+
+    monkeypatch.setitem(sys.modules, "huggingface_hub", types.SimpleNamespace(snapshot_download=fake_snapshot))
+    folder = fetch_maze_unique(tmp_path / "dl", split="test", revision="abc123")
+    assert calls["repo_id"] == "locuslab/EqR-data" and calls["repo_type"] == "dataset"
+    assert calls["revision"] == "abc123"
+    assert all("/test/" in p for p in calls["allow_patterns"])
+    back = load_any(folder, unique=True)
+    np.testing.assert_array_equal(back.answers, data.answers)
+    np.testing.assert_array_equal(back.lengths, data.lengths)
+    with pytest.raises(FileNotFoundError, match="no Maze-Unique train split"):
+        fetch_maze_unique(tmp_path / "dl", split="train")
+
+
+def test_official_split_metadata_is_checked(tmp_path):
+    _write_official_split(tmp_path / "s", sample().subset(np.arange(2)), seq_len=81)
+    with pytest.raises(ValueError, match=r"dataset\.json: not a 30 × 30 maze split: \{'seq_len': 81\}"):
+        load_npy_dir(tmp_path / "s")

@@ -13,7 +13,7 @@ The public API, re-exported explicitly:
   :func:`canonical_keys`, :func:`augment`
 - data sets (:mod:`.io`): :class:`MazeSet`, :func:`load_csv`, :func:`load_jsonl`,
   :func:`load_text`, :func:`load_npy_dir`, :func:`load_any`, :func:`save_csv`,
-  :func:`fetch_maze_csv` (``hub`` extra), :func:`default_eval_set`, :func:`eval_set_keys`
+  :func:`fetch_maze_csv` and :func:`fetch_maze_unique` (``hub`` extra), :func:`default_eval_set`, :func:`eval_set_keys`
 - :func:`length_bucket`: difficulty buckets by path length
 
 Examples:
@@ -55,6 +55,7 @@ from .io import (
     default_eval_set,
     eval_set_keys,
     fetch_maze_csv,
+    fetch_maze_unique,
     load_any,
     load_csv,
     load_jsonl,
@@ -115,6 +116,7 @@ __all__ = [
     "encode_tokens",
     "eval_set_keys",
     "fetch_maze_csv",
+    "fetch_maze_unique",
     "format_grid",
     "generate",
     "grid_to_string",

@@ -12,9 +12,10 @@ File formats (every loader validates every record; a bad one is a ``ValueError``
   list of 30 row strings.
 - **Text** (``.txt``): questions only, each 30 lines of 30 symbols (``.`` or space open),
   mazes separated by blank lines; answers are solved.
-- **Official arrays** (EqR/HRM preprocessed folder, :func:`load_npy_dir`): ``all__inputs.npy``
-  and ``all__labels.npy``, ``(N, 900)`` tokens (0 pad, 1..5 = ``# SGo``); the "line" of an
-  error is the 1-based record number.
+- **Official arrays** (EqR/HRM preprocessed folder, :func:`load_npy_dir`; the EqR authors'
+  Maze-Unique split comes this way from :func:`fetch_maze_unique`): ``all__inputs.npy`` and
+  ``all__labels.npy``, ``(N, 900)`` tokens (0 pad, 1..5 = ``# SGo``), and ``dataset.json``;
+  the "line" of an error is the 1-based record number.
 
 Checks: a 30 × 30 grid (else "non-square"/wrong size), known symbols, exactly one ``S`` and one
 ``G``, no ``o`` in a question, ``G`` reachable from ``S``, and an answer that is the question
@@ -63,12 +64,15 @@ from .solver import answer_problems, path_length, shortest_distance, solve, uniq
 from .symmetry import canonical_keys
 
 __all__ = [
+    "EQR_DATA_REPO",
+    "EQR_MAZE_FOLDER",
     "EVAL_SET_PATH",
     "HRM_MAZE_REPO",
     "MazeSet",
     "default_eval_set",
     "eval_set_keys",
     "fetch_maze_csv",
+    "fetch_maze_unique",
     "load_any",
     "load_csv",
     "load_jsonl",
@@ -80,6 +84,10 @@ __all__ = [
 EVAL_SET_PATH = Path(__file__).resolve().parents[2] / "assets" / "maze_unique_eval.csv"
 #: HRM's 30x30 maze set on the HuggingFace hub (``train.csv``, ``test.csv``; this CSV layout).
 HRM_MAZE_REPO = "sapientinc/maze-30x30-hard-1k"
+#: The EqR authors' data repository on the HuggingFace hub (``scripts/download_artifacts.sh`` of
+#: locuslab/EqR) and the folder of its Maze-Unique set (``config/dataset/maze_unique.yaml``).
+EQR_DATA_REPO = "locuslab/EqR-data"
+EQR_MAZE_FOLDER = "maze-30x30-unique-1k"
 
 
 @dataclass
@@ -284,8 +292,23 @@ def load_text(path: str | os.PathLike, *, unique: bool = False) -> MazeSet:
 
 
 def load_npy_dir(folder: str | os.PathLike, *, unique: bool = False) -> MazeSet:
-    """Loads an official preprocessed split (``all__inputs.npy``, ``all__labels.npy``; no pickles)."""
+    """Loads an official preprocessed split (``all__inputs.npy``, ``all__labels.npy``; no pickles).
+
+    The layout written by the EqR/HRM ``build_maze_unique_dataset.py``: ``(N, 900)`` uint8 token
+    arrays (1..5 = ``# SGo``, row-major), and a ``dataset.json`` whose ``seq_len`` (900) and
+    ``vocab_size`` (6) are checked when the file is there.
+    """
     folder = Path(folder)
+    meta = folder / "dataset.json"
+    if meta.is_file():
+        try:
+            info = json.loads(meta.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{meta}: cannot read the split's metadata: {exc}") from None
+        expected = {"seq_len": SIDE * SIDE, "vocab_size": len(CHARSET) + 1}
+        wrong = {k: info.get(k) for k, v in expected.items() if not isinstance(info, dict) or info.get(k) != v}
+        if wrong:
+            raise ValueError(f"{meta}: not a 30 × 30 maze split: {wrong} (expected {expected})")
     arrays = []
     for name in ("all__inputs.npy", "all__labels.npy"):
         file = folder / name
@@ -351,6 +374,41 @@ def fetch_maze_csv(dest: str | os.PathLike, split: str = "test", repo_id: str = 
     dest.mkdir(parents=True, exist_ok=True)
     return Path(hf_hub_download(repo_id=repo_id, filename=f"{split}.csv", repo_type="dataset", local_dir=dest,
                                 revision=revision))
+
+
+def fetch_maze_unique(dest: str | os.PathLike, split: str = "test", repo_id: str = EQR_DATA_REPO,
+                      revision: str | None = None) -> Path:
+    """Downloads the EqR authors' Maze-Unique split (``hub`` extra); load it with :func:`load_npy_dir`.
+
+    The files are the official preprocessed arrays (``all__inputs.npy``, ``all__labels.npy``,
+    ``dataset.json``; see :func:`load_npy_dir`) of ``maze-30x30-unique-1k/<split>/`` in
+    :data:`EQR_DATA_REPO`, found at the repository's top level or under ``data/``. Only that
+    split is downloaded. ``revision`` pins a branch, tag or commit.
+
+    Returns:
+        The folder of the split (pass it to ``--data`` or :func:`load_any`).
+
+    Raises:
+        ImportError: huggingface_hub is not installed (``pip install 'eqsolve[hub]'``).
+        ValueError: an unknown split.
+        FileNotFoundError: the repository has no such split (the message names where it looked).
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as exc:
+        raise ImportError("downloading mazes needs huggingface_hub: pip install 'eqsolve[hub]'") from exc
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    places = [f"{EQR_MAZE_FOLDER}/{split}", f"data/{EQR_MAZE_FOLDER}/{split}"]
+    snapshot_download(repo_id=repo_id, repo_type="dataset", local_dir=dest, revision=revision,
+                      allow_patterns=[f"{place}/*" for place in places])
+    for place in places:
+        if (dest / place / "all__inputs.npy").is_file():
+            return dest / place
+    raise FileNotFoundError(f"{repo_id} has no Maze-Unique {split} split: looked for all__inputs.npy in "
+                            + " and ".join(str(dest / place) for place in places))
 
 
 def default_eval_set(**options: Any) -> MazeSet:
