@@ -191,7 +191,7 @@ def test_the_loop_syncs_once_per_check(solver, compact):
             sol = solve(f, torch.zeros(16, 32), x, check_every=every, **kw)
         assert (sol.nstep == 40).all()
         assert c.count <= bound, (every, c.count)
-        hidden = nested_syncs(lambda: solve(f, torch.zeros(16, 32), x, check_every=every, **kw))
+        hidden = nested_syncs(lambda every=every: solve(f, torch.zeros(16, 32), x, check_every=every, **kw))
         assert len(hidden) <= bound, (every, hidden)
 
 
