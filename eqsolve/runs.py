@@ -263,11 +263,13 @@ def run_metadata(seeds: Mapping[str, int] | None = None, **extra: Any) -> dict[s
         **extra: Further JSON-able entries (for example ``torch_threads``, ``world_size``).
 
     Returns:
-        A JSON-able dict: argv, start time (UTC, ISO 8601), host, git commit, package versions,
-        seeds and ``extra``.
+        A JSON-able dict: argv (the program by its name only: ``sys.argv[0]`` is an absolute
+        path into the machine's environment, which a committed ``meta.json`` should not carry),
+        start time (UTC, ISO 8601), host, git commit, package versions, seeds and ``extra``.
     """
+    argv = [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv else []
     return {
-        "argv": list(sys.argv),
+        "argv": argv,
         "started_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "host": platform.node(),
         "platform": platform.platform(),

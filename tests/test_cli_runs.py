@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 
 import pytest
 
@@ -48,7 +49,8 @@ def test_make_run_dir_refuses_to_overwrite_results(tmp_path):
         runs.make_run_dir("bench", out=out)
 
 
-def test_start_run_records_config_meta_and_log(tmp_path):
+def test_start_run_records_config_meta_and_log(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["/home/someone/.venv/bin/eqsolve", "bench", "--data", "x.csv"])
     meta = runs.run_metadata({"seed": 3}, command="bench")
     handler = runs.start_run(tmp_path, "seed: 3\n", meta)
     logging.getLogger("eqsolve.bench.grid").info("hello from the bench")
@@ -57,6 +59,7 @@ def test_start_run_records_config_meta_and_log(tmp_path):
     assert (tmp_path / "config.yaml").read_text() == "seed: 3\n"
     recorded = json.loads((tmp_path / "meta.json").read_text())
     assert recorded["seeds"] == {"seed": 3} and recorded["command"] == "bench"
+    assert recorded["argv"] == ["eqsolve", "bench", "--data", "x.csv"]  # no machine path
     assert recorded["versions"]["torch"] and recorded["versions"]["python"]
     assert "git_commit" in recorded  # None outside a checkout, a hash inside
     log_text = (tmp_path / "log.txt").read_text()
