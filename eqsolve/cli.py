@@ -68,6 +68,9 @@ class RunCommand:
             such a folder is refused, never overwritten.
         figures: ``"module:function"`` called as ``function(run_dir)`` once ``results.json`` is
             written (rank 0); its failure is a warning, never a lost result.
+        same_config_on_resume: A resumed run must have the configuration its folder's
+            ``config.yaml`` recorded (but for the resume key and ``--out``); checked before
+            anything in the folder is written.
     """
 
     config: str
@@ -79,10 +82,13 @@ class RunCommand:
     resume_key: str | None = None
     run_files: tuple[str, ...] = ("results.json",)
     figures: str | None = None
+    same_config_on_resume: bool = False
 
 
 RUN_COMMANDS: dict[str, RunCommand] = {
-    "bench": RunCommand("config_bench", "eqsolve.bench.grid:run_bench"),
+    # every finished chunk is journaled (chunks-rank*.jsonl): an interrupted bench resumes
+    "bench": RunCommand("config_bench", "eqsolve.bench.grid:run_bench", resumable=True, resume_key="bench.resume",
+                        run_files=("results.json", "chunks-rank*.jsonl"), same_config_on_resume=True),
     "diagnose": RunCommand("config_diagnose", "eqsolve.diagnostics:run_diagnose"),
     # per-step losses are in the run's metrics.jsonl
     "train": RunCommand("config_train", "eqsolve.training.run:main", "train.out", "train.seed", resumable=True,
@@ -183,7 +189,7 @@ def _flag_overrides(command: str, args: argparse.Namespace) -> list[str]:
                       ("model", "reasoner")):
         value = getattr(args, flag, None)
         if value is not None:
-            key = _TRAIN_KEYS.get(flag, key) if training else key
+            key = _TRAIN_KEYS.get(flag, key) if training else f"{section}.resume" if flag == "resume" else key
             plain = flag == "seed" or value is True  # ints and the bare --resume stay unquoted
             out.append(f"{key}={str(value).lower() if value is True else value}" if plain
                        else f"{key}={_quote(str(value))}")
@@ -251,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--breadth", type=int_list, help="starts per puzzle, e.g. 1,4")
     bench.add_argument("--aggregate", help="min_residual | logit_change | vote | weighted_vote | any_correct")
     bench.add_argument("--halt", help="none | residual | logit")
+    bench.add_argument("--resume", action="store_true", default=None,
+                       help="continue the interrupted bench in --out (same configuration): chunks it "
+                            "finished are read from its journal, the rest are evaluated")
 
     diagnose = sub.add_parser("diagnose", help="residual traces, spectral radius, attractor census")
     _add_common(diagnose, model_flags=True)
@@ -377,6 +386,8 @@ def run_command(command: str, overrides: Sequence[str]) -> tuple[Path | None, di
         run_dir, lock = runs.claim_run_dir(command.replace("-", "_"), out, run_files=spec.run_files,
                                            resumable=spec.resumable, resume=resume)
     try:
+        if run_dir is not None and resume and spec.same_config_on_resume:
+            runs.check_resumed_config(run_dir, to_yaml(cfg), ignore=(spec.resume_key or "", spec.out_key))
         if run_dir is not None:
             meta = runs.run_metadata(
                 {"seed": seed}, command=command, overrides=list(overrides),

@@ -108,6 +108,8 @@ class BenchConfig:
             how chunks are spread over processes).
         threads: torch intra-op threads (pinned and recorded).
         limit: Puzzles evaluated by default (``--limit`` / ``task.limit`` override it).
+        resume: Continue the interrupted bench in ``out`` (``--resume``): the chunks in its journal
+            are not evaluated again; the configuration must be the one it ran with.
     """
 
     depth: list[int] = field(default_factory=lambda: [4, 8, 16, 28])
@@ -122,6 +124,7 @@ class BenchConfig:
     batch_size: int = 24
     threads: int = 1
     limit: int | None = 48
+    resume: bool = False
 
 
 @dataclass

@@ -244,6 +244,45 @@ def claim_run_dir(kind: str, out: str | os.PathLike | None = None, root: str | o
     return path, lock
 
 
+def check_resumed_config(run_dir: str | os.PathLike, config_yaml: str, ignore: tuple[str, ...] = ()) -> None:
+    """Raise unless ``config_yaml`` is the configuration the run in ``run_dir`` recorded.
+
+    Args:
+        run_dir: The folder of the run being resumed (its ``config.yaml`` is read).
+        config_yaml: The configuration of the resuming invocation, as YAML text.
+        ignore: Dotted keys allowed to differ (the resume flag, the folder itself).
+
+    Raises:
+        ValueError: The folder has no ``config.yaml``, or keys differ (each named with both
+            values): a resumed run must not mix results of two configurations.
+    """
+    import yaml
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ValueError(f"--out {run_dir} has no config.yaml: not a run folder to resume")
+    try:
+        old = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: cannot read the run's configuration: {exc}") from None
+    new = yaml.safe_load(config_yaml)
+
+    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(d, dict):
+            return {prefix.rstrip("."): d}
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}."))
+        return out
+
+    a, b = flat(old), flat(new)
+    diff = [k for k in sorted(set(a) | set(b)) if k not in ignore and a.get(k) != b.get(k)]
+    if diff:
+        shown = "; ".join(f"{k}: {a.get(k)!r} in the run, {b.get(k)!r} now" for k in diff[:6])
+        raise ValueError(f"--resume {run_dir}: the configuration differs from the run's config.yaml ({shown}"
+                         f"{'; ...' if len(diff) > 6 else ''}); resume with the same settings or choose a new --out")
+
+
 def package_versions(names: tuple[str, ...] = _PACKAGES) -> dict[str, str | None]:
     """Installed versions of the packages that shape a run's numbers (``None`` if absent)."""
     versions: dict[str, str | None] = {"python": platform.python_version()}

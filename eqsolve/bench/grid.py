@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from eqsolve.bench.journal import JOURNAL_GLOB, ChunkJournal
 from eqsolve.distributed import group_backend, process_group, rank_and_world
 
 log = logging.getLogger(__name__)
@@ -326,7 +327,7 @@ def evaluate_chunk(
 # ----------------------------------------------------------------------------- grid, sharding
 def run_grid(
     model: torch.nn.Module, puzzles: Any, cells: Sequence[Cell], options: RunOptions,
-    evaluate: Evaluator = evaluate_chunk, progress: bool = False,
+    evaluate: Evaluator | None = None, progress: bool = False, journal: ChunkJournal | None = None,
 ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, float]]:
     """Evaluate every cell on every puzzle (this rank's chunks), then gather across ranks.
 
@@ -335,15 +336,19 @@ def run_grid(
         puzzles: Puzzles with ``questions`` and ``answers`` (a ``TaskData``).
         cells: Grid cells.
         options: Shared settings.
-        evaluate: Chunk evaluator (default :func:`evaluate_chunk`; tests inject others).
+        evaluate: Chunk evaluator (None: :func:`evaluate_chunk`; tests inject others).
         progress: Show a tqdm bar.
+        journal: Where each finished chunk is recorded, and where chunks of an interrupted run
+            are found instead of evaluated again (:class:`~eqsolve.bench.journal.ChunkJournal`).
 
     Returns:
         ``(per_puzzle, seconds)``: per cell key, arrays over all puzzles in input order; and
-        per cell key, the wall time of the slowest rank.
+        per cell key, the time of the slowest rank (the sum of its chunks' times, recorded ones
+        included).
     """
     from tqdm import tqdm
 
+    evaluate = evaluate_chunk if evaluate is None else evaluate
     rank, world = rank_and_world()
     n = len(puzzles)
     starts = list(range(0, n, options.batch_size))
@@ -353,13 +358,21 @@ def run_grid(
     bar = tqdm(total=len(cells) * len(mine), disable=not progress, desc="bench", unit="chunk")
     for cell in cells:
         local: dict[int, dict[str, np.ndarray]] = {}
-        began = time.perf_counter()
+        elapsed = 0.0
         for c in mine:
             rows = slice(starts[c], min(starts[c] + options.batch_size, n))
-            local[c] = evaluate(model, puzzles.questions[rows], puzzles.answers[rows], cell, options,
-                                options.seed + c)
+            seed = options.seed + c
+            found = journal.lookup(cell.key, c, seed, rows.stop - rows.start) if journal is not None else None
+            if found is not None:
+                local[c], took = found
+            else:
+                began = time.perf_counter()
+                local[c] = evaluate(model, puzzles.questions[rows], puzzles.answers[rows], cell, options, seed)
+                took = time.perf_counter() - began
+                if journal is not None:
+                    journal.record(cell.key, c, seed, local[c], took)
+            elapsed += took
             bar.update(1)
-        elapsed = time.perf_counter() - began
         chunks, seconds[cell.key] = _gather(local, elapsed, world)
         per_puzzle[cell.key] = {
             name: np.concatenate([chunks[c][name] for c in range(len(starts))]) for name in chunks[0]
@@ -516,6 +529,36 @@ def make_cells(cfg: Any) -> list[Cell]:
             for name, opts in solvers for d in b.depth for w in b.breadth]
 
 
+def _rank0_folder(run_dir: Path | None, world: int) -> Path | None:
+    """Rank 0's run folder on every rank (under torchrun only rank 0 is given one)."""
+    if world == 1:
+        return run_dir
+    box = [str(run_dir) if run_dir is not None else None]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return None if box[0] is None else Path(box[0])
+
+
+def open_journal(folder: Path | None, rank: int, resume: bool) -> ChunkJournal | None:
+    """The chunk journal of a run folder (None without a folder); ``resume`` reads it back.
+
+    Raises:
+        ValueError: ``resume`` on a folder whose run is complete, or that holds no journal.
+    """
+    if folder is None:
+        if resume:
+            raise ValueError("bench.resume needs the run folder of the interrupted run: pass --out DIR")
+        return None
+    if resume:
+        if (folder / "results.json").exists():
+            raise ValueError(f"--out {folder} holds a complete bench (results.json): nothing to resume")
+        if not any(folder.glob(JOURNAL_GLOB)):
+            raise ValueError(f"--out {folder} holds no bench journal ({JOURNAL_GLOB}): nothing to resume")
+    journal = ChunkJournal(folder, rank, resume=resume)
+    if resume and rank == 0:
+        log.info("bench: resuming %s: %d chunk(s) already evaluated", folder, len(journal.done))
+    return journal
+
+
 def run_bench(cfg: Any, run_dir: Path | None = None) -> dict[str, Any] | None:
     """Run the bench described by a validated ``config_bench`` config.
 
@@ -542,7 +585,9 @@ def run_bench(cfg: Any, run_dir: Path | None = None) -> dict[str, Any] | None:
                              noise=cfg.bench.noise, init=cfg.bench.init, stop=cfg.solver.stop,
                              batch_size=int(cfg.bench.batch_size), seed=int(cfg.seed), task=str(cfg.task.name))
         log.info("bench: %d puzzles, %d cells, %d process(es) × %d thread(s)", len(puzzles), len(cells), world, threads)
-        per_puzzle, seconds = run_grid(model, puzzles, cells, options, progress=rank == 0 and sys.stderr.isatty())
+        journal = open_journal(_rank0_folder(run_dir, world), rank, bool(cfg.bench.resume))
+        per_puzzle, seconds = run_grid(model, puzzles, cells, options, progress=rank == 0 and sys.stderr.isatty(),
+                                       journal=journal)
     if rank != 0:
         return None
     task = get_task(cfg.task.name)
