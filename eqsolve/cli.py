@@ -68,9 +68,9 @@ class RunCommand:
             such a folder is refused, never overwritten.
         figures: ``"module:function"`` called as ``function(run_dir)`` once ``results.json`` is
             written (rank 0); its failure is a warning, never a lost result.
-        same_config_on_resume: A resumed run must have the configuration its folder's
-            ``config.yaml`` recorded (but for the resume key and ``--out``); checked before
-            anything in the folder is written.
+        same_config_on_resume: A resumed run continues with the configuration its folder's
+            ``config.yaml`` recorded (``--out DIR --resume`` is enough); a setting given anyway
+            must have the recorded value.
     """
 
     config: str
@@ -370,6 +370,12 @@ def run_command(command: str, overrides: Sequence[str]) -> tuple[Path | None, di
 
     spec = RUN_COMMANDS[command]
     cfg = compose(spec.config, overrides)
+    if spec.same_config_on_resume and spec.resume_key and OmegaConf.select(cfg, spec.resume_key):
+        out = OmegaConf.select(cfg, spec.out_key)
+        if out is None:
+            raise ValueError("--resume needs the folder of the run to continue: pass --out DIR")
+        # every rank reads the recorded configuration (they share the folder), so all agree
+        cfg = runs.resumed_config(out, cfg, overrides, keep=(spec.resume_key, spec.out_key))
     entry = load_entry(spec.entry)
     seed = int(OmegaConf.select(cfg, spec.seed_key))
     seed_everything(seed)
@@ -386,8 +392,6 @@ def run_command(command: str, overrides: Sequence[str]) -> tuple[Path | None, di
         run_dir, lock = runs.claim_run_dir(command.replace("-", "_"), out, run_files=spec.run_files,
                                            resumable=spec.resumable, resume=resume)
     try:
-        if run_dir is not None and resume and spec.same_config_on_resume:
-            runs.check_resumed_config(run_dir, to_yaml(cfg), ignore=(spec.resume_key or "", spec.out_key))
         if run_dir is not None:
             meta = runs.run_metadata(
                 {"seed": seed}, command=command, overrides=list(overrides),

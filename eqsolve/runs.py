@@ -26,7 +26,7 @@ import logging
 import os
 import platform
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -244,43 +244,52 @@ def claim_run_dir(kind: str, out: str | os.PathLike | None = None, root: str | o
     return path, lock
 
 
-def check_resumed_config(run_dir: str | os.PathLike, config_yaml: str, ignore: tuple[str, ...] = ()) -> None:
-    """Raise unless ``config_yaml`` is the configuration the run in ``run_dir`` recorded.
+def resumed_config(run_dir: str | os.PathLike, composed: Any, overrides: Sequence[str],
+                   keep: tuple[str, ...] = ()) -> Any:
+    """The configuration a resumed run continues with: the one its folder recorded.
 
     Args:
         run_dir: The folder of the run being resumed (its ``config.yaml`` is read).
-        config_yaml: The configuration of the resuming invocation, as YAML text.
-        ignore: Dotted keys allowed to differ (the resume flag, the folder itself).
+        composed: The configuration composed from this invocation's overrides (an OmegaConf
+            ``DictConfig``).
+        overrides: This invocation's ``key=value`` overrides (flags translated): each key must
+            have the recorded value, so a resume never mixes results of two configurations.
+        keep: Dotted keys taken from ``composed`` instead (the resume flag, the folder itself).
+
+    Returns:
+        The recorded configuration, with the ``keep`` keys of ``composed``.
 
     Raises:
-        ValueError: The folder has no ``config.yaml``, or keys differ (each named with both
-            values): a resumed run must not mix results of two configurations.
+        ValueError: The folder has no readable ``config.yaml``, or an override asks for another
+            value than the recorded one (each named with both values).
     """
-    import yaml
+    from omegaconf import OmegaConf
 
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise ValueError(f"--out {run_dir} has no config.yaml: not a run folder to resume")
     try:
-        old = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
+        recorded = OmegaConf.load(path)
+    except Exception as exc:  # a YAML or OmegaConf error: the file is broken
         raise ValueError(f"{path}: cannot read the run's configuration: {exc}") from None
-    new = yaml.safe_load(config_yaml)
-
-    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
-        if not isinstance(d, dict):
-            return {prefix.rstrip("."): d}
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(flat(v, f"{prefix}{k}."))
-        return out
-
-    a, b = flat(old), flat(new)
-    diff = [k for k in sorted(set(a) | set(b)) if k not in ignore and a.get(k) != b.get(k)]
+    diff = []
+    for item in overrides:
+        key = item.split("=", 1)[0].lstrip("+~")
+        if "=" not in item or key in keep:
+            continue
+        then, now = OmegaConf.select(recorded, key), OmegaConf.select(composed, key)
+        if OmegaConf.is_config(then):
+            then = OmegaConf.to_container(then, resolve=True)
+        if OmegaConf.is_config(now):
+            now = OmegaConf.to_container(now, resolve=True)
+        if then != now:
+            diff.append(f"{key}: {then!r} in the run, {now!r} now")
     if diff:
-        shown = "; ".join(f"{k}: {a.get(k)!r} in the run, {b.get(k)!r} now" for k in diff[:6])
-        raise ValueError(f"--resume {run_dir}: the configuration differs from the run's config.yaml ({shown}"
-                         f"{'; ...' if len(diff) > 6 else ''}); resume with the same settings or choose a new --out")
+        raise ValueError(f"--resume {run_dir}: {'; '.join(diff[:6])}{'; ...' if len(diff) > 6 else ''}: a resume "
+                         "continues the run with its recorded configuration; drop these settings or choose a new --out")
+    for key in keep:
+        OmegaConf.update(recorded, key, OmegaConf.select(composed, key), force_add=True)
+    return recorded
 
 
 def package_versions(names: tuple[str, ...] = _PACKAGES) -> dict[str, str | None]:

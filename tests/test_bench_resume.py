@@ -67,10 +67,11 @@ def test_a_resumed_bench_equals_an_uninterrupted_one(puzzle_csv, tmp_path, monke
     # without --resume the folder is refused (never overwritten) ...
     monkeypatch.setattr(bench, "evaluate_chunk", stopping_after(10**6)[0])
     assert cli.main(argv(puzzle_csv, tmp_path / "cut")) == 2
-    # ... with it, only the missing chunks are evaluated
+    # ... with --out and --resume alone, the run continues with its recorded settings and only
+    # the missing chunks are evaluated
     evaluate, done = stopping_after(10**6)
     monkeypatch.setattr(bench, "evaluate_chunk", evaluate)
-    assert cli.main(argv(puzzle_csv, tmp_path / "cut", resume=True)) == 0
+    assert cli.main(["bench", "--out", str(tmp_path / "cut"), "--resume"]) == 0
     assert len(done) == 4 * 3 - 4
     resumed = read_results(tmp_path / "cut")["results"]
     assert resumed["per_puzzle"] == whole["per_puzzle"]  # bit for bit: each chunk has its own seed
@@ -89,6 +90,11 @@ def test_resume_refuses_another_configuration_and_a_folder_without_a_journal(puz
     assert cli.main(argv(puzzle_csv, tmp_path / "cut", "bench.noise=0.1", resume=True)) == 2
     err = capsys.readouterr().err
     assert "bench.noise: 0.05 in the run, 0.1 now" in err
+    assert cli.main(["bench", "--out", str(tmp_path / "cut"), "--resume", "--depth", "1,3"]) == 2
+    assert "bench.depth: [1, 2] in the run, [1, 3] now" in capsys.readouterr().err
+    # the recorded settings, given again, are fine
+    monkeypatch.setattr(bench, "evaluate_chunk", REAL_EVALUATE)
+    assert cli.main(argv(puzzle_csv, tmp_path / "cut", "bench.noise=0.05", resume=True)) == 0
     (tmp_path / "empty").mkdir()
     assert cli.main(argv(puzzle_csv, tmp_path / "empty", resume=True)) == 2
     assert "config.yaml" in capsys.readouterr().err
