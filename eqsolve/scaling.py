@@ -367,7 +367,8 @@ def solve_many(
             halt_rule = lambda obs: reasoner.halt_logit(obs.state.fz.view(-1, *state_shape)) > 0  # noqa: E731
         # The solver engine with the NFE budget as its stop rule. The fixed-budget protocol has
         # no DIVERGED/STAGNATED tests; a row with a non-finite residual stops as NONFINITE.
-        eng: Engine[Any] = Engine(algo, g, Budget(depth, halt_rule), stop=residual)
+        # a row takes at most depth - 1 steps after its first evaluation: no longer history
+        eng: Engine[Any] = Engine(algo.sized_for(max(1, depth - 1)), g, Budget(depth, halt_rule), stop=residual)
         book = _Bookkeeping(n_rows, depth, device)
         rows = torch.empty(0, dtype=torch.int64, device=device)
         next_job = 0

@@ -108,6 +108,16 @@ class Solver(Generic[StateT]):
         """
         raise NotImplementedError
 
+    def sized_for(self, steps: int) -> Solver[StateT]:
+        """This solver for runs of at most ``steps`` steps per row: the same iterates, no unused history.
+
+        A history longer than the steps a row can take is never filled; solvers with one
+        (Anderson's ``m``, Broyden's ``memory``) return a copy with it shortened to ``steps``,
+        so their buffers, history passes and small solves are no larger than the run needs.
+        The default returns the solver itself.
+        """
+        return self
+
     @classmethod
     def option_names(cls) -> list[str]:
         """Names of the options this solver accepts."""

@@ -143,7 +143,8 @@ def solve(
     device, idx_dtype = z0.device, torch.int64
     # Rows may be frozen while still in the batch only when the host has not looked yet.
     freeze = (not compact) or check_every > 1
-    eng = Engine(algo, g, Tolerance(float(tol)), stop=stop, diverge_factor=diverge_factor,
+    # no history longer than the run (same iterates, smaller buffers and passes)
+    eng = Engine(algo.sized_for(max_iter), g, Tolerance(float(tol)), stop=stop, diverge_factor=diverge_factor,
                  stall_window=stall_window, freeze=freeze)
     eng.admit(z0.reshape(batch, -1), args)
     idx = torch.arange(batch, device=device)  # original row of each active row

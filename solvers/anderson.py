@@ -20,6 +20,7 @@ coefficients are non-finite restarts its history and takes a damped step ``z + b
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -101,6 +102,9 @@ class AndersonState(SolverState):
         dGg: ``(B, m)`` ``dG g`` for the current residual ``g = fz - z`` (cached: it is both the
             next right-hand side and, differenced, the next Gram column).
         slot: ring position the next difference is written to (shared by all rows).
+        filled: slots written so far (``min(steps, m)``, shared by all rows): the history
+            passes and the small solve use only these, so a solve shorter than ``m`` steps
+            (an inner solve of a few evaluations) never pays for the unused slots.
     """
 
     BUFFERS: ClassVar[tuple[str, ...]] = ("dG", "dX", "gram", "scale")
@@ -113,6 +117,7 @@ class AndersonState(SolverState):
     g: Tensor
     dGg: Tensor
     slot: int = 0
+    filled: int = 0
 
 
 @dataclass(frozen=True)
@@ -167,6 +172,10 @@ class Anderson(Solver[AndersonState]):
         if self.compile is not None and not isinstance(self.compile, str):
             raise ValueError(f"option compile={self.compile!r} is invalid: must be a torch.compile backend name or None")
 
+    def sized_for(self, steps: int) -> Anderson:
+        """A history of ``min(m, steps)`` differences: the ring never wraps within ``steps``."""
+        return self if steps >= self.m else dataclasses.replace(self, m=max(1, int(steps)))
+
     def init(self, f: FlatMap, z0: Tensor, args: Sequence[Any]) -> AndersonState:
         """Evaluate ``f(z0)`` and allocate an empty history."""
         b, n = z0.shape
@@ -177,27 +186,38 @@ class Anderson(Solver[AndersonState]):
             gram=z0.new_zeros(b, self.m, self.m, dtype=torch.float64),
             scale=z0.new_zeros(b, self.m, dtype=torch.float64),
             valid=torch.zeros(b, self.m, dtype=torch.bool, device=z0.device), g=fz - z0,
-            dGg=z0.new_zeros(b, self.m), slot=0,
+            dGg=z0.new_zeros(b, self.m), slot=0, filled=0,
         )
 
     def coefficients(self, state: AndersonState, rhs: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Solve the regularised least-squares problem ``min ||g - dG gamma||`` for ``gamma``.
 
+        Only the ``k = state.filled`` slots written so far take part.
+
         Args:
             state: the Anderson state.
-            rhs: ``dG v`` for the vector to fit (default: the cached ``dG g`` of the state).
+            rhs: ``(B, k)`` ``dG v`` for the vector to fit (default: the cached ``dG g`` of the
+                state).
 
         Returns:
-            ``(gamma, valid)``: ``(B, m)`` coefficients (0 on unused slots, all 0 for a row whose
+            ``(gamma, valid)``: ``(B, k)`` coefficients (0 on unused slots, all 0 for a row whose
             system is singular or non-finite) and the ``(B, m)`` history mask for the next steps:
             without numerically dependent columns, empty for rows that restart.
         """
-        rhs = state.dGg if rhs is None else rhs
+        k = state.filled
+        rhs = state.dGg[:, :k] if rhs is None else rhs
+        if k == 0:
+            return rhs.new_zeros(rhs.shape[0], 0), state.valid.clone()
         eps = torch.finfo(state.z.dtype).eps
         max_cond = self.max_cond if self.max_cond is not None else 1e-2 / eps
         solve_small = _small_solve if self.compile is None else _compiled(self.compile)
-        gamma, keep = solve_small(state.gram, state.scale, state.valid, rhs, self.ridge, (1.0 + self.ridge) / max_cond)
-        return gamma.to(state.z.dtype), keep
+        gamma, keep = solve_small(state.gram[:, :k, :k], state.scale[:, :k], state.valid[:, :k], rhs, self.ridge,
+                                  (1.0 + self.ridge) / max_cond)
+        if k == self.m:
+            return gamma.to(state.z.dtype), keep
+        valid = state.valid.clone()
+        valid[:, :k] = keep
+        return gamma.to(state.z.dtype), valid
 
     def step(self, f: FlatMap, state: AndersonState, args: Sequence[Any]) -> AndersonState:
         """One Anderson step (one evaluation of ``f``), then push the new difference."""
@@ -207,9 +227,10 @@ class Anderson(Solver[AndersonState]):
             # rows still in their first `delay` steps move like plain iteration (per row, by the
             # row's own count, so rows refilled mid-solve wait too; no host sync)
             gamma = torch.where((state.nfe <= self.delay)[:, None], 0.0, gamma)
-        # z+ = z + beta g - dX gamma, where z + g = f(z) (one pass over dX, fused)
+        # z+ = z + beta g - dX gamma, where z + g = f(z) (one pass over the filled part of dX, fused)
+        k = state.filled
         base = state.fz if self.beta == 1.0 else torch.add(state.z, g, alpha=self.beta)
-        z = torch.baddbmm(base.unsqueeze(1), gamma.unsqueeze(1), state.dX, alpha=-1.0).squeeze(1)
+        z = torch.baddbmm(base.unsqueeze(1), gamma.unsqueeze(1), state.dX[:, :k], alpha=-1.0).squeeze(1) if k else base
         fz = f(z, *args)
         g_new = fz - z
         # Push the new pair into the ring buffers (computed straight into the slot where the
@@ -220,7 +241,11 @@ class Anderson(Solver[AndersonState]):
             dX, _ = write_diff(state.dX, slot, fz, state.fz, inplace)  # dz + dg = f(z+) - f(z)
         else:
             dX = write_slot(state.dX, slot, torch.add(z - state.z, dg, alpha=self.beta), inplace)
-        dGg = batched_dot(dG, g_new)  # the one pass over the history for the next step
+        filled = min(k + 1, self.m)
+        # the one pass over the (filled) history for the next step; zeros beyond it
+        dGg = batched_dot(dG[:, :filled], g_new)
+        if filled < self.m:
+            dGg = torch.cat((dGg, dGg.new_zeros(dGg.shape[0], self.m - filled)), dim=1)
         # The new Gram column dG dg = dG g_new - dG g (old slots), with its own entry dg . dg.
         col = dGg - state.dGg
         col[:, slot] = torch.linalg.vecdot(dg, dg)  # col is a fresh tensor
@@ -234,7 +259,7 @@ class Anderson(Solver[AndersonState]):
         valid[:, slot] = True  # a fresh mask from coefficients(), never recorded by autograd
         return AndersonState(
             z=z, fz=fz, nfe=state.nfe + 1, dG=dG, dX=dX, gram=gram, scale=scale, valid=valid, g=g_new, dGg=dGg,
-            slot=(slot + 1) % self.m,
+            slot=(slot + 1) % self.m, filled=filled,
         )
 
     def inverse_jacobian_vp(self, state: AndersonState, v: Tensor) -> Tensor:
@@ -243,5 +268,6 @@ class Anderson(Solver[AndersonState]):
         ``H v = -beta v + (dZ + beta dG) (dG^T dG + ridge)^{-1} dG^T v`` over the usable history;
         with ``ridge=0``, ``H dg_i = dz_i`` for every stored pair (the secant conditions).
         """
-        gamma, _ = self.coefficients(state, batched_dot(state.dG, v))
-        return -self.beta * v + batched_combine(gamma, state.dX)
+        k = state.filled
+        gamma, _ = self.coefficients(state, batched_dot(state.dG[:, :k], v))
+        return -self.beta * v + batched_combine(gamma, state.dX[:, :k])

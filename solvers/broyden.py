@@ -28,6 +28,7 @@ one host sync per backtracking round.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -108,6 +109,10 @@ class Broyden(Solver[BroydenState]):
             raise ValueError(f"option line_search={self.line_search!r} is invalid: must be a bool")
         check_int("max_backtracks", self.max_backtracks, 0)
         check_real("reset_factor", self.reset_factor, 1.0, low_open=True)
+
+    def sized_for(self, steps: int) -> Broyden:
+        """A memory of ``min(memory, steps)`` pairs: the ring never wraps within ``steps``."""
+        return self if steps >= self.memory else dataclasses.replace(self, memory=max(1, int(steps)))
 
     def init(self, f: FlatMap, z0: Tensor, args: Sequence[Any]) -> BroydenState:
         """Evaluate ``f(z0)``; start from ``H = -I`` (empty memory)."""

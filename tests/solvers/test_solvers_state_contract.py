@@ -237,3 +237,19 @@ def test_broydens_incremental_m_equals_the_compact_form_from_scratch(grad):
     vv = valid[:, :, None] & valid[:, None, :]
     assert vv.sum() >= 4 * 3 * 3 // 2  # most slots in use
     torch.testing.assert_close(state.M.detach()[vv], ref[vv], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("long, short", [(Anderson(m=20), Anderson(m=7)), (Broyden(memory=60), Broyden(memory=7))],
+                         ids=["anderson", "broyden"])
+def test_a_history_longer_than_the_run_changes_nothing(long, short):
+    # 7 steps never fill more than 7 slots: a longer ring gives the same iterates (so solve()
+    # sizes the history to max_iter), and sized_for gives the short solver
+    f, z0, args = _problem(batch=5, d=9)
+    assert long.sized_for(7) == short and short.sized_for(100) is short
+    with torch.no_grad():
+        a, b = long.init(f, z0, args), short.init(f, z0, args)
+        for _ in range(7):
+            a, b = long.step(f, a, args), short.step(f, b, args)
+    torch.testing.assert_close(a.z, b.z, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(a.fz, b.fz, rtol=1e-12, atol=1e-14)
+    assert getattr(solve(f, z0, *args, solver=long, max_iter=7, tol=0.0), "nfe").tolist() == [8] * 5
