@@ -77,6 +77,12 @@ class BroydenState(SolverState):
     count: int = 0
 
 
+def _widen(x: Tensor, width: int) -> Tensor:
+    """``(B, k)`` -> ``(B, width)``, zeros on the right (the slots not visited yet)."""
+    k = x.shape[1]
+    return x if k == width else torch.cat((x, x.new_zeros(x.shape[0], width - k)), dim=1)
+
+
 @dataclass(frozen=True)
 class Broyden(Solver[BroydenState]):
     """Limited-memory good Broyden (compact form) with per-row safeguards.
@@ -127,15 +133,20 @@ class Broyden(Solver[BroydenState]):
     def factor(self, state: BroydenState) -> tuple[Tensor, Tensor, Tensor]:
         """LU-factor the small matrix ``M = P L U`` of every row (float64).
 
+        Only the ``k = min(count, memory)`` slots visited so far take part (the others are
+        empty), so a short run never pays for the unused memory.
+
         Returns:
-            ``(P, LU, ok)``: the permutation, ``L`` (unit lower) and ``U`` packed in one matrix,
-            and a ``(B,)`` mask of rows whose ``M`` is non-singular and finite (the other rows use
-            ``H = -I``). Solving by triangular solves, unlike ``torch.linalg.lu_solve``, never
-            reads a value back to the host (no sync on an accelerator).
+            ``(P, LU, ok)``: the ``(B, k, k)`` permutation, ``L`` (unit lower) and ``U`` packed in
+            one matrix, and a ``(B,)`` mask of rows whose ``M`` is non-singular and finite (the
+            other rows use ``H = -I``). Solving by triangular solves, unlike
+            ``torch.linalg.lu_solve``, never reads a value back to the host (no sync on an
+            accelerator).
         """
-        valid = state.stamp >= 0
-        eye = torch.eye(self.memory, dtype=state.M.dtype, device=state.M.device)
-        mat = torch.where(valid[:, :, None] & valid[:, None, :], state.M, eye)
+        k = min(state.count, self.memory)
+        valid = state.stamp[:, :k] >= 0
+        eye = torch.eye(k, dtype=state.M.dtype, device=state.M.device)
+        mat = torch.where(valid[:, :, None] & valid[:, None, :], state.M[:, :k, :k], eye)
         lu, piv, info = torch.linalg.lu_factor_ex(mat)
         ok = (info == 0) & torch.isfinite(lu.sum(dim=(1, 2)))
         perm = torch.lu_unpack(lu, piv, unpack_data=False)[0]
@@ -144,17 +155,21 @@ class Broyden(Solver[BroydenState]):
     def apply_h(self, state: BroydenState, v: Tensor,
                 factors: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
         """``H v`` for a ``(B, n)`` batch of vectors (pass ``factor(state)`` to reuse it)."""
-        return self._apply_h(state, v, batched_dot(state.S, v), factors)
+        k = min(state.count, self.memory)
+        return self._apply_h(state, v, batched_dot(state.S[:, :k], v), factors)
 
     def _apply_h(self, state: BroydenState, v: Tensor, stv: Tensor,
                  factors: tuple[Tensor, Tensor, Tensor] | None) -> Tensor:
+        k = stv.shape[1]
+        if k == 0:
+            return -v
         perm, lu, ok = factors if factors is not None else self.factor(state)
         rhs = torch.bmm(perm.mT, stv.double()[:, :, None])
         y = torch.linalg.solve_triangular(lu, rhs, upper=False, unitriangular=True)
         coef = torch.linalg.solve_triangular(lu, y, upper=True)[:, :, 0]
         # a failed row's solution is garbage (or not finite): it takes the plain step
-        coef = torch.where(ok[:, None] & (state.stamp >= 0), coef, 0.0).to(v.dtype)
-        return -v + batched_combine(coef, state.W)
+        coef = torch.where(ok[:, None] & (state.stamp[:, :k] >= 0), coef, 0.0).to(v.dtype)
+        return -v + batched_combine(coef, state.W[:, :k])
 
     def _line_search(self, f: FlatMap, z: Tensor, p: Tensor, g_norm: Tensor, z_new: Tensor,
                      fz_new: Tensor, nfe: Tensor, args: Sequence[Any]) -> tuple[Tensor, Tensor, Tensor]:
@@ -174,9 +189,10 @@ class Broyden(Solver[BroydenState]):
 
     def step(self, f: FlatMap, state: BroydenState, args: Sequence[Any]) -> BroydenState:
         """One Broyden step (one evaluation of ``f``; more with the line search), then update."""
-        factors = self.factor(state)
+        k = min(state.count, self.memory)  # slots visited so far: the passes use only these
+        factors = self.factor(state) if k else None
         g = state.g
-        stg = batched_dot(state.S, g)
+        stg = batched_dot(state.S[:, :k], g)
         p = -self._apply_h(state, g, stg, factors)
         z = state.z + p
         fz = f(z, *args)
@@ -193,7 +209,7 @@ class Broyden(Solver[BroydenState]):
         fz = torch.where(reject[:, None], state.fz, fz)
         g_new = torch.where(reject[:, None], g, g_new)
         s, y = z - state.z, g_new - g
-        sty = batched_dot(state.S, g_new) - stg  # S^T y without another pass
+        sty = batched_dot(state.S[:, :k], g_new) - stg  # S^T y without another pass
         h_y = self._apply_h(state, y, sty, factors)
         denom = torch.linalg.vecdot(s, h_y)
         scale = torch.linalg.vector_norm(s, dim=1) * torch.linalg.vector_norm(h_y, dim=1)
@@ -204,8 +220,8 @@ class Broyden(Solver[BroydenState]):
         # The new pair's row and column of M (computed before the slot is overwritten): row
         # M_kj = s . w_j, column M_ik = s_i . y, corner s . y. Rows that skip this pair keep
         # their old slot content (and its time stamp).
-        row = batched_dot(state.W, s).double()
-        col = sty.double()
+        row = _widen(batched_dot(state.W[:, :k], s).double(), self.memory)
+        col = _widen(sty.double(), self.memory)
         corner = torch.linalg.vecdot(s, y).double()
         row[:, slot] = corner
         col[:, slot] = corner
@@ -214,5 +230,6 @@ class Broyden(Solver[BroydenState]):
         S = write_slot(state.S, slot, torch.where(keep, s, state.S[:, slot]), inplace)
         W = write_slot(state.W, slot, torch.where(keep, s + y, state.W[:, slot]), inplace)
         stamp = torch.where(keep & (torch.arange(self.memory, device=z.device) == slot), state.count, state.stamp)
-        stamp = torch.where((reject | ~factors[2])[:, None], -1, stamp)
+        failed = reject if factors is None else reject | ~factors[2]
+        stamp = torch.where(failed[:, None], -1, stamp)
         return BroydenState(z=z, fz=fz, nfe=nfe, S=S, W=W, M=M, stamp=stamp, g=g_new, count=state.count + 1)
