@@ -296,7 +296,7 @@ def check_override_keys(overrides: Sequence[str], schema: type) -> None:
         >>> check_override_keys(["bench.dept=[4]"], BenchRoot)
         Traceback (most recent call last):
         ...
-        ValueError: unknown config key 'bench.dept' (did you mean 'depth'?) in 'bench'; valid: aggregate, baseline, batch_size, breadth, depth, extra_baselines, halt, halt_tol, init, limit, noise, threads
+        ValueError: unknown config key 'bench.dept' (did you mean 'depth'?) in 'bench'; valid: aggregate, baseline, batch_size, breadth, depth, extra_baselines, halt, halt_tol, init, limit, noise, resume, threads
     """
     for override in overrides:
         if "=" not in override or override.startswith("~"):

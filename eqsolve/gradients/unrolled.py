@@ -145,6 +145,7 @@ def _unrolled_solve(f: FixedPointFn, z0: Tensor, args: tuple, solver: Any, *, to
     """
     batch, shape = z0.shape[0], z0.shape[1:]
     g = flat_map(f, shape)
+    solver = solver.sized_for(max_iter)  # no longer history than the run (the replays step it too)
     z0_flat = z0.detach().reshape(batch, -1)
     keep_all = last_k is None
     k = last_k or 0  # used only when not keep_all
