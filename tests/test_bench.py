@@ -113,6 +113,14 @@ def test_bench_end_to_end_writes_results_and_plots(puzzle_csv, tmp_path, capsys)
         if r["solver"] == "fixed_point":
             assert r["steps_mean"] == budget  # no halting: plain iteration spends the whole budget
     assert set(results["per_puzzle"]) == {f"{r['label']}/d{r['depth']}/b{r['breadth']}" for r in rows}
+    # depth 1 -> 3 of every (label, breadth), compared puzzle by puzzle
+    pairs = results["depth_pairs"]
+    assert len(pairs) == 3 * 2 and "paired, puzzle by puzzle" in stdout
+    for p in pairs:
+        a = np.array(results["per_puzzle"][f"{p['label']}/d1/b{p['breadth']}"]["correct"])
+        b = np.array(results["per_puzzle"][f"{p['label']}/d3/b{p['breadth']}"]["correct"])
+        assert (p["gained"], p["lost"], p["n"]) == (int((b & ~a).sum()), int((a & ~b).sum()), 4)
+        assert 0.0 < p["p_value"] <= 1.0
     assert set(results["plots"]) == {"accuracy_vs_nfe", "accuracy_vs_breadth", "accuracy_vs_residual",
                                      "depth_breadth_heatmap"}
     for name in results["plots"].values():
@@ -253,3 +261,12 @@ def test_plots_keep_one_solver_under_two_option_sets_apart():
              "accuracy": 0.5, "residual_mean": 0.1} for label in ("fixed_point", "fixed_point(tau=0.5)")]
     assert plots._solvers(rows) == ["fixed_point", "fixed_point(tau=0.5)"]
     assert plots._solvers([{k: v for k, v in rows[0].items() if k != "label"}]) == ["fixed_point"]
+
+
+def test_mcnemar_p_is_the_exact_two_sided_binomial_tail():
+    from math import comb
+
+    assert bench.mcnemar_p(0, 0) == 1.0
+    assert bench.mcnemar_p(6, 0) == bench.mcnemar_p(0, 6) == 2 * 0.5**6
+    assert bench.mcnemar_p(10, 2) == 2 * sum(comb(12, i) for i in range(3)) / 2**12
+    assert bench.mcnemar_p(4, 4) == 1.0  # capped: a balanced split is no evidence

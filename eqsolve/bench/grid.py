@@ -23,6 +23,7 @@ Outputs (in the run folder): the table on stdout and in ``log.txt``, ``results.j
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -470,6 +471,57 @@ def format_table(rows: Sequence[Mapping[str, Any]], labels: Mapping[str, str] | 
     return "\n".join(lines)
 
 
+def mcnemar_p(gained: int, lost: int) -> float:
+    """Two-sided exact McNemar p-value: the chance of a split at least this uneven if a puzzle
+    that one of two paired cells solves and the other does not is as likely either way.
+
+    Examples:
+        >>> mcnemar_p(5, 0), mcnemar_p(0, 0), round(mcnemar_p(7, 2), 4)
+        (0.0625, 1.0, 0.1797)
+    """
+    n = gained + lost
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(gained, lost) + 1)) / 2.0**n
+    return min(1.0, 2.0 * tail)
+
+
+def depth_pairs(cells: Sequence[Cell], per_puzzle: Mapping[str, Mapping[str, np.ndarray]]) -> list[dict[str, Any]]:
+    """Consecutive depths of every (solver label, breadth), compared puzzle by puzzle.
+
+    Accuracy can rise with depth because deeper runs solve new puzzles, or hide losses behind
+    gains; the paired counts tell: ``gained`` (solved only at the deeper depth), ``lost`` (only at
+    the shallower one) and the exact McNemar p-value of that split (:func:`mcnemar_p`).
+
+    Examples:
+        >>> cells = [Cell("anderson", 16, 1), Cell("anderson", 64, 1)]
+        >>> per = {"anderson/d16/b1": {"correct": np.array([1, 0, 0, 1], bool)},
+        ...        "anderson/d64/b1": {"correct": np.array([1, 1, 1, 1], bool)}}
+        >>> depth_pairs(cells, per)[0]["gained"], depth_pairs(cells, per)[0]["lost"]
+        (2, 0)
+    """
+    groups: dict[tuple[str, int], list[Cell]] = {}
+    for cell in cells:
+        groups.setdefault((cell.label, cell.breadth), []).append(cell)
+    out = []
+    for (label, breadth), group in groups.items():
+        group = sorted(group, key=lambda c: c.depth)
+        for shallow, deep in zip(group, group[1:]):
+            a = np.asarray(per_puzzle[shallow.key]["correct"], dtype=bool)
+            b = np.asarray(per_puzzle[deep.key]["correct"], dtype=bool)
+            gained, lost = int((b & ~a).sum()), int((a & ~b).sum())
+            out.append({"label": label, "breadth": breadth, "from_depth": shallow.depth, "to_depth": deep.depth,
+                        "n": int(a.size), "gained": gained, "lost": lost, "p_value": mcnemar_p(gained, lost)})
+    return out
+
+
+def format_depth_pairs(pairs: Sequence[Mapping[str, Any]]) -> str:
+    """One line per consecutive depth pair (see :func:`depth_pairs`)."""
+    return "\n".join(f"depth {p['from_depth']} -> {p['to_depth']} ({p['label']}, breadth {p['breadth']}): "
+                     f"+{p['gained']} solved, -{p['lost']} lost of {p['n']} (exact McNemar p = {p['p_value']:.3g})"
+                     for p in pairs)
+
+
 def describe_run(cfg: Any, inner: bool, blocks_per_step: int, n_puzzles: int) -> str:
     """The lines printed above the table: what ran, what the solver solves, the compute unit."""
     task = get_task(cfg.task.name)
@@ -598,10 +650,14 @@ def run_bench(cfg: Any, run_dir: Path | None = None) -> dict[str, Any] | None:
     blocks_per_step = int(model.blocks_per_map()) if hasattr(model, "blocks_per_map") else 1
     labels = {name: task.bucket_labels.get(name, name) for name in names}
     table = describe_run(cfg, inner, blocks_per_step, len(puzzles)) + "\n" + format_table(rows, labels)
+    pairs = depth_pairs(cells, per_puzzle)
+    if pairs:
+        table += "\n\npaired, puzzle by puzzle:\n" + format_depth_pairs(pairs)
     print(table)
     log.debug("bench results\n%s", table)  # printed on stdout already; DEBUG keeps it in log.txt only
     payload: dict[str, Any] = {
         "rows": rows,
+        "depth_pairs": pairs,
         "options": asdict(options),
         "n_puzzles": len(puzzles),
         "data": cfg.task.data or "shipped eval set",
