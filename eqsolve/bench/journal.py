@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["JOURNAL_GLOB", "ChunkJournal"]
+__all__ = ["JOURNAL_GLOB", "ChunkJournal", "journal_progress"]
 
 log = logging.getLogger(__name__)
 
@@ -109,3 +109,51 @@ class ChunkJournal:
             fh.flush()
             os.fsync(fh.fileno())
         self.done[(cell, int(chunk))] = rec
+
+
+def journal_progress(folder: str | os.PathLike) -> list[dict[str, Any]]:
+    """What a bench run (running, stopped, or done) has evaluated so far, per cell.
+
+    For each cell in the journals: the chunks and puzzles done, the exact accuracy on them, and
+    the time spent. Read-only: safe on a run that is still going (an unfinished last line is
+    skipped).
+
+    Examples:
+        >>> import tempfile, numpy as np
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> ChunkJournal(folder).record("anderson/d4/b1", 0, 0, {"correct": np.array([True, False])}, 1.0)
+        >>> journal_progress(folder)[0]["accuracy"]
+        0.5
+    """
+    journal = ChunkJournal(folder, resume=True)
+    cells: dict[str, dict[str, Any]] = {}
+    for (cell, _), rec in sorted(journal.done.items()):
+        row = cells.setdefault(cell, {"cell": cell, "chunks": 0, "puzzles": 0, "solved": 0, "seconds": 0.0})
+        row["chunks"] += 1
+        row["puzzles"] += rec["n"]
+        row["solved"] += int(sum(bool(c) for c in rec["arrays"].get("correct", [])))
+        row["seconds"] += float(rec["seconds"])
+    for row in cells.values():
+        row["accuracy"] = row["solved"] / row["puzzles"] if row["puzzles"] else None
+    return list(cells.values())
+
+
+def _main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m eqsolve.bench.journal",
+                                     description="progress of a bench run folder, from its chunk journals")
+    parser.add_argument("folder", help="the bench's run folder (--out)")
+    args = parser.parse_args(argv)
+    rows = journal_progress(args.folder)
+    if not rows:
+        print(f"{args.folder}: no chunk recorded yet")
+        return 0
+    print(f"{'cell':<28} {'chunks':>6} {'puzzles':>7} {'acc%':>6} {'seconds':>8}")
+    for r in rows:
+        print(f"{r['cell']:<28} {r['chunks']:>6} {r['puzzles']:>7} {100 * r['accuracy']:>6.1f} {r['seconds']:>8.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())
