@@ -21,6 +21,7 @@ coefficients are non-finite restarts its history and takes a damped step ``z + b
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -66,7 +67,7 @@ def _small_solve(gram: Tensor, scale: Tensor, valid: Tensor, rhs: Tensor, ridge:
     gamma = y * scale
     # A factor with a non-finite pivot gives a non-finite solution: one finiteness test does
     # for both (a sum is finite iff its terms are, short of overflow).
-    ok = (info == 0) & torch.isfinite(gamma.sum(dim=1))
+    ok = (info == 0) & (gamma.sum(dim=1).abs() < math.inf)  # False for NaN and inf (2 ops; isfinite is 4)
     gamma = torch.where(ok[:, None], gamma, 0.0)
     # Restart rows whose system failed; drop columns that are numerically dependent on the
     # others (tiny Cholesky pivot) from the next steps on. This step's solve is still sound:
@@ -213,10 +214,7 @@ class Anderson(Solver[AndersonState]):
         solve_small = _small_solve if self.compile is None else _compiled(self.compile)
         gamma, keep = solve_small(state.gram[:, :k, :k], state.scale[:, :k], state.valid[:, :k], rhs, self.ridge,
                                   (1.0 + self.ridge) / max_cond)
-        if k == self.m:
-            return gamma.to(state.z.dtype), keep
-        valid = state.valid.clone()
-        valid[:, :k] = keep
+        valid = keep if k == self.m else torch.cat((keep, state.valid[:, k:]), dim=1)
         return gamma.to(state.z.dtype), valid
 
     def step(self, f: FlatMap, state: AndersonState, args: Sequence[Any]) -> AndersonState:
@@ -245,7 +243,7 @@ class Anderson(Solver[AndersonState]):
         # the one pass over the (filled) history for the next step; zeros beyond it
         dGg = batched_dot(dG[:, :filled], g_new)
         if filled < self.m:
-            dGg = torch.cat((dGg, dGg.new_zeros(dGg.shape[0], self.m - filled)), dim=1)
+            dGg = torch.nn.functional.pad(dGg, (0, self.m - filled))
         # The new Gram column dG dg = dG g_new - dG g (old slots), with its own entry dg . dg.
         col = dGg - state.dGg
         col[:, slot] = torch.linalg.vecdot(dg, dg)  # col is a fresh tensor

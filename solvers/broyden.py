@@ -80,7 +80,7 @@ class BroydenState(SolverState):
 def _widen(x: Tensor, width: int) -> Tensor:
     """``(B, k)`` -> ``(B, width)``, zeros on the right (the slots not visited yet)."""
     k = x.shape[1]
-    return x if k == width else torch.cat((x, x.new_zeros(x.shape[0], width - k)), dim=1)
+    return x if k == width else torch.nn.functional.pad(x, (0, width - k))
 
 
 @dataclass(frozen=True)
