@@ -124,3 +124,21 @@ def test_the_journal_skips_only_an_unfinished_last_line(tmp_path):
     path.write_text(json.dumps({"cell": "x"}) + "\n")
     with pytest.raises(ValueError, match=r":1: not a bench chunk record"):
         ChunkJournal(tmp_path, resume=True)
+
+
+def test_journal_pairs_compare_depths_on_the_chunks_both_have_done(tmp_path, capsys):
+    from eqsolve.bench.journal import _main, journal_pairs, journal_progress
+
+    journal = ChunkJournal(tmp_path)
+    shallow = [np.array([True, False, False]), np.array([True, True, False])]
+    deep = [np.array([True, True, False])]  # the deeper cell is still running: chunk 1 not done
+    for c, correct in enumerate(shallow):
+        journal.record("anderson/d16/b1", c, c, {"correct": correct}, 1.0)
+    journal.record("anderson/d64/b1", 0, 0, {"correct": deep[0]}, 4.0)
+    progress = {r["cell"]: r for r in journal_progress(tmp_path)}
+    assert progress["anderson/d16/b1"]["puzzles"] == 6 and progress["anderson/d64/b1"]["solved"] == 2
+    (pair,) = journal_pairs(tmp_path)
+    assert (pair["from_depth"], pair["to_depth"], pair["n"], pair["gained"], pair["lost"]) == (16, 64, 3, 1, 0)
+    assert pair["p_value"] == 1.0  # one puzzle gained is no evidence
+    assert _main([str(tmp_path)]) == 0
+    assert "depth 16 -> 64 (anderson, breadth 1) on the 3 puzzles both have done" in capsys.readouterr().out

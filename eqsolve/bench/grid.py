@@ -23,7 +23,6 @@ Outputs (in the run folder): the table on stdout and in ``log.txt``, ``results.j
 from __future__ import annotations
 
 import logging
-import math
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 
 from eqsolve.bench.journal import JOURNAL_GLOB, ChunkJournal
+from eqsolve.bench.stats import mcnemar_p
 from eqsolve.distributed import group_backend, process_group, rank_and_world
 
 log = logging.getLogger(__name__)
@@ -469,21 +469,6 @@ def format_table(rows: Sequence[Mapping[str, Any]], labels: Mapping[str, str] | 
             + "".join(f"{pct(b.get(name)):>{w}} " for name, w in zip(names, widths)) + f"{residual:>10} {speed:>8}"
         )
     return "\n".join(lines)
-
-
-def mcnemar_p(gained: int, lost: int) -> float:
-    """Two-sided exact McNemar p-value: the chance of a split at least this uneven if a puzzle
-    that one of two paired cells solves and the other does not is as likely either way.
-
-    Examples:
-        >>> mcnemar_p(5, 0), mcnemar_p(0, 0), round(mcnemar_p(7, 2), 4)
-        (0.0625, 1.0, 0.1797)
-    """
-    n = gained + lost
-    if n == 0:
-        return 1.0
-    tail = sum(math.comb(n, i) for i in range(min(gained, lost) + 1)) / 2.0**n
-    return min(1.0, 2.0 * tail)
 
 
 def depth_pairs(cells: Sequence[Cell], per_puzzle: Mapping[str, Mapping[str, np.ndarray]]) -> list[dict[str, Any]]:

@@ -33,7 +33,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["JOURNAL_GLOB", "ChunkJournal", "journal_progress"]
+from eqsolve.bench.stats import mcnemar_p
+
+__all__ = ["JOURNAL_GLOB", "ChunkJournal", "journal_pairs", "journal_progress"]
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +140,36 @@ def journal_progress(folder: str | os.PathLike) -> list[dict[str, Any]]:
     return list(cells.values())
 
 
+def journal_pairs(folder: str | os.PathLike) -> list[dict[str, Any]]:
+    """Consecutive depths of each (solver label, breadth), compared on the puzzles both have done.
+
+    The paired form of :func:`journal_progress` (see :func:`eqsolve.bench.grid.depth_pairs`):
+    usable while the deeper cell is still running, on the chunks it has finished.
+    """
+    journal = ChunkJournal(folder, resume=True)
+    cells: dict[tuple[str, int], dict[int, dict[int, np.ndarray]]] = {}
+    for (cell, chunk), rec in journal.done.items():
+        label, depth, breadth = cell.rsplit("/", 2)
+        if not (depth.startswith("d") and breadth.startswith("b")):
+            continue
+        by_depth = cells.setdefault((label, int(breadth[1:])), {})
+        by_depth.setdefault(int(depth[1:]), {})[chunk] = np.asarray(rec["arrays"].get("correct", []), dtype=bool)
+    out = []
+    for (label, breadth), by_depth in sorted(cells.items()):
+        depths = sorted(by_depth)
+        for shallow, deep in zip(depths, depths[1:]):
+            common = sorted(set(by_depth[shallow]) & set(by_depth[deep]))
+            if not common:
+                continue
+            a = np.concatenate([by_depth[shallow][c] for c in common])
+            b = np.concatenate([by_depth[deep][c] for c in common])
+            gained, lost = int((b & ~a).sum()), int((a & ~b).sum())
+            out.append({"label": label, "breadth": breadth, "from_depth": shallow, "to_depth": deep, "n": int(a.size),
+                        "acc_from": float(a.mean()), "acc_to": float(b.mean()), "gained": gained, "lost": lost,
+                        "p_value": mcnemar_p(gained, lost)})
+    return out
+
+
 def _main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -152,6 +184,10 @@ def _main(argv: list[str] | None = None) -> int:
     print(f"{'cell':<28} {'chunks':>6} {'puzzles':>7} {'acc%':>6} {'seconds':>8}")
     for r in rows:
         print(f"{r['cell']:<28} {r['chunks']:>6} {r['puzzles']:>7} {100 * r['accuracy']:>6.1f} {r['seconds']:>8.1f}")
+    for p in journal_pairs(args.folder):
+        print(f"depth {p['from_depth']} -> {p['to_depth']} ({p['label']}, breadth {p['breadth']}) on the {p['n']} "
+              f"puzzles both have done: {100 * p['acc_from']:.1f} -> {100 * p['acc_to']:.1f}%, +{p['gained']} solved, "
+              f"-{p['lost']} lost (exact McNemar p = {p['p_value']:.3g})")
     return 0
 
 
