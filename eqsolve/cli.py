@@ -366,16 +366,10 @@ def run_command(command: str, overrides: Sequence[str]) -> tuple[Path | None, di
     from omegaconf import OmegaConf
 
     from eqsolve import runs
-    from eqsolve.config import compose, to_yaml
+    from eqsolve.config import to_yaml
 
     spec = RUN_COMMANDS[command]
-    cfg = compose(spec.config, overrides)
-    if spec.same_config_on_resume and spec.resume_key and OmegaConf.select(cfg, spec.resume_key):
-        out = OmegaConf.select(cfg, spec.out_key)
-        if out is None:
-            raise ValueError("--resume needs the folder of the run to continue: pass --out DIR")
-        # every rank reads the recorded configuration (they share the folder), so all agree
-        cfg = runs.resumed_config(out, cfg, overrides, keep=(spec.resume_key, spec.out_key))
+    cfg = _run_config(command, overrides)
     entry = load_entry(spec.entry)
     seed = int(OmegaConf.select(cfg, spec.seed_key))
     seed_everything(seed)
@@ -448,9 +442,27 @@ def resolved_config(command: str, overrides: Sequence[str]) -> str:
     Returns:
         The YAML text that the run would store as ``config.yaml``.
     """
-    from eqsolve.config import compose, to_yaml
+    from eqsolve.config import to_yaml
 
-    return to_yaml(compose(RUN_COMMANDS[command].config, overrides))
+    return to_yaml(_run_config(command, overrides))
+
+
+def _run_config(command: str, overrides: Sequence[str]) -> Any:
+    """The composed, validated configuration of a run command; a resumed bench's is the recorded one."""
+    from omegaconf import OmegaConf
+
+    from eqsolve import runs
+    from eqsolve.config import compose
+
+    spec = RUN_COMMANDS[command]
+    cfg = compose(spec.config, overrides)
+    if spec.same_config_on_resume and spec.resume_key and OmegaConf.select(cfg, spec.resume_key):
+        out = OmegaConf.select(cfg, spec.out_key)
+        if out is None:
+            raise ValueError("--resume needs the folder of the run to continue: pass --out DIR")
+        # every rank reads the recorded configuration (they share the folder), so all agree
+        cfg = runs.resumed_config(out, cfg, overrides, keep=(spec.resume_key, spec.out_key))
+    return cfg
 
 
 def _discard_run_dir(run_dir: Path, files: set[str]) -> None:

@@ -92,6 +92,10 @@ def test_resume_refuses_another_configuration_and_a_folder_without_a_journal(puz
     assert "bench.noise: 0.05 in the run, 0.1 now" in err
     assert cli.main(["bench", "--out", str(tmp_path / "cut"), "--resume", "--depth", "1,3"]) == 2
     assert "bench.depth: [1, 2] in the run, [1, 3] now" in capsys.readouterr().err
+    # --print-config shows what a resume would run with: the recorded settings
+    assert cli.main(["bench", "--out", str(tmp_path / "cut"), "--resume", "--print-config"]) == 0
+    printed = capsys.readouterr().out
+    assert "noise: 0.05" in printed and "resume: true" in printed
     # the recorded settings, given again, are fine
     monkeypatch.setattr(bench, "evaluate_chunk", REAL_EVALUATE)
     assert cli.main(argv(puzzle_csv, tmp_path / "cut", "bench.noise=0.05", resume=True)) == 0
