@@ -253,7 +253,8 @@ def resumed_config(run_dir: str | os.PathLike, composed: Any, overrides: Sequenc
         composed: The configuration composed from this invocation's overrides (an OmegaConf
             ``DictConfig``).
         overrides: This invocation's ``key=value`` overrides (flags translated): each key must
-            have the recorded value, so a resume never mixes results of two configurations.
+            have the recorded value, so a resume never mixes results of two configurations (a
+            group choice, ``task=...``, is compared by the group's ``name`` where it has one).
         keep: Dotted keys taken from ``composed`` instead (the resume flag, the folder itself).
 
     Returns:
@@ -278,7 +279,14 @@ def resumed_config(run_dir: str | os.PathLike, composed: Any, overrides: Sequenc
         if "=" not in item or key in keep:
             continue
         then, now = OmegaConf.select(recorded, key), OmegaConf.select(composed, key)
-        if OmegaConf.is_config(then):
+        if OmegaConf.is_dict(now):
+            # a group choice (task=..., bench=..., also implied by --task): the other keys of the
+            # group come from its preset, not from the user; compare what names the group, if
+            # anything does (a task's or solver's name)
+            if not (OmegaConf.is_config(then) and "name" in now and "name" in then):
+                continue
+            key, then, now = f"{key}.name", then.name, now.name
+        if OmegaConf.is_config(then):  # a list
             then = OmegaConf.to_container(then, resolve=True)
         if OmegaConf.is_config(now):
             now = OmegaConf.to_container(now, resolve=True)

@@ -15,19 +15,19 @@ int64 evaluations of ``f`` spent per row).
 preallocated history, e.g. Anderson's ``dG``/``dX``) are owned by the state:
 
 1. When a step builds no autograd graph (autograd is off, or neither the state nor ``f``'s
-   output requires grad: :func:`builds_graph`), ``step`` may write into the buffers of the state it is given, and the
-   state it returns shares those buffers. The given state's buffers are then stale: step it
-   again or read its history and you get the new history, not the old one. Keep a copy of the
-   buffer fields (:func:`copy_buffers`) if an earlier state must be stepped again.
+   output requires grad: :func:`builds_graph`), ``step`` may write into the buffers of the
+   state it is given, and the state it returns shares those buffers. The given state's buffers
+   are then stale: step it again or read its history and you get the new history, not the old
+   one. Keep a copy of the buffer fields (:func:`copy_buffers`) if an earlier state must be
+   stepped again.
 2. ``step`` never writes into a non-buffer field of the given state (``z``, ``fz``, ``nfe``,
    masks, cached products), nor into ``z0``, ``f``'s outputs or ``args``; and no non-buffer
    field of the state it returns shares memory with a buffer. So a caller may keep
    ``state.z`` and ``state.fz`` of any state without copying (they may be shared between
    states: plain iteration's new ``z`` is the old ``fz``).
 3. When a step builds a graph (autograd on, and a field of the state or ``f``'s output requires
-   grad),
-   ``step`` writes into nothing it was given (buffers included: it returns updated copies), so
-   unrolled steps can be differentiated, also from a state computed without a graph.
+   grad), ``step`` writes into nothing it was given (buffers included: it returns updated
+   copies), so unrolled steps can be differentiated, also from a state computed without a graph.
 4. Whoever holds a state may reorder or shrink its rows in place (:func:`compact_rows`), which
    touches only the buffers, and only when they take part in no graph.
 

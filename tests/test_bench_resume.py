@@ -92,6 +92,13 @@ def test_resume_refuses_another_configuration_and_a_folder_without_a_journal(puz
     assert "bench.noise: 0.05 in the run, 0.1 now" in err
     assert cli.main(["bench", "--out", str(tmp_path / "cut"), "--resume", "--depth", "1,3"]) == 2
     assert "bench.depth: [1, 2] in the run, [1, 3] now" in capsys.readouterr().err
+    # naming the recorded task again is fine (its preset does not count as a setting) ...
+    assert cli.main(["bench", "--task", "sudoku-extreme", "--out", str(tmp_path / "cut"), "--resume",
+                     "--print-config"]) == 0
+    capsys.readouterr()
+    # ... another task is not
+    assert cli.main(["bench", "--task", "maze-unique", "--out", str(tmp_path / "cut"), "--resume"]) == 2
+    assert "task.name: 'sudoku-extreme' in the run, 'maze-unique' now" in capsys.readouterr().err
     # --print-config shows what a resume would run with: the recorded settings
     assert cli.main(["bench", "--out", str(tmp_path / "cut"), "--resume", "--print-config"]) == 0
     printed = capsys.readouterr().out
