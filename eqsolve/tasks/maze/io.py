@@ -352,6 +352,19 @@ def save_csv(data: MazeSet, path: str | os.PathLike) -> None:
     write_rows(path, ["source", "question", "answer", "rating"], rows)
 
 
+def _hub_destination(dest: str | os.PathLike, split: str) -> tuple[Any, Path]:
+    """Check the split, import huggingface_hub (``hub`` extra) and create ``dest``: what every fetch does first."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    try:
+        import huggingface_hub
+    except ImportError as exc:
+        raise ImportError("downloading mazes needs huggingface_hub: pip install 'eqsolve[hub]'") from exc
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    return huggingface_hub, dest
+
+
 def fetch_maze_csv(dest: str | os.PathLike, split: str = "test", repo_id: str = HRM_MAZE_REPO,
                    revision: str | None = None) -> Path:
     """Downloads a maze CSV split from the HuggingFace hub (``hub`` extra); load it with :func:`load_csv`.
@@ -364,16 +377,9 @@ def fetch_maze_csv(dest: str | os.PathLike, split: str = "test", repo_id: str = 
         ImportError: huggingface_hub is not installed (``pip install 'eqsolve[hub]'``).
         ValueError: an unknown split.
     """
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    try:
-        from huggingface_hub import hf_hub_download
-    except ImportError as exc:
-        raise ImportError("downloading mazes needs huggingface_hub: pip install 'eqsolve[hub]'") from exc
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    return Path(hf_hub_download(repo_id=repo_id, filename=f"{split}.csv", repo_type="dataset", local_dir=dest,
-                                revision=revision))
+    hub, dest = _hub_destination(dest, split)
+    return Path(hub.hf_hub_download(repo_id=repo_id, filename=f"{split}.csv", repo_type="dataset", local_dir=dest,
+                                    revision=revision))
 
 
 def fetch_maze_unique(dest: str | os.PathLike, split: str = "test", repo_id: str = EQR_DATA_REPO,
@@ -393,16 +399,9 @@ def fetch_maze_unique(dest: str | os.PathLike, split: str = "test", repo_id: str
         ValueError: an unknown split.
         FileNotFoundError: the repository has no such split (the message names where it looked).
     """
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError as exc:
-        raise ImportError("downloading mazes needs huggingface_hub: pip install 'eqsolve[hub]'") from exc
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
+    hub, dest = _hub_destination(dest, split)
     places = [f"{EQR_MAZE_FOLDER}/{split}", f"data/{EQR_MAZE_FOLDER}/{split}"]
-    snapshot_download(repo_id=repo_id, repo_type="dataset", local_dir=dest, revision=revision,
+    hub.snapshot_download(repo_id=repo_id, repo_type="dataset", local_dir=dest, revision=revision,
                       allow_patterns=[f"{place}/*" for place in places])
     for place in places:
         if (dest / place / "all__inputs.npy").is_file():
