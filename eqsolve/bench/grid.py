@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from eqsolve.bench.journal import JOURNAL_GLOB, ChunkJournal
-from eqsolve.bench.stats import mcnemar_p
+from eqsolve.bench.stats import consecutive_depth_pairs
 from eqsolve.distributed import group_backend, process_group, rank_and_world
 
 log = logging.getLogger(__name__)
@@ -476,7 +476,8 @@ def depth_pairs(cells: Sequence[Cell], per_puzzle: Mapping[str, Mapping[str, np.
 
     Accuracy can rise with depth because deeper runs solve new puzzles, or hide losses behind
     gains; the paired counts tell: ``gained`` (solved only at the deeper depth), ``lost`` (only at
-    the shallower one) and the exact McNemar p-value of that split (:func:`mcnemar_p`).
+    the shallower one) and the exact McNemar p-value of that split
+    (:func:`~eqsolve.bench.stats.consecutive_depth_pairs`, which the journal's progress view shares).
 
     Examples:
         >>> cells = [Cell("anderson", 16, 1), Cell("anderson", 64, 1)]
@@ -485,19 +486,7 @@ def depth_pairs(cells: Sequence[Cell], per_puzzle: Mapping[str, Mapping[str, np.
         >>> depth_pairs(cells, per)[0]["gained"], depth_pairs(cells, per)[0]["lost"]
         (2, 0)
     """
-    groups: dict[tuple[str, int], list[Cell]] = {}
-    for cell in cells:
-        groups.setdefault((cell.label, cell.breadth), []).append(cell)
-    out = []
-    for (label, breadth), group in groups.items():
-        group = sorted(group, key=lambda c: c.depth)
-        for shallow, deep in zip(group, group[1:]):
-            a = np.asarray(per_puzzle[shallow.key]["correct"], dtype=bool)
-            b = np.asarray(per_puzzle[deep.key]["correct"], dtype=bool)
-            gained, lost = int((b & ~a).sum()), int((a & ~b).sum())
-            out.append({"label": label, "breadth": breadth, "from_depth": shallow.depth, "to_depth": deep.depth,
-                        "n": int(a.size), "gained": gained, "lost": lost, "p_value": mcnemar_p(gained, lost)})
-    return out
+    return consecutive_depth_pairs({(c.label, c.breadth, c.depth): {0: per_puzzle[c.key]["correct"]} for c in cells})
 
 
 def format_depth_pairs(pairs: Sequence[Mapping[str, Any]]) -> str:

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from eqsolve.bench.stats import mcnemar_p
+from eqsolve.bench.stats import consecutive_depth_pairs
 
 __all__ = ["JOURNAL_GLOB", "ChunkJournal", "journal_pairs", "journal_progress"]
 
@@ -147,27 +147,14 @@ def journal_pairs(folder: str | os.PathLike) -> list[dict[str, Any]]:
     usable while the deeper cell is still running, on the chunks it has finished.
     """
     journal = ChunkJournal(folder, resume=True)
-    cells: dict[tuple[str, int], dict[int, dict[int, np.ndarray]]] = {}
-    for (cell, chunk), rec in journal.done.items():
+    correct: dict[tuple[str, int, int], dict[int, np.ndarray]] = {}
+    for (cell, chunk), rec in sorted(journal.done.items()):
         label, depth, breadth = cell.rsplit("/", 2)
         if not (depth.startswith("d") and breadth.startswith("b")):
             continue
-        by_depth = cells.setdefault((label, int(breadth[1:])), {})
-        by_depth.setdefault(int(depth[1:]), {})[chunk] = np.asarray(rec["arrays"].get("correct", []), dtype=bool)
-    out = []
-    for (label, breadth), by_depth in sorted(cells.items()):
-        depths = sorted(by_depth)
-        for shallow, deep in zip(depths, depths[1:]):
-            common = sorted(set(by_depth[shallow]) & set(by_depth[deep]))
-            if not common:
-                continue
-            a = np.concatenate([by_depth[shallow][c] for c in common])
-            b = np.concatenate([by_depth[deep][c] for c in common])
-            gained, lost = int((b & ~a).sum()), int((a & ~b).sum())
-            out.append({"label": label, "breadth": breadth, "from_depth": shallow, "to_depth": deep, "n": int(a.size),
-                        "acc_from": float(a.mean()), "acc_to": float(b.mean()), "gained": gained, "lost": lost,
-                        "p_value": mcnemar_p(gained, lost)})
-    return out
+        correct.setdefault((label, int(breadth[1:]), int(depth[1:])), {})[chunk] = np.asarray(
+            rec["arrays"].get("correct", []), dtype=bool)
+    return consecutive_depth_pairs(correct)
 
 
 def _main(argv: list[str] | None = None) -> int:
