@@ -46,7 +46,7 @@ from torch import Tensor
 
 __all__ = [
     "FlatMap", "Solver", "SolverState", "batched_combine", "batched_dot", "compact_rows", "copy_buffers",
-    "builds_graph", "describe_options", "flat_map", "option", "select_rows", "take_rows", "write_diff", "write_row_col",
+    "builds_graph", "describe_options", "flat_map", "option", "select_rows", "take_rows", "widen", "write_diff", "write_row_col",
     "write_slot", "write_sym_slot",
 ]
 
@@ -275,6 +275,12 @@ def builds_graph(state: SolverState, *more: Tensor) -> bool:
 
 def _in_place(inplace: bool | None) -> bool:
     return not torch.is_grad_enabled() if inplace is None else inplace
+
+
+def widen(x: Tensor, width: int) -> Tensor:
+    """``(B, k)`` per-slot values -> ``(B, width)``, zeros for the slots not filled yet."""
+    k = x.shape[1]
+    return x if k == width else torch.nn.functional.pad(x, (0, width - k))
 
 
 def write_slot(buf: Tensor, slot: int, rows: Tensor, inplace: bool | None = None) -> Tensor:

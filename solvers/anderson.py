@@ -39,6 +39,7 @@ from ._base import (
     check_int,
     check_real,
     option,
+    widen,
     write_diff,
     write_slot,
     write_sym_slot,
@@ -241,9 +242,7 @@ class Anderson(Solver[AndersonState]):
             dX = write_slot(state.dX, slot, torch.add(z - state.z, dg, alpha=self.beta), inplace)
         filled = min(k + 1, self.m)
         # the one pass over the (filled) history for the next step; zeros beyond it
-        dGg = batched_dot(dG[:, :filled], g_new)
-        if filled < self.m:
-            dGg = torch.nn.functional.pad(dGg, (0, self.m - filled))
+        dGg = widen(batched_dot(dG[:, :filled], g_new), self.m)
         # The new Gram column dG dg = dG g_new - dG g (old slots), with its own entry dg . dg.
         col = dGg - state.dGg
         col[:, slot] = torch.linalg.vecdot(dg, dg)  # col is a fresh tensor

@@ -46,6 +46,7 @@ from ._base import (
     check_int,
     check_real,
     option,
+    widen,
     write_row_col,
     write_slot,
 )
@@ -75,12 +76,6 @@ class BroydenState(SolverState):
     stamp: Tensor
     g: Tensor
     count: int = 0
-
-
-def _widen(x: Tensor, width: int) -> Tensor:
-    """``(B, k)`` -> ``(B, width)``, zeros on the right (the slots not visited yet)."""
-    k = x.shape[1]
-    return x if k == width else torch.nn.functional.pad(x, (0, width - k))
 
 
 @dataclass(frozen=True)
@@ -220,8 +215,8 @@ class Broyden(Solver[BroydenState]):
         # The new pair's row and column of M (computed before the slot is overwritten): row
         # M_kj = s . w_j, column M_ik = s_i . y, corner s . y. Rows that skip this pair keep
         # their old slot content (and its time stamp).
-        row = _widen(batched_dot(state.W[:, :k], s).double(), self.memory)
-        col = _widen(sty.double(), self.memory)
+        row = widen(batched_dot(state.W[:, :k], s).double(), self.memory)
+        col = widen(sty.double(), self.memory)
         corner = torch.linalg.vecdot(s, y).double()
         row[:, slot] = corner
         col[:, slot] = corner
