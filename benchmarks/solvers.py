@@ -397,7 +397,14 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def compile_check(a) -> dict:
-    """Anderson with and without ``compile="inductor"`` on two problems: does compiling pay?"""
+    """Anderson eager vs through ``torch.compile`` (inductor): does compiling pay on this machine?
+
+    Four variants on three problems: the library's eager step; ``Anderson(compile="inductor")``
+    (the small solve compiled, the library's option); and the experiment of
+    ``anderson_compiled_step.py`` (the step's whole own work compiled), eager and compiled.
+    """
+    from anderson_compiled_step import CompiledStepAnderson
+
     from eqsolve.solvers import Anderson
 
     torch.set_num_threads(a.threads)
@@ -406,32 +413,43 @@ def compile_check(a) -> dict:
                     "threads": torch.get_num_threads(), "commit": _git_commit(), "runs": a.runs, "note": a.note,
                     "loadavg_before": [round(x, 2) for x in os.getloadavg()],
                     "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}, "problems": {}}
-    for name in ("tanh_rho0.99", "small_tanh_rho0.99"):
+    variants = {"eager": Anderson(), "small solve compiled": Anderson(compile="inductor"),
+                "step, eager": CompiledStepAnderson(), "step compiled": CompiledStepAnderson(step_backend="inductor")}
+    for name in ("tanh_rho0.99", "mixer_block", "small_tanh_rho0.99"):
         p = problems[name]
-        fns = {"eager": lambda p=p: run_eqsolve(p, Anderson(), a.max_iter),
-               "inductor": lambda p=p: run_eqsolve(p, Anderson(compile="inductor"), a.max_iter),
-               "torchdeq.fixed_point_iter": lambda p=p: run_torchdeq(p, "fixed_point_iter", a.max_iter)}
-        t = time.perf_counter()
-        fns["inductor"]()
-        first = time.perf_counter() - t
+        fns = {label: (lambda p=p, s=s: run_eqsolve(p, s, a.max_iter)) for label, s in variants.items()}
+        first = {}
+        for label in ("small solve compiled", "step compiled"):
+            t = time.perf_counter()
+            fns[label]()
+            first[label] = time.perf_counter() - t
         r = measure(fns, p, a.runs)
         out["problems"][name] = {"first_call_with_compile_s": first, "results": r}
-        print(name, f"first compiled call {first:.1f}s", {k: round(v["wall_s_median"], 4) for k, v in r.items()},
-              flush=True)
+        print(name, {k: round(v, 1) for k, v in first.items()},
+              {k: round(v["wall_s_median"], 4) for k, v in r.items()}, flush=True)
     out["meta"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
-    lines = ["# Anderson's small solve through torch.compile (inductor) vs eager, CPU", "",
+    lines = ["# Anderson through torch.compile (inductor) vs eager, CPU", "",
              f"Command: `{out['meta']['command']}`; torch {out['meta']['torch']}, threads {out['meta']['threads']}, "
              f"commit {out['meta']['commit']}, {out['meta']['date']}; median of {a.runs} runs after a warm-up; "
              f"load average {out['meta']['loadavg_before']} before, {out['meta']['loadavg_after']} after"
              + (f"; {a.note}" if a.note else "") + ".", "",
-             "| problem | first call incl. compile (s) | eager (s) | inductor (s) | inductor / eager | NFE/row |",
-             "|---|---:|---:|---:|---:|---:|"]
+             "Variants: the library's eager step; `Anderson(compile=\"inductor\")`, the library's option (the small "
+             "m x m solve compiled); and the experiment of `benchmarks/anderson_compiled_step.py`: all of the step's "
+             "own work (small solve, update, history push, Gram row) compiled, `f` eager, timed also eagerly in the "
+             "same formulation (slot as a tensor, all m slots) to isolate the compiler.", "",
+             "| problem | NFE/row | eager (s) | small solve compiled / eager | step (same formulation) eager (s) "
+             "| step compiled / step eager | first calls incl. compile (s) |",
+             "|---|---:|---:|---:|---:|---:|---|"]
     for name, pr in out["problems"].items():
         r = pr["results"]
-        e, i = r["eager"]["wall_s_median"], r["inductor"]["wall_s_median"]
-        lines.append(f"| {name} | {pr['first_call_with_compile_s']:.1f} | {e:.4f} | {i:.4f} | {i / e:.3f} | "
-                     f"{r['eager']['nfe_per_row']:.1f} |")
-    lines += ["", "Default: eager (`Anderson(compile=None)`); compiling is worth it only where it is faster above.", ""]
+        e, s_c = r["eager"]["wall_s_median"], r["small solve compiled"]["wall_s_median"]
+        st_e, st_c = r["step, eager"]["wall_s_median"], r["step compiled"]["wall_s_median"]
+        firsts = ", ".join(f"{k}: {v:.1f}" for k, v in pr["first_call_with_compile_s"].items())
+        lines.append(f"| {name} | {r['eager']['nfe_per_row']:.1f} | {e:.4f} | {s_c / e:.3f} | {st_e:.4f} | "
+                     f"{st_c / st_e:.3f} | {firsts} |")
+    lines += ["", "Default: eager (`Anderson(compile=None)`); compiling is worth it only where a ratio above is "
+              "below 1. The first compiled call of a process pays the compilation (later problems reuse part of it).",
+              ""]
     write_atomic(a.out / "solvers_compile.json", json.dumps(out, indent=1))
     write_atomic(a.out / "solvers_compile.md", "\n".join(lines))
     return out
