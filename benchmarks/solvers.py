@@ -71,6 +71,11 @@ class Problem:
     plain_works: bool = True
     small: bool = False
     info: dict = field(default_factory=dict)
+    # the numeric setting every solver gets on this problem
+    dtype: torch.dtype = torch.float32
+    device: torch.device = torch.device("cpu")
+    tol: float = TOL
+    slack: float = SLACK
 
 
 class CountingMap:
@@ -89,34 +94,59 @@ def _sym(d: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
     return (q * torch.linspace(lo, hi, d, dtype=torch.float64)) @ q.T
 
 
-def make_problems(d: int, batch: int, small_d: int, small_batch: int, seed: int = 0) -> list[Problem]:
+def default_tol(dtype: torch.dtype) -> tuple[float, float]:
+    """``(tol, slack)`` for iterates of ``dtype``: 1e-5 in float32; in bfloat16 (8 bits of
+    mantissa, relative rounding 4e-3) 1e-2, and 25% slack on the float64 recheck, since the
+    solvers' own residuals are computed in bfloat16."""
+    if dtype == torch.bfloat16:
+        return 1e-2, 1.25
+    if dtype == torch.float64:
+        return 1e-10, SLACK
+    return TOL, SLACK
+
+
+def make_problems(d: int, batch: int, small_d: int, small_batch: int, seed: int = 0,
+                  dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                  tol: float | None = None) -> list[Problem]:
+    """The problems, built in float64 on the CPU (the same for every device and dtype), then
+    moved: each map runs in ``dtype`` on ``device``; the float64 reference ``z*`` and the
+    float64 map for the residual recheck live on ``device`` too."""
     g = torch.Generator().manual_seed(seed)
+    device = torch.device(device)
+    tol_, slack = default_tol(dtype)
+    setting = {"dtype": dtype, "device": device, "tol": tol_ if tol is None else tol, "slack": slack}
     out = []
+
+    def on(*ts, dt=dtype):
+        return tuple(t.to(device=device, dtype=dt) for t in ts)
 
     def tanh_problem(name, dd, bb, small, scale=None, rho=0.99):
         w = torch.randn(dd, dd, generator=g, dtype=torch.float64)
         w = rho * w / torch.linalg.eigvals(w).abs().max()
         x = torch.randn(bb, dd, generator=g, dtype=torch.float64)
         c = torch.ones(bb, 1, dtype=torch.float64) if scale is None else scale
-        w32, x32, c32 = w.float(), x.float(), c.float()
-        f = lambda z, x, c: torch.tanh(c * (z @ w32.T) + 0.1 * x)  # noqa: E731
-        f64 = lambda z: torch.tanh(c * (z @ w.T) + 0.1 * x)  # noqa: E731
-        ref = solve(f64, torch.zeros(bb, dd, dtype=torch.float64), solver="anderson", tol=1e-13, stop="abs",
-                    max_iter=3000, stall_window=None, compact=False)
+        wl, xl, cl = on(w, x, c)
+        w64, x64, c64 = on(w, x, c, dt=torch.float64)
+        f = lambda z, x, c: torch.tanh(c * (z @ wl.T) + 0.1 * x)  # noqa: E731
+        f64 = lambda z: torch.tanh(c64 * (z @ w64.T) + 0.1 * x64)  # noqa: E731
+        ref = solve(f64, torch.zeros(bb, dd, dtype=torch.float64, device=device), solver="anderson", tol=1e-13,
+                    stop="abs", max_iter=3000, stall_window=None, compact=False)
         assert bool(ref.converged.all()), "reference solve failed"
         # f = tanh(u) and f(z*) = z*, so the Jacobian at z* is diag(1 - z*^2) c W.
-        jac = lambda i, z=ref.z: ((1 - z[i] ** 2)[:, None] * (c[i] * w)).numpy()  # noqa: E731
-        return Problem(name, f, (x32, c32), ref.z, f64, jacobian=jac, small=small,
+        z_cpu = ref.z.cpu()
+        jac = lambda i: ((1 - z_cpu[i] ** 2)[:, None] * (c[i] * w)).numpy()  # noqa: E731
+        return Problem(name, f, (xl, cl), ref.z, f64, jacobian=jac, small=small, **setting,
                        info={"map": "tanh(c * W z + 0.1 x)", "W": "Gaussian, spectral radius 0.99", "d": dd, "batch": bb})
 
     def linear_problem(name, dd, bb, lo, hi, small):
         a = _sym(dd, lo, hi, g)
         b = torch.randn(bb, dd, generator=g, dtype=torch.float64)
-        a32, b32 = a.float(), b.float()
+        al, bl = on(a, b)
+        a64, b64 = on(a, b, dt=torch.float64)
         z_star = torch.linalg.solve(torch.eye(dd, dtype=torch.float64) - a, b.T).T
         plain = max(abs(lo), abs(hi)) < 1
-        return Problem(name, lambda z, b: z @ a32.T + b, (b32,), z_star, lambda z: z @ a.T + b, linear=(a, b),
-                       plain_works=plain,
+        return Problem(name, lambda z, b: z @ al.T + b, (bl,), *on(z_star, dt=torch.float64),
+                       lambda z: z @ a64.T + b64, linear=(a, b), plain_works=plain, **setting,
                        small=small, info={"map": "A z + b", "A": f"symmetric, eigenvalues uniform on [{lo}, {hi}]",
                                           "d": dd, "batch": bb})
 
@@ -145,11 +175,12 @@ def make_problems(d: int, batch: int, small_d: int, small_batch: int, seed: int 
         jac1 = lambda i: torch.autograd.functional.jacobian(lambda z: block(z[None], *ws)[0], z_star[i])  # noqa: E731
         gain = rho / max(torch.linalg.eigvals(jac1(i)).abs().max().item() for i in range(min(bb, 8)))
         x = z_star - gain * block(z_star, *ws)
-        ws32, x32 = tuple(t.float() for t in ws), x.float()
-        f = lambda z, x: gain * block(z, *ws32) + x  # noqa: E731
-        f64 = lambda z: gain * block(z, *ws) + x  # noqa: E731
+        wsl, (xl,) = on(*ws), on(x)
+        ws64, x64 = on(*ws, dt=torch.float64), on(x, dt=torch.float64)[0]
+        f = lambda z, x: gain * block(z, *wsl) + x  # noqa: E731
+        f64 = lambda z: gain * block(z, *ws64) + x64  # noqa: E731
         jac = lambda i: (gain * jac1(i)).numpy()  # noqa: E731
-        return Problem(name, f, (x32,), z_star, f64, jacobian=jac,
+        return Problem(name, f, (xl,), *on(z_star, dt=torch.float64), f64, jacobian=jac, **setting,
                        info={"map": "gain (u + tanh(u W1^T) W2^T) + x, u = z + T2 tanh(T1 z) on (tokens, channels)",
                              "tokens x channels": f"{tokens} x {channels}", "hidden": hidden,
                              "Jacobian at z*": f"non-normal, spectral radius {rho} (gain {gain:.3f})",
@@ -179,20 +210,28 @@ def residuals(p: Problem, z: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(fz - z, dim=1) / (torch.linalg.vector_norm(fz, dim=1) + 1e-8)
 
 
+def _done(p: Problem) -> None:
+    """Wait for the device's queue (a solve's last kernels belong to its time)."""
+    if p.device.type == "cuda":
+        torch.cuda.synchronize(p.device)
+
+
 def run_eqsolve(p: Problem, name: str, max_iter: int, compact: bool = True):
     fm = CountingMap(p.f)
-    z0 = torch.zeros(p.z_star.shape, dtype=torch.float32)
+    z0 = torch.zeros(p.z_star.shape, dtype=p.dtype, device=p.device)
     with torch.no_grad():
-        sol = solve(fm, z0, *p.args, solver=name, tol=TOL, stop="rel", max_iter=max_iter, compact=compact)
+        sol = solve(fm, z0, *p.args, solver=name, tol=p.tol, stop="rel", max_iter=max_iter, compact=compact)
+    _done(p)
     return sol.z, fm.rows
 
 
 def run_torchdeq(p: Problem, name: str, max_iter: int):
     fm = CountingMap(p.f)
-    z0 = torch.zeros(p.z_star.shape, dtype=torch.float32)
+    z0 = torch.zeros(p.z_star.shape, dtype=p.dtype, device=p.device)
     solver = torchdeq_get_solver(name)
     with torch.no_grad():
-        z, _, _ = solver(lambda z: fm(z, *p.args), z0, max_iter=max_iter, tol=TOL, stop_mode="rel")
+        z, _, _ = solver(lambda z: fm(z, *p.args), z0, max_iter=max_iter, tol=p.tol, stop_mode="rel")
+    _done(p)
     return z, fm.rows
 
 
@@ -209,7 +248,7 @@ def run_scipy(p: Problem, name: str, max_iter: int):
             return (fm(z, *args) - z).double().numpy().ravel()
 
         # Same stopping rule: ||f(z) - z||_2 <= tol * ||f(z*)||_2 (the reference's norm).
-        f_tol = TOL * float(torch.linalg.vector_norm(p.z_star[i]))
+        f_tol = p.tol * float(torch.linalg.vector_norm(p.z_star[i]))
         try:
             x = method(residual, np.zeros(p.z_star.shape[1]), f_tol=f_tol, tol_norm=np.linalg.norm,
                        maxiter=max_iter)
@@ -236,7 +275,7 @@ def gmres_matvecs(p: Problem) -> float:
             a, b_i = p.linear[0].numpy(), p.linear[1][i].numpy()
         else:
             a = p.jacobian(i)
-            b_i = p.z_star[i].numpy() - a @ p.z_star[i].numpy()
+            b_i = p.z_star[i].cpu().numpy() - a @ p.z_star[i].cpu().numpy()
         d = a.shape[0]
         n = [0]
 
@@ -245,7 +284,7 @@ def gmres_matvecs(p: Problem) -> float:
             return v - a @ v
 
         op = scipy.sparse.linalg.LinearOperator((d, d), matvec=mv, dtype=np.float64)
-        atol = TOL * float(np.linalg.norm(p.z_star[i].numpy()))
+        atol = p.tol * float(np.linalg.norm(p.z_star[i].cpu().numpy()))
         x, info = scipy.sparse.linalg.gmres(op, b_i, rtol=0.0, atol=atol, restart=d, maxiter=1)
         assert info == 0, f"GMRES did not reach the tolerance on row {i}"
         counts.append(n[0])
@@ -254,16 +293,29 @@ def gmres_matvecs(p: Problem) -> float:
 
 def measure(runs_by_label: dict[str, Callable], p: Problem, runs: int) -> dict:
     """Warm up every solver once (that run gives the deterministic counts), then time them
-    round-robin, so that a burst of load from other processes hits all solvers alike."""
-    first = {label: run() for label, run in runs_by_label.items()}
-    times: dict[str, list[float]] = {label: [] for label in runs_by_label}
+    round-robin, so that a burst of load from other processes hits all solvers alike.
+
+    A solver that raises (e.g. an op without a kernel for the dtype) is recorded with its
+    error and left out of the timing."""
+    first, errors = {}, {}
+    for label, run in runs_by_label.items():
+        try:
+            first[label] = run()
+        except (RuntimeError, ValueError, NotImplementedError) as e:
+            errors[label] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+    times: dict[str, list[float]] = {label: [] for label in first}
     for _ in range(runs):
-        for label, run in runs_by_label.items():
+        for label in first:
             t = time.perf_counter()
-            run()
+            runs_by_label[label]()
             times[label].append(time.perf_counter() - t)
     out = {}
-    for label, (z, rows) in first.items():
+    for label in runs_by_label:
+        if label in errors:
+            out[label] = {"error": errors[label], "nfe_per_row": None, "wall_s_median": None, "wall_s_runs": [],
+                          "max_rel_residual": None, "finite_z": False, "solved": False}
+            continue
+        z, rows = first[label]
         res = residuals(p, z)
         finite = bool(torch.isfinite(z).all())
         max_res = float(res.max()) if finite else math.inf
@@ -273,7 +325,7 @@ def measure(runs_by_label: dict[str, Callable], p: Problem, runs: int) -> dict:
             "wall_s_runs": times[label],
             "max_rel_residual": max_res if math.isfinite(max_res) else None,
             "finite_z": finite,
-            "solved": finite and max_res <= TOL * SLACK,
+            "solved": finite and max_res <= p.tol * p.slack,
         }
     return out
 
@@ -290,7 +342,8 @@ def targets(results: dict) -> list[dict]:
         if pname == "mixed_easy_hard":
             for s in EQSOLVE:
                 c, f = r[f"eqsolve.{s}"], r[f"eqsolve.{s}.compact=False"]
-                add(f"compact wall / frozen wall ({s})", pname, c["wall_s_median"] / f["wall_s_median"], 0.6)
+                ratio = c["wall_s_median"] / f["wall_s_median"] if c["solved"] and f["solved"] else None
+                add(f"compact wall / frozen wall ({s})", pname, ratio, 0.6)
             continue
         solved = {k: v for k, v in r.items() if v["solved"]}
         eq = {k: v for k, v in solved.items() if k.startswith("eqsolve.")}
@@ -300,10 +353,12 @@ def targets(results: dict) -> list[dict]:
         aa = r["eqsolve.anderson"]["nfe_per_row"] if r["eqsolve.anderson"]["solved"] else None
         if best_td is not None:
             # <= 1 everywhere, <= 0.7 where torchdeq's best is more than 1.5x the GMRES limit.
-            hard = best_td > 1.5 * pr["gmres_matvecs"]
+            # (without the GMRES limit, e.g. a run with --no-gmres, the looser bound)
+            hard = pr.get("gmres_matvecs") is not None and best_td > 1.5 * pr["gmres_matvecs"]
             add("eqsolve best NFE / torchdeq best NFE", pname, None if best_eq is None else best_eq / best_td,
-                0.7 if hard else 1.0, f"torchdeq's best {'>' if hard else '<='} 1.5x the GMRES limit")
-        if pr.get("gmres_kind") == "exact":
+                0.7 if hard else 1.0, f"torchdeq's best {'>' if hard else '<='} 1.5x the GMRES limit"
+                if pr.get("gmres_matvecs") is not None else "GMRES limit not computed")
+        if pr.get("gmres_kind") == "exact" and pr.get("gmres_matvecs"):
             add("eqsolve Anderson NFE / GMRES matvecs", pname, None if aa is None else aa / pr["gmres_matvecs"], 1.3)
         if r["torchdeq.anderson"]["solved"]:
             add("eqsolve Anderson NFE / torchdeq Anderson NFE", pname,
@@ -317,7 +372,8 @@ def targets(results: dict) -> list[dict]:
         if fast_td is not None:
             add("eqsolve fastest wall / torchdeq fastest wall", pname, None if fast_eq is None else fast_eq / fast_td, 0.6)
         nonfinite = [k for k, v in r.items() if k.startswith("eqsolve.") and not v["finite_z"]]
-        add("eqsolve solvers returning a non-finite z", pname, float(len(nonfinite)), 0.0, ", ".join(nonfinite))
+        add("eqsolve solvers returning a non-finite z (or raising)", pname, float(len(nonfinite)), 0.0,
+            ", ".join(nonfinite))
     return out
 
 
@@ -331,15 +387,18 @@ def _git_commit() -> str:
 
 def to_markdown(results: dict) -> str:
     m = results["meta"]
+    device = m.get("device_name", "CPU")
     lines = [
         "# Solver benchmark: eqsolve vs torchdeq 0.1.0 vs scipy",
         "",
         f"Command: `{m['command']}`  ",
-        f"torch {m['torch']}, torchdeq {m['torchdeq']}, scipy {m['scipy']}, python {m['python']}, "
+        f"Device: {device}. torch {m['torch']}, torchdeq {m['torchdeq']}, scipy {m['scipy']}, python {m['python']}, "
         f"{m['platform']}; torch threads {m['torch_threads']}, BLAS threads {m['blas_threads']}; commit {m['commit']}.  ",
-        f"Relative tolerance {m['tol']} (`||f(z)-z|| / ||f(z)||`), float32, start z0 = 0, max_iter {m['max_iter']}; "
+        f"Relative tolerance {m['tol']} (`||f(z)-z|| / ||f(z)||`), {m.get('dtype', 'float32')}, start z0 = 0, "
+        f"max_iter {m['max_iter']}; "
         f"wall time: median of {m['runs']} runs after a warm-up, the solvers of a problem timed round-robin. NFE = rows passed to f / batch (counted by a wrapper); "
-        "residuals recomputed by the harness in float64. Solvers run with their default options.",
+        f"residuals recomputed by the harness in float64 (solved: within {m.get('slack', SLACK)}x the tolerance). "
+        "Solvers run with their default options.",
         "",
     ]
     if m.get("report_regenerated"):
@@ -352,6 +411,9 @@ def to_markdown(results: dict) -> str:
                       f"{pr['gmres_matvecs']:.1f} matvecs per row."]
         lines += ["", "| solver | NFE/row | wall (s) | max rel residual | solved |", "|---|---:|---:|---:|:---:|"]
         for s, v in pr["results"].items():
+            if v.get("error"):
+                lines.append(f"| {s} | - | - | raised {v['error'].replace('|', '/')} | NO |")
+                continue
             res = "non-finite" if v["max_rel_residual"] is None else f"{v['max_rel_residual']:.2e}"
             lines.append(f"| {s} | {v['nfe_per_row']:.1f} | {v['wall_s_median']:.4f} | {res} | {'yes' if v['solved'] else 'NO'} |")
         lines.append("")
@@ -389,6 +451,26 @@ def to_markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+
+def results_stem(device: str, dtype: str, threads: int, batch: int, d: int) -> str:
+    """File name of a run's results: ``solvers`` (CPU, float32, 1 thread, as before), with
+    ``_<n>threads`` for more threads; other devices and dtypes also name the sizes."""
+    stem = "solvers"
+    if device != "cpu" or dtype != "float32":
+        stem += f"_{device}_{dtype}_b{batch}_d{d}"
+    if device == "cpu" and threads != 1:
+        stem += f"_{threads}threads"
+    return stem
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
+    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
 def write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as fh:
@@ -401,9 +483,9 @@ def compile_check(a) -> dict:
 
     Four variants on three problems: the library's eager step; ``Anderson(compile="inductor")``
     (the small solve compiled, the library's option); and the experiment of
-    ``anderson_compiled_step.py`` (the step's whole own work compiled), eager and compiled.
+    ``_anderson_compiled_step.py`` (the step's whole own work compiled), eager and compiled.
     """
-    from anderson_compiled_step import CompiledStepAnderson
+    from _anderson_compiled_step import CompiledStepAnderson
 
     from eqsolve.solvers import Anderson
 
@@ -434,7 +516,7 @@ def compile_check(a) -> dict:
              f"load average {out['meta']['loadavg_before']} before, {out['meta']['loadavg_after']} after"
              + (f"; {a.note}" if a.note else "") + ".", "",
              "Variants: the library's eager step; `Anderson(compile=\"inductor\")`, the library's option (the small "
-             "m x m solve compiled); and the experiment of `benchmarks/anderson_compiled_step.py`: all of the step's "
+             "m x m solve compiled); and the experiment of `benchmarks/_anderson_compiled_step.py`: all of the step's "
              "own work (small solve, update, history push, Gram row) compiled, `f` eager, timed also eagerly in the "
              "same formulation (slot as a tensor, all m slots) to isolate the compiler.", "",
              "| problem | NFE/row | eager (s) | small solve compiled / eager | step (same formulation) eager (s) "
@@ -469,6 +551,14 @@ def main(argv: list[str] | None = None) -> dict:
                     help="recompute targets and markdown from an existing results JSON (no solving)")
     ap.add_argument("--compile-check", action="store_true",
                     help="only time Anderson eager vs compiled (-> results/solvers_compile.{json,md})")
+    ap.add_argument("--device", default="cpu", help="where the maps and solvers run (cpu, cuda, cuda:1, ...)")
+    ap.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="dtype of the iterates and maps")
+    ap.add_argument("--tol", type=float, default=None,
+                    help="relative tolerance (default: 1e-5 in float32, 1e-2 in bfloat16, 1e-10 in float64)")
+    ap.add_argument("--problems", nargs="+", default=None,
+                    help="names of the problems to run (default: all); e.g. to skip the small ones")
+    ap.add_argument("--no-gmres", action="store_true",
+                    help="skip the GMRES limits (CPU scipy work, slow at large d; the NFE targets fall back to <= 1)")
     a = ap.parse_args(argv)
     if a.compile_check:
         return compile_check(a)
@@ -476,8 +566,9 @@ def main(argv: list[str] | None = None) -> dict:
         results = json.loads(a.from_json.read_text())
         results["meta"]["report_regenerated"] = "targets and markdown recomputed from the JSON by --from-json"
         results["targets"] = targets(results)
-        threads = results["meta"].get("torch_threads", 1)
-        stem = "solvers" if threads == 1 else f"solvers_{threads}threads"
+        m = results["meta"]
+        stem = results_stem(m.get("device", "cpu"), m.get("dtype", "float32"), m.get("torch_threads", 1),
+                            m.get("batch", 64), m.get("d", 512))
         write_atomic(a.out / f"{stem}.json", json.dumps(results, indent=1))
         write_atomic(a.out / f"{stem}.md", to_markdown(results))
         return results
@@ -486,13 +577,23 @@ def main(argv: list[str] | None = None) -> dict:
     t_start = time.perf_counter()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    stem = "solvers" if a.threads == 1 else f"solvers_{a.threads}threads"
-    problems = make_problems(a.d, a.batch, small_d=32, small_batch=4)
+    device, dtype = torch.device(a.device), DTYPES[a.dtype]
+    stem = results_stem(device.type, a.dtype, a.threads, a.batch, a.d)
+    problems = make_problems(a.d, a.batch, small_d=32, small_batch=4, dtype=dtype, device=device, tol=a.tol)
+    if a.problems is not None:
+        wanted = a.problems
+        unknown = sorted(set(wanted) - {p.name for p in problems})
+        if unknown:
+            raise SystemExit(f"--problems: unknown {unknown}; valid: {[p.name for p in problems]}")
+        problems = [p for p in problems if p.name in wanted]
+    with_scipy = device.type == "cpu" and dtype == torch.float32
     results = {"meta": {
         "command": "nice -n 5 python benchmarks/solvers.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "torch": torch.__version__, "torchdeq": getattr(torchdeq, "__version__", "0.1.0"), "scipy": scipy.__version__,
         "python": platform.python_version(), "platform": platform.platform(), "torch_threads": torch.get_num_threads(),
-        "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS"), "commit": _git_commit(), "tol": TOL,
+        "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS"), "commit": _git_commit(), "tol": problems[0].tol,
+        "slack": problems[0].slack, "dtype": a.dtype, "device": device.type, "device_name": device_name(device),
+        "batch": a.batch, "d": a.d,
         "max_iter": a.max_iter, "runs": a.runs, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "cpus": os.cpu_count(), "note": a.note, "loadavg_before": [round(x, 2) for x in os.getloadavg()],
     }, "problems": {}}
@@ -505,16 +606,17 @@ def main(argv: list[str] | None = None) -> dict:
                 fns[f"eqsolve.{s}.compact=False"] = lambda s=s, p=p: run_eqsolve(p, s, a.max_iter, compact=False)
         for s in TORCHDEQ:
             fns[f"torchdeq.{s}"] = lambda s=s, p=p: run_torchdeq(p, s, a.max_iter)
-        if p.small:
+        if p.small and with_scipy:
             for s in SCIPY:
                 fns[f"scipy.{s}"] = lambda s=s, p=p: run_scipy(p, s, a.max_iter)
         r = measure(fns, p, a.runs)
         entry = {"info": {k: v for k, v in p.info.items() if not k.startswith("_")}, "results": r}
-        entry["gmres_matvecs"] = gmres_matvecs(p)
+        entry["gmres_matvecs"] = None if a.no_gmres else gmres_matvecs(p)
         entry["gmres_kind"] = "exact" if p.linear is not None else "linearised at z*"
         results["problems"][p.name] = entry
         print(f"{p.name}: {time.perf_counter() - t0:.1f}s  " + "  ".join(
-            f"{k}={v['nfe_per_row']:.0f}{'' if v['solved'] else '(x)'}" for k, v in r.items()), flush=True)
+            f"{k}={'error' if v.get('error') else round(v['nfe_per_row'])}{'' if v['solved'] else '(x)'}"
+            for k, v in r.items()), flush=True)
     results["meta"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     results["meta"]["wall_s_total"] = round(time.perf_counter() - t_start, 1)
     results["targets"] = targets(results)
