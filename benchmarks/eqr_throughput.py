@@ -73,16 +73,31 @@ def _stub_modules() -> None:
     sys.modules["utils"], sys.modules["utils.printing"] = utils, printing
 
 
-def load_official(git_dir: Path, tmp: Path):
-    """Write the official ``models`` package from the snapshot into ``tmp`` and import it."""
-    rev = subprocess.run(["git", f"--git-dir={git_dir}", "rev-parse", "HEAD"], capture_output=True, text=True,
-                         check=True).stdout.strip()
-    for name in FILES:
-        text = subprocess.run(["git", f"--git-dir={git_dir}", "show", f"HEAD:{name}"], capture_output=True,
-                              text=True, check=True).stdout
-        path = tmp / name
+def export_official(source: Path, dest: Path) -> str:
+    """Write the official ``models`` package (and its commit, in ``COMMIT``) into ``dest``.
+
+    ``source`` is a bare git directory of locuslab/EqR, or a folder an earlier export wrote (a
+    machine without the snapshot, e.g. a GPU machine, gets such a folder carried along).
+    """
+    if (source / "COMMIT").is_file():
+        rev = (source / "COMMIT").read_text().strip()
+        texts = {name: (source / name).read_text() for name in FILES}
+    else:
+        rev = subprocess.run(["git", f"--git-dir={source}", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+        texts = {name: subprocess.run(["git", f"--git-dir={source}", "show", f"HEAD:{name}"], capture_output=True,
+                                      text=True, check=True).stdout for name in FILES}
+    for name, text in texts.items():
+        path = dest / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
+    (dest / "COMMIT").write_text(rev + "\n")
+    return rev
+
+
+def load_official(source: Path, tmp: Path):
+    """Write the official ``models`` package into ``tmp`` (:func:`export_official`) and import it."""
+    rev = export_official(source, tmp)
     _stub_modules()
     sys.path.insert(0, str(tmp))
     import models.eqr as official_eqr  # noqa: PLC0415
@@ -90,23 +105,30 @@ def load_official(git_dir: Path, tmp: Path):
     return official_eqr, rev
 
 
-def build_pair(official_eqr, arch: dict, seed: int):
+def build_pair(official_eqr, arch: dict, seed: int, device: torch.device):
     torch.manual_seed(seed)
     official = official_eqr.EqRModel(arch).eval()
     ckpt = {"model": {"_orig_mod.model." + k: v for k, v in official.state_dict().items()},
             "config": {"arch": arch}}
     mine = EqR.from_official(ckpt, prefer_ema=False, seq_len=arch["seq_len"], vocab_size=arch["vocab_size"]).eval()
-    return official, mine
+    return official.to(device), mine.to(device)
 
 
-def time_pair(official, mine, batch: int, steps: int, runs: int, seed: int) -> dict:
+def _wait(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_pair(official, mine, batch: int, steps: int, runs: int, seed: int,
+              device: torch.device | None = None) -> dict:
+    device = torch.device("cpu") if device is None else device
     cfg = mine.config
     g = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(1, cfg.vocab_size, (batch, cfg.seq_len), generator=g)
+    tokens = torch.randint(1, cfg.vocab_size, (batch, cfg.seq_len), generator=g).to(device)
     inner = official.inner
     with torch.no_grad():
         x_mine = mine.embed(tokens)
-        s0 = mine.init_state(batch, generator=g)
+        s0 = mine.init_state(batch, generator=g).to(device)
         x_off = inner._input_embeddings(tokens)
         seq = {"cos_sin": inner._cos_sin()}
 
@@ -114,12 +136,14 @@ def time_pair(official, mine, batch: int, steps: int, runs: int, seed: int) -> d
             s = s0
             for _ in range(steps):
                 s = mine.map(s, x_mine, noise=0.0)
+            _wait(device)
             return s
 
         def run_official():
             z_h, z_l = s0[:, 0], s0[:, 1]
             for _ in range(steps):
                 z_h, z_l = inner.deep_recursion(z_h, z_l, x_off, seq)
+            _wait(device)
             return torch.stack((z_h, z_l), 1)
 
         a, b = run_mine(), run_official()  # warm-up, and the two must agree
@@ -137,16 +161,18 @@ def time_pair(official, mine, batch: int, steps: int, runs: int, seed: int) -> d
     return out
 
 
-def bench_grid(breadths: list[int], depths: list[int], limit: int, threads: int) -> list[dict]:
+def bench_grid(breadths: list[int], depths: list[int], limit: int, threads: int, device: str = "cpu") -> list[dict]:
     rows = []
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     cells = [(b, depths[0]) for b in breadths] + [(breadths[0], d) for d in depths[1:]]
     for breadth, depth in cells:
         with tempfile.TemporaryDirectory() as out:
             cmd = [sys.executable, "-m", "eqsolve", "bench", "--limit", str(limit), "--depth", str(depth),
-                   "--breadth", str(breadth), "--device", "cpu", "--out", out]
+                   "--breadth", str(breadth), "--device", device, "--out", out]
             t = time.perf_counter()
-            subprocess.run(cmd, env=env, check=True, capture_output=True)
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
             wall = time.perf_counter() - t
         rows.append({"breadth": breadth, "depth": depth, "puzzles": limit, "wall_s": wall})
         print(f"bench breadth {breadth} depth {depth}: {wall:.1f}s", flush=True)
@@ -157,6 +183,7 @@ def to_markdown(r: dict) -> str:
     m = r["meta"]
     lines = ["# EqR throughput: eqsolve vs the official code; `eqsolve bench` against breadth and depth", "",
              f"Command: `{m['command']}`  ",
+             f"Device: {m.get('device_name', 'CPU')}. "
              f"torch {m['torch']}, python {m['python']}, {m['platform']}, {m['cpus']} CPUs, torch threads "
              f"{m['threads']}; official EqR at {m['official_commit'][:12]}; eqsolve commit {m['commit']}; {m['date']}.  ",
              f"Load average {m['loadavg_before']} before, {m['loadavg_after']} after"
@@ -168,10 +195,11 @@ def to_markdown(r: dict) -> str:
         lines.append(f"| {c['config']} | {c['batch']} | {c['steps']} | {c['eqsolve_puzzle_steps_per_s']:.2f} | "
                      f"{c['official_puzzle_steps_per_s']:.2f} | {c['speed_ratio_eqsolve_over_official']:.3f} | "
                      f"{c['max_abs_state_diff']:.1e} |")
-    lines += ["", "Throughput is the median over the timed runs; a ratio above 1 means eqsolve's map is faster.",
-              "", "## `eqsolve bench` wall time (shipped reasoner, default solvers, "
-              f"{r['bench'][0]['puzzles'] if r['bench'] else 0} puzzles, subprocess incl. start-up)", "",
-              "| breadth | depth | wall (s) |", "|---:|---:|---:|"]
+    lines += ["", "Throughput is the median over the timed runs; a ratio above 1 means eqsolve's map is faster."]
+    if r["bench"]:
+        lines += ["", "## `eqsolve bench` wall time (shipped reasoner, default solvers, "
+                  f"{r['bench'][0]['puzzles']} puzzles, subprocess incl. start-up)", "",
+                  "| breadth | depth | wall (s) |", "|---:|---:|---:|"]
     for b in r["bench"]:
         lines.append(f"| {b['breadth']} | {b['depth']} | {b['wall_s']:.1f} |")
     lines.append("")
@@ -180,7 +208,13 @@ def to_markdown(r: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--official", type=Path, default=OFFICIAL, help="bare git dir of locuslab/EqR")
+    ap.add_argument("--official", type=Path, default=OFFICIAL,
+                    help="bare git dir of locuslab/EqR, or a folder written by --export-official")
+    ap.add_argument("--export-official", type=Path, default=None, metavar="DIR",
+                    help="only write the official models/ package (and COMMIT) into DIR, to carry it to a GPU machine")
+    ap.add_argument("--device", default="cpu", help="device of both models and of the bench grid (cpu, cuda)")
+    ap.add_argument("--batches", default="4,16", help="batch of the release and the small configuration")
+    ap.add_argument("--no-grid", action="store_true", help="skip the eqsolve bench grid (breadth x depth)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--limit", type=int, default=4, help="puzzles per bench cell")
@@ -189,6 +223,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--note", default="")
     ap.add_argument("--out", type=Path, default=RESULTS)
     a = ap.parse_args(argv)
+    if a.export_official is not None:
+        print("official EqR", export_official(a.official, a.export_official), "->", a.export_official)
+        return {}
+    device = torch.device(a.device)
     torch.set_num_threads(a.threads)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=Path(__file__).resolve().parent).stdout.strip()
@@ -196,31 +234,36 @@ def main(argv: list[str] | None = None) -> dict:
             "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
             "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "commit": commit, "note": a.note,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "loadavg_before": [round(x, 2) for x in os.getloadavg()]}
+            "loadavg_before": [round(x, 2) for x in os.getloadavg()], "device": device.type,
+            "device_name": (f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
+                            if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)")}
     base = dict(batch_size=1, seq_len=81, vocab_size=11, H_cycles=3, L_cycles=6, H_layers=0, L_layers=2,
                 hidden_size=512, expansion=4, num_heads=8, pos_encodings="none", halt_max_steps=16,
                 halt_exploration_prob=0.1, forward_dtype="float32", mlp_t=True, lambda_=0.95, noise_scale=0.0)
-    configs = [("release (mlp_t, d=512, H3 L6, 2 layers)", base, 4, 2),
-               ("small (mlp_t, d=128, H3 L6, 2 layers)", {**base, "hidden_size": 128}, 16, 4)]
+    b_release, b_small = (int(b) for b in a.batches.split(","))
+    configs = [("release (mlp_t, d=512, H3 L6, 2 layers)", base, b_release, 2),
+               ("small (mlp_t, d=128, H3 L6, 2 layers)", {**base, "hidden_size": 128}, b_small, 4)]
     with tempfile.TemporaryDirectory() as tmp:
         official_eqr, rev = load_official(a.official, Path(tmp))
         meta["official_commit"] = rev
         throughput = []
         for name, arch, batch, steps in configs:
-            official, mine = build_pair(official_eqr, arch, seed=0)
-            row = {"config": name, "arch": arch, **time_pair(official, mine, batch, steps, a.runs, seed=1)}
+            official, mine = build_pair(official_eqr, arch, seed=0, device=device)
+            row = {"config": name, "arch": arch, **time_pair(official, mine, batch, steps, a.runs, seed=1,
+                                                             device=device)}
             throughput.append(row)
             print(f"{name}: eqsolve {row['eqsolve_puzzle_steps_per_s']:.2f}, official "
                   f"{row['official_puzzle_steps_per_s']:.2f} puzzle-steps/s "
                   f"(ratio {row['speed_ratio_eqsolve_over_official']:.3f}, diff {row['max_abs_state_diff']:.1e})",
                   flush=True)
-    bench = bench_grid([int(b) for b in a.breadths.split(",")], [int(d) for d in a.depths.split(",")], a.limit,
-                       a.threads)
+    bench = [] if a.no_grid else bench_grid([int(b) for b in a.breadths.split(",")],
+                                            [int(d) for d in a.depths.split(",")], a.limit, a.threads, a.device)
     meta["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     results = {"meta": meta, "throughput": throughput, "bench": bench}
     a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "eqr_throughput.json").write_text(json.dumps(results, indent=1))
-    (a.out / "eqr_throughput.md").write_text(to_markdown(results))
+    stem = "eqr_throughput" if device.type == "cpu" else f"eqr_throughput_{device.type}"
+    (a.out / f"{stem}.json").write_text(json.dumps(results, indent=1))
+    (a.out / f"{stem}.md").write_text(to_markdown(results))
     return results
 
 

@@ -4,9 +4,13 @@
 #      (torch.cuda.set_sync_debug_mode), and the GPU paths agree with the CPU;
 #   2. benchmarks/solvers.py on the GPU at batch 64 and 1024, d 512 and 2048, float32 and
 #      bfloat16, against torchdeq in the same run (the small d=32 problems once, in the first
-#      configuration: they do not depend on the sizes).
+#      configuration: they do not depend on the sizes);
+#   3. after the first configuration, when the official EqR code is at $OFFICIAL:
+#      benchmarks/eqr_throughput.py on the GPU (eqsolve's EqR map against the official one at
+#      batch 256 and 1024, and `eqsolve bench` time against breadth and depth).
 #
-#   OUT=runs/device-solvers bash scripts/device_solvers.sh
+#   python benchmarks/eqr_throughput.py --export-official .eqr_official   # here, once
+#   OUT=runs/device-solvers bash scripts/device_solvers.sh                # there
 #
 # Run from the repository root. Needs python3 with torch (CUDA), numpy, scipy, pytest,
 # hypothesis, tqdm and matplotlib; eqsolve's other dependencies come from wheels in .whl/ when
@@ -24,6 +28,10 @@ DEVICE=${DEVICE:-cuda}
 RUNS=${RUNS:-3}
 BUDGET_S=${BUDGET_S:-420}
 TESTS=${TESTS:-1}
+OFFICIAL=${OFFICIAL:-$REPO/.eqr_official}
+EQR_BATCHES=${EQR_BATCHES:-256,1024}
+EQR_LIMIT=${EQR_LIMIT:-64}
+EQR_ARGS=${EQR_ARGS:-}  # more options of eqr_throughput.py (e.g. --breadths 1,8 --depths 8,32)
 # batch x d : dtype, most telling first
 CONFIGS=${CONFIGS:-"64x512:float32 1024x2048:float32 1024x512:float32 64x2048:float32 64x512:bfloat16 1024x2048:bfloat16"}
 LARGE="tanh_rho0.99 linear_[-0.95,0.95] linear_[-1.5,0.9] mixed_easy_hard tanh_slow_rho0.999 mixer_block"
@@ -67,6 +75,14 @@ for cfg in $CONFIGS; do
   (cd /tmp && timeout "$(left)" $PY "$REPO/benchmarks/solvers.py" --device "$DEVICE" --dtype "$dtype" \
       --batch "$batch" --d "$d" --runs "$RUNS" --no-gmres --out "$RES" "${problems[@]}" \
       --note "scripts/device_solvers.sh") >> "$LOG" 2>&1 || { echo "failed or timed out: $cfg" | tee -a "$LOG"; status=1; }
+  if [ $first = 1 ] && [ -f "$OFFICIAL/COMMIT" ]; then
+    if [ "$(left)" -lt 60 ]; then echo "skipped eqr_throughput: budget spent" | tee -a "$LOG"; else
+      echo "== eqr_throughput" | tee -a "$LOG"
+      (cd /tmp && timeout "$(left)" $PY "$REPO/benchmarks/eqr_throughput.py" --official "$OFFICIAL" \
+          --device "$DEVICE" --batches "$EQR_BATCHES" --limit "$EQR_LIMIT" --runs "$RUNS" --out "$RES" \
+          --note "scripts/device_solvers.sh" $EQR_ARGS) >> "$LOG" 2>&1 || { echo "failed or timed out: eqr_throughput" | tee -a "$LOG"; status=1; }
+    fi
+  fi
   first=0
 done
 tar -czf "$OUT/solvers-results.tgz" -C "$RES" . && rm -rf "$RES"

@@ -20,7 +20,7 @@ pytest.importorskip("torchdeq")
 def test_device_solvers_script_measures_every_configuration_on_cpu(tmp_path: Path) -> None:
     out = tmp_path / "dev"
     env = dict(os.environ, OUT=str(out), DEVICE="cpu", RUNS="1", TESTS="0", BUDGET_S="300", PY=sys.executable,
-               CONFIGS="4x16:float32 4x16:bfloat16")
+               CONFIGS="4x16:float32 4x16:bfloat16", OFFICIAL=str(tmp_path / "no-official-code"))
     proc = subprocess.run(["bash", str(REPO / "scripts" / "device_solvers.sh")], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
     log = (out / "log").read_text()
@@ -36,3 +36,28 @@ def test_device_solvers_script_measures_every_configuration_on_cpu(tmp_path: Pat
     assert "small_tanh_rho0.99" not in bf16["problems"] and "mixer_block" in bf16["problems"]
     assert bf16["meta"]["dtype"] == "bfloat16" and bf16["meta"]["device"] == "cpu"
     assert "== 4x16:float32" in log and "done in" in log
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("tar") is None, reason="needs bash and tar")
+def test_device_solvers_script_measures_the_reasoner_map_when_the_official_code_is_there(tmp_path: Path) -> None:
+    snapshot = Path("/work/.mirror/locuslab+EqR/repo")  # a local snapshot of github locuslab/EqR
+    if not snapshot.is_dir():
+        pytest.skip("no local snapshot of the official EqR code")
+    official = tmp_path / "official"
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "eqr_throughput.py"), "--official", str(snapshot),
+                    "--export-official", str(official)], check=True, capture_output=True, timeout=120)
+    out = tmp_path / "dev"
+    env = dict(os.environ, OUT=str(out), DEVICE="cpu", RUNS="1", TESTS="0", BUDGET_S="400", PY=sys.executable,
+               CONFIGS="4x16:float32", OFFICIAL=str(official), EQR_BATCHES="1,1", EQR_LIMIT="1",
+               EQR_ARGS="--breadths 1 --depths 1")
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "device_solvers.sh")], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    log = (out / "log").read_text()
+    assert proc.returncode == 0, proc.stdout[-2000:] + log[-3000:]
+    with tarfile.open(out / "solvers-results.tgz") as tar:
+        member = tar.extractfile(next(m for m in tar.getmembers() if m.name.endswith("eqr_throughput.json")))
+        assert member is not None
+        result = json.loads(member.read())
+    assert [row["batch"] for row in result["throughput"]] == [1, 1]
+    assert all(row["max_abs_state_diff"] == 0.0 for row in result["throughput"])  # same outputs as the official
+    assert [(b["breadth"], b["depth"]) for b in result["bench"]] == [(1, 1)]
