@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--quick", action="store_true", help="two small problems, 2 runs (a smoke test)")
     ap.add_argument("--note", default="", help="a note on the machine's load, stored in the results")
     ap.add_argument("--out", type=Path, default=HERE / "results")
+    ap.add_argument("--name", default="solvers_ab", help="file stem of the results (<out>/<name>.{json,md})")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     rev = subprocess.run(["git", "rev-parse", "--short", a.rev], cwd=HERE.parent, capture_output=True, text=True,
@@ -107,8 +108,8 @@ def main(argv: list[str] | None = None) -> dict:
             "load_avg_after": list(os.getloadavg())}
     out = {"meta": meta, "rows": rows}
     if not a.quick:
-        bench.write_atomic(a.out / "solvers_ab.json", json.dumps(out, indent=1))
-        bench.write_atomic(a.out / "solvers_ab.md", to_markdown(out))
+        bench.write_atomic(a.out / f"{a.name}.json", json.dumps(out, indent=1))
+        bench.write_atomic(a.out / f"{a.name}.md", to_markdown(out))
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -97,6 +98,17 @@ class Solution:
     def converged(self) -> Tensor:
         """``(B,)`` bool mask of rows whose status is ``CONVERGED``."""
         return self.status == int(Status.CONVERGED)
+
+    def copied(self) -> Solution:
+        """A copy with every tensor cloned (ordinary tensors, also from ``torch.inference_mode``)."""
+        def c(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.clone()
+
+        return dataclasses.replace(
+            self, z=self.z.clone(), abs_residual=self.abs_residual.clone(), rel_residual=self.rel_residual.clone(),
+            nfe=self.nfe.clone(), nstep=self.nstep.clone(), status=self.status.clone(), trace=c(self.trace),
+            abs_trace=c(self.abs_trace), rel_trace=c(self.rel_trace), snapshots=[t.clone() for t in self.snapshots],
+        )
 
     def failed_rows(self) -> list[int]:
         """Indices of the rows that did not converge (host sync)."""

@@ -476,3 +476,55 @@ def test_anderson_delay_takes_plain_steps_first_then_extrapolates():
     assert fast.nstep.max() < slow.nstep.min()
     with pytest.raises(ValueError, match="delay"):
         Anderson(delay=-1)
+
+
+def _energy_map(c):
+    """f(z) = z - 0.5 grad E(z), E = ||z - c||^2 / 2: a map that uses autograd inside."""
+
+    def f(z):
+        with torch.enable_grad():
+            zz = z.detach().requires_grad_()
+            (g,) = torch.autograd.grad(0.5 * ((zz - c) ** 2).sum(), zz)
+        return z - 0.5 * g
+
+    return f
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_inference_mode_changes_no_result_and_returns_ordinary_tensors(solver):
+    w = _contraction(d=6, q=0.8)
+    x = torch.randn(5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    f = lambda z, x: torch.tanh(z @ w.T + x)  # noqa: E731
+    kw = dict(solver=solver, tol=1e-9, max_iter=80, trace=True, snapshots=(2,))
+    with torch.no_grad():
+        fast = solve(f, torch.zeros(5, 6, dtype=torch.float64), x, **kw)  # inference mode (the default here)
+        slow = solve(f, torch.zeros(5, 6, dtype=torch.float64), x, inference=False, **kw)
+    for name in ("z", "abs_residual", "rel_residual", "nfe", "nstep", "status", "trace"):
+        torch.testing.assert_close(getattr(fast, name), getattr(slow, name), rtol=0, atol=0, equal_nan=True,
+                                   msg=name)
+    tensors = [fast.z, fast.abs_residual, fast.rel_residual, fast.nfe, fast.nstep, fast.status, fast.trace,
+               *fast.snapshots]
+    assert not any(t.is_inference() for t in tensors)
+    # the result takes part in a graph later, as a DEQ's f(z*) does
+    wp = torch.nn.Parameter(w.clone())
+    torch.tanh(fast.z @ wp.T + x).sum().backward()
+    assert wp.grad is not None and torch.isfinite(wp.grad).all()
+    fast.z.add_(1.0)  # and may be changed in place
+
+
+def test_a_map_using_autograd_inside_needs_inference_false():
+    c = torch.randn(4, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    f = _energy_map(c)
+    with torch.no_grad():
+        with pytest.raises(RuntimeError, match="inference=False"):
+            solve(f, torch.zeros(4, 8, dtype=torch.float64), tol=1e-8)
+        sol = solve(f, torch.zeros(4, 8, dtype=torch.float64), tol=1e-8, inference=False)
+    assert sol.converged.all()
+    torch.testing.assert_close(sol.z, c)
+    # with autograd on, inference mode is off by default: nothing to pass
+    assert solve(f, torch.zeros(4, 8, dtype=torch.float64), tol=1e-8).converged.all()
+
+
+def test_inference_option_is_checked():
+    with pytest.raises(ValueError, match="inference"):
+        solve(lambda z: 0.5 * z, torch.zeros(2, 3), inference="yes")
