@@ -259,7 +259,10 @@ class Engine(Generic[StateT]):
         """
         state = self._state()
         g = getattr(state, "g", None)
-        abs_r, rel_r, fz_norm = residuals(state.z.detach(), state.fz.detach(), None if g is None else g.detach())
+        if torch.is_grad_enabled():  # (without autograd there is no graph to detach from: 3 ops a step saved)
+            abs_r, rel_r, fz_norm = residuals(state.z.detach(), state.fz.detach(), None if g is None else g.detach())
+        else:
+            abs_r, rel_r, fz_norm = residuals(state.z, state.fz, g)
         rel = self.stop == "rel"
         res = rel_r if rel else abs_r
         live = ~self.done if self.freeze else None

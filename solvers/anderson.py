@@ -21,6 +21,7 @@ coefficients are non-finite restarts its history and takes a damped step ``z + b
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,6 +49,14 @@ from ._base import (
 __all__ = ["Anderson", "AndersonState"]
 
 
+@functools.lru_cache(maxsize=64)
+def _eye(m: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """An m x m identity, made once per size, dtype and device (read only; an ordinary tensor,
+    also when first asked for in inference mode, so that a graph may use it later)."""
+    with torch.inference_mode(False):
+        return torch.eye(m, dtype=dtype, device=device)
+
+
 def _small_solve(gram: Tensor, scale: Tensor, valid: Tensor, rhs: Tensor, ridge: float,
                  min_pivot: float) -> tuple[Tensor, Tensor]:
     """The m x m solve of :meth:`Anderson.coefficients` (float64 ``gamma``, next history mask)."""
@@ -56,7 +65,7 @@ def _small_solve(gram: Tensor, scale: Tensor, valid: Tensor, rhs: Tensor, ridge:
     # The Gram matrix is stored scaled, with the ridge on its diagonal (the ridge is relative
     # to each column's norm); slots without usable history form an identity block.
     vv = valid[:, :, None] & valid[:, None, :]
-    scaled = torch.where(vv, gram, torch.eye(m, dtype=gram.dtype, device=gram.device))
+    scaled = torch.where(vv, gram, _eye(m, gram.dtype, gram.device))
     chol, info = torch.linalg.cholesky_ex(scaled)
     diag = torch.diagonal(chol, dim1=1, dim2=2)
     # A singular row's (partial) factor only spoils its own solution, which is zeroed below,
@@ -216,7 +225,7 @@ class Anderson(Solver[AndersonState]):
         gamma, keep = solve_small(state.gram[:, :k, :k], state.scale[:, :k], state.valid[:, :k], rhs, self.ridge,
                                   (1.0 + self.ridge) / max_cond)
         valid = keep if k == self.m else torch.cat((keep, state.valid[:, k:]), dim=1)
-        return gamma.to(state.z.dtype), valid
+        return gamma, valid  # in the dtype of rhs, the iterates' dtype
 
     def step(self, f: FlatMap, state: AndersonState, args: Sequence[Any]) -> AndersonState:
         """One Anderson step (one evaluation of ``f``), then push the new difference."""
