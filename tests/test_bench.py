@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
+from tiny_models import tiny_overrides
 
 from eqsolve import cli
 from eqsolve.bench import grid as bench
 from eqsolve.config import compose
 from eqsolve.runs import read_results
 
-TINY = ["model.hidden_size=16", "model.H_cycles=1", "model.L_cycles=1", "model.L_layers=1",
-        "model.expansion=2.0"]
+TINY = tiny_overrides()
 ROW_KEYS = {"solver", "solver_options", "label", "depth", "breadth", "n", "nfe_mean", "steps_mean", "accuracy", "accuracy_by_bucket", "bucket_counts",
             "residual_mean", "nonfinite_residuals", "seconds", "puzzles_per_s"}
 

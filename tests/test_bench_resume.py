@@ -6,14 +6,14 @@ import json
 
 import numpy as np
 import pytest
+from tiny_models import tiny_overrides
 
 from eqsolve import cli
 from eqsolve.bench import grid as bench
 from eqsolve.bench.journal import ChunkJournal
 from eqsolve.runs import read_results
 
-TINY = ["model.hidden_size=16", "model.H_cycles=1", "model.L_cycles=1", "model.L_layers=1",
-        "model.expansion=2.0"]
+TINY = tiny_overrides()
 
 
 @pytest.fixture(scope="module")

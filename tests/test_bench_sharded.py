@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
+from tiny_models import tiny_overrides
 
 from eqsolve.bench import grid as bench
 from eqsolve.config import compose
 from eqsolve.distributed import init_process_group, leave_process_group
 
-TINY = ["model.hidden_size=16", "model.H_cycles=1", "model.L_cycles=1", "model.L_layers=1",
-        "model.expansion=2.0"]
+TINY = tiny_overrides()
 
 
 @pytest.fixture(scope="module")

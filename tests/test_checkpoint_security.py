@@ -18,15 +18,16 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from tiny_models import tiny_config
 
 from eqsolve import cli
-from eqsolve.models.eqr import EqR, EqRConfig
+from eqsolve.models.eqr import EqR
 from eqsolve.models.loading import load_checkpoint
 from eqsolve.training.checkpoint import load_training_checkpoint
 from eqsolve.training.config import TrainConfig
 from eqsolve.training.run import run_training
 
-TINY = EqRConfig(hidden_size=16, num_heads=2, H_cycles=1, L_cycles=2, L_layers=1, mixer="sudoku_pool")
+TINY = tiny_config()
 TINY_TRAIN = ["train.steps=1", "train.batch_size=2", "train.gen_easy=4", "train.eval_size=1",
               "train.eval_depth=1", "train.progress=false", "train.threads=1", "model.hidden_size=16",
               "model.num_heads=2", "model.H_cycles=1", "model.L_cycles=2", "model.L_layers=1"]

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 
+from tiny_models import tiny_overrides
+
 from eqsolve import cli
 from eqsolve.tasks.sudoku import SudokuSet, generate_easy, save_csv
 
-TINY = ["model.hidden_size=16", "model.num_heads=2", "model.H_cycles=1", "model.L_cycles=1", "model.L_layers=1"]
+TINY = tiny_overrides(num_heads=2)
 
 
 def test_expand_sweep_takes_the_product_and_keeps_lists() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from tiny_models import tiny_config
 
-from eqsolve.models.eqr import EqRConfig
 from eqsolve.training.compare_grads import (
     CompareConfig,
     parse_mode,
@@ -16,10 +16,8 @@ from eqsolve.training.compare_grads import (
 )
 from eqsolve.training.config import TrainConfig
 
-TINY = EqRConfig(hidden_size=16, num_heads=2, H_cycles=1, L_cycles=1, L_layers=1,
-                 mixer="sudoku_pool")
-TINY_DEQ = EqRConfig(hidden_size=16, num_heads=2, H_cycles=1, L_cycles=1, L_layers=1,
-                     mixer="sudoku_pool", inner_solver="anderson", inner_iter=16, inner_tol=1e-7)
+TINY = tiny_config(L_cycles=1)
+TINY_DEQ = tiny_config(L_cycles=1, inner_solver="anderson", inner_iter=16, inner_tol=1e-7)
 
 
 def test_mode_parsing_and_validation():

@@ -10,15 +10,15 @@ import math
 
 import pytest
 import torch
+from tiny_models import tiny_config
 
-from eqsolve.models.eqr import EqR, EqRConfig
+from eqsolve.models.eqr import EqR
 from eqsolve.training.config import TrainConfig
 from eqsolve.training.run import run_training
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
-TINY = EqRConfig(hidden_size=16, num_heads=2, H_cycles=1, L_cycles=2, L_layers=1,
-                 mixer="sudoku_pool")
+TINY = tiny_config()
 
 
 def _cfg(tmp_path, **overrides) -> TrainConfig:

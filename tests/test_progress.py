@@ -70,12 +70,12 @@ def test_data_generate_is_silent_in_a_pipe(monkeypatch, tmp_path, capsys):
 
 
 def test_compare_grads_counts_every_step_of_every_mode(monkeypatch, tmp_path):
-    from eqsolve.models.eqr import EqRConfig
+    from tiny_models import tiny_config
+
     from eqsolve.training.compare_grads import CompareConfig, run_compare
     from eqsolve.training.config import TrainConfig
 
-    tiny = EqRConfig(hidden_size=16, num_heads=2, H_cycles=1, L_cycles=1, L_layers=1,
-                     mixer="sudoku_pool", inner_solver="anderson", inner_iter=4)
+    tiny = tiny_config(L_cycles=1, inner_solver="anderson", inner_iter=4)
     train = TrainConfig(steps=2, batch_size=4, depth=2, gen_easy=6, out=str(tmp_path),
                         warmup_steps=1, halt_weight=0.0)
     terminal = on_terminal(monkeypatch)

@@ -10,6 +10,7 @@ import time
 
 import pytest
 import torch
+from tiny_models import BENCH_MODEL, tiny_config
 
 from eqsolve import cli, runs
 from eqsolve.models.eqr import EqR, EqRConfig
@@ -17,7 +18,7 @@ from eqsolve.training.checkpoint import load_training_checkpoint
 from eqsolve.training.config import TrainConfig
 from eqsolve.training.run import run_training
 
-TINY = EqRConfig(hidden_size=16, num_heads=2, H_cycles=1, L_cycles=2, L_layers=1, mixer="sudoku_pool")
+TINY = tiny_config()
 TINY_CLI = ["train.batch_size=2", "train.gen_easy=4", "train.eval_size=1", "train.eval_depth=1",
             "train.progress=false", "train.threads=1", "train.checkpoint_every=1", "train.log_every=1",
             "model.hidden_size=16", "model.num_heads=2", "model.H_cycles=1", "model.L_cycles=2",
@@ -141,7 +142,7 @@ def test_numbered_checkpoints_are_independent_copies(tmp_path):
 
 # ----------------------------------------------------------------------------- item 4
 def nan_checkpoint(path):
-    model = EqR(EqRConfig(hidden_size=16, H_cycles=1, L_cycles=1, L_layers=1, expansion=2.0))
+    model = EqR(EqRConfig(**BENCH_MODEL))
     model.load_state_dict({k: torch.full_like(v, float("nan")) for k, v in model.state_dict().items()})
     model.save_checkpoint(path)
     return path

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 import torch
+from tiny_models import tiny_overrides
 
 from eqsolve import cli
 from eqsolve.tasks.base import (
@@ -25,7 +26,7 @@ from eqsolve.tasks.base import (
     unregister_task,
 )
 
-TINY = ["model.hidden_size=16", "model.H_cycles=1", "model.L_cycles=1", "model.L_layers=1", "model.expansion=2.0"]
+TINY = tiny_overrides()
 
 
 class InvertTask(Task):

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from tiny_models import tiny_config
 
 from eqsolve.models.eqr import EqR, EqRConfig
 from eqsolve.training.checkpoint import load_training_checkpoint
@@ -14,8 +15,7 @@ from eqsolve.training.config import GRAD_MODES, TrainConfig
 from eqsolve.training.losses import cross_entropy, halting_bce, stablemax_log_probs
 from eqsolve.training.run import load_preset, main, run_training
 
-TINY = EqRConfig(hidden_size=16, num_heads=2, H_cycles=1, L_cycles=2, L_layers=1,
-                 mixer="sudoku_pool")
+TINY = tiny_config()
 
 
 def tiny_cfg(tmp_path, **overrides) -> TrainConfig:
@@ -123,8 +123,7 @@ def test_resume_reproduces_uninterrupted_losses(tmp_path, grad):
 
 def test_resume_errors_are_clear(tmp_path):
     run_training(tiny_cfg(tmp_path, steps=3), TINY)
-    other = EqRConfig(hidden_size=32, num_heads=2, H_cycles=1, L_cycles=2, L_layers=1,
-                      mixer="sudoku_pool")
+    other = tiny_config(hidden_size=32)
     with pytest.raises(ValueError, match=r"model.hidden_size: checkpoint 16 != run 32"):
         run_training(tiny_cfg(tmp_path, resume=True), other)
     with pytest.raises(ValueError, match=r"train.lr: checkpoint 0.001 != run 0.01"):
@@ -190,7 +189,7 @@ def test_init_from_starts_a_new_run_from_given_weights(tmp_path):
     trainer = Trainer(TINY, tiny_cfg(tmp_path / "b", init_from=str(tmp_path / "w.pt")), pool)
     for name, value in trainer.model.state_dict().items():
         assert torch.equal(value, weights[name]) and torch.equal(trainer.ema[name], weights[name])
-    other = EqRConfig(hidden_size=32, num_heads=2, H_cycles=1, L_cycles=2, L_layers=1, mixer="sudoku_pool")
+    other = tiny_config(hidden_size=32)
     with pytest.raises(ValueError, match="another architecture.*hidden_size: run 32 != file 16"):
         Trainer(other, tiny_cfg(tmp_path / "c", init_from=str(tmp_path / "w.pt")), pool)
     result = run_training(tiny_cfg(tmp_path / "d", steps=2, init_from=str(tmp_path / "w.pt")), TINY)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+from tiny_models import TRAIN_MODEL
 
 from eqsolve.distributed import gloo_threads
 from eqsolve.models.eqr import EqR, EqRConfig
@@ -17,7 +18,7 @@ from eqsolve.training.checkpoint import load_training_checkpoint
 from eqsolve.training.config import TrainConfig
 from eqsolve.training.run import run_training
 
-TINY = dict(hidden_size=16, num_heads=2, H_cycles=1, L_cycles=2, L_layers=1, mixer="sudoku_pool")
+TINY = TRAIN_MODEL
 
 
 def _cfg(out, grad: str) -> TrainConfig:

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from tiny_models import tiny_config
 
 from eqsolve.models.eqr import EqR, EqRConfig
 from eqsolve.training.config import TrainConfig
@@ -15,8 +16,7 @@ from eqsolve.training.steps import DeqForward, SotSegment, make_strategy
 
 TWO_CYCLES = EqRConfig(hidden_size=8, num_heads=2, H_cycles=2, L_cycles=1, L_layers=1,
                        mixer="sudoku_pool")
-TINY = EqRConfig(hidden_size=16, num_heads=2, H_cycles=1, L_cycles=2, L_layers=1,
-                 mixer="sudoku_pool")
+TINY = tiny_config()
 
 
 def _model_and_batch(config: EqRConfig, rows: int = 2) -> tuple[EqR, torch.Tensor, torch.Tensor]:

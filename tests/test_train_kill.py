@@ -9,13 +9,14 @@ import sys
 import time
 
 import pytest
+from tiny_models import TRAIN_MODEL
 
 from eqsolve.models.eqr import EqRConfig
 from eqsolve.training.checkpoint import load_training_checkpoint
 from eqsolve.training.config import TrainConfig
 from eqsolve.training.run import run_training
 
-MODEL = dict(hidden_size=16, num_heads=2, H_cycles=1, L_cycles=2, L_layers=1, mixer="sudoku_pool")
+MODEL = TRAIN_MODEL
 TRAIN = dict(steps=12, batch_size=4, gen_easy=6, sup_steps=3, checkpoint_every=2, log_every=1,
              eval_size=2, eval_depth=1, progress=False, warmup_steps=2, reveal_start=0.5,
              reveal_end=0.1, curriculum_steps=8, threads=1)

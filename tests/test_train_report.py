@@ -5,16 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tiny_models import tiny_config
 
-from eqsolve.models.eqr import EqR, EqRConfig
+from eqsolve.models.eqr import EqR
 from eqsolve.training.checkpoint import load_training_checkpoint
 from eqsolve.training.config import TrainConfig
 from eqsolve.training.export import export_reasoner
 from eqsolve.training.measure import measure, parse_grid
 from eqsolve.training.run import run_training
 
-TINY = EqRConfig(hidden_size=16, num_heads=2, H_cycles=1, L_cycles=1, L_layers=1,
-                 mixer="sudoku_pool")
+TINY = tiny_config(L_cycles=1)
 
 
 def test_export_ships_ema_weights_without_training_state(tmp_path):

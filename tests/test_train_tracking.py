@@ -8,12 +8,13 @@ import types
 from pathlib import Path
 
 import pytest
+from tiny_models import BENCH_MODEL
 
 from eqsolve.training.config import TrainConfig
 from eqsolve.training.run import main as train
 from eqsolve.training.tracking import make_tracker, scalars
 
-TINY = {"hidden_size": 16, "num_heads": 2, "H_cycles": 1, "L_cycles": 1, "L_layers": 1, "expansion": 2.0}
+TINY = {**BENCH_MODEL, "num_heads": 2}
 
 
 def _events(folder: Path) -> dict[str, list[tuple[int, float]]]:
