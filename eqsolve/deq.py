@@ -124,7 +124,10 @@ class DEQ(nn.Module):
         options: dict[str, Any] = dict(solver=self.solver, stop=self.stop)
         if not (torch.is_grad_enabled() and (self.training or self.grad_in_eval)):
             with torch.no_grad():
-                sol = solve(self.f, z0, *args, tol=self.eval_tol, max_iter=self.eval_max_iter, **options)
+                # inference=False: a module that builds a cache in its first call must not get an
+                # inference tensor it would later save for backward in training
+                sol = solve(self.f, z0, *args, tol=self.eval_tol, max_iter=self.eval_max_iter, inference=False,
+                            **options)
             return sol.z, GradSolution.extend(sol)
         if not self.training:  # grad_in_eval: the eval budget, the gradient on z only
             return self.grad(self.f, z0, *args, **options, tol=self.eval_tol, max_iter=self.eval_max_iter)
@@ -134,7 +137,7 @@ class DEQ(nn.Module):
         recorder = _TrajectoryRecorder(self.f)
         rows = torch.arange(z0.shape[0], device=z0.device)
         with torch.no_grad():
-            sol = solve(recorder, z0.detach(), *args, rows, **options)
+            sol = solve(recorder, z0.detach(), *args, rows, inference=False, **options)
         z, stats = self.grad.attach(self.f, sol.z, args)
         states = [self.state_grad.attach(self.f, s, args)[0] for s in recorder.sample(self.n_states - 1, z0)]
         return z, GradSolution.extend(sol, backward=stats, states=[*states, z])

@@ -120,9 +120,12 @@ def solve(
         snapshots: step numbers after which the best iterate of every row is recorded in
             ``Solution.snapshots`` (steps beyond the last one taken record the final result).
         inference: run the loop (``f`` included) in ``torch.inference_mode``: the same results
-            with less per-op overhead, but ``f`` cannot use autograd inside. None (default): when
+            with less per-op overhead (up to ~1/3 of a small problem's time). None (default): when
             autograd is off. The returned tensors are ordinary ones either way (usable in a graph
-            later, e.g. a DEQ's ``f(z*)``).
+            later, e.g. a DEQ's ``f(z*)``). Pass False when ``f`` uses autograd inside, or keeps a
+            tensor it creates (a cache built on its first call would be an inference tensor, which
+            a later graph cannot save for backward); eqsolve's DEQ layer and gradient strategies
+            solve with False.
         **solver_options: options of the named solver (an error if ``solver`` is an object).
 
     Returns:

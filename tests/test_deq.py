@@ -165,3 +165,49 @@ def test_correction_loss_weights() -> None:
     assert correction_loss(states, lambda s: s, gamma=0.5).item() == pytest.approx(1 + 0.5 + 0.25)
     with pytest.raises(ValueError):
         correction_loss([], lambda s: s)
+
+
+class LazyCell(Cell):
+    """A map that builds a tensor on its first call and keeps it (as rotary-embedding caches do)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gain: torch.Tensor | None = None
+
+    def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if self.gain is None:
+            self.gain = torch.full((z.shape[-1],), 0.9, dtype=z.dtype)
+        return torch.tanh((z @ self.W.T) * self.gain + x + self.b)  # the product saves gain for backward
+
+
+@pytest.mark.parametrize("grad", ["implicit", "phantom", "unrolled"])
+def test_evaluating_before_training_leaves_no_inference_tensor_in_the_module(grad) -> None:
+    cell = LazyCell()
+    deq = DEQ(cell, solver="anderson", grad=grad, tol=1e-8, max_iter=60)
+    deq.eval()
+    with torch.no_grad():
+        deq(torch.zeros(3, 6, dtype=D), inputs())  # the cache is built here
+    assert cell.gain is not None and not cell.gain.is_inference()
+    deq.train()
+    z, _ = deq(torch.zeros(3, 6, dtype=D), inputs())
+    z.sum().backward()
+    assert cell.W.grad is not None and torch.isfinite(cell.W.grad).all()
+
+
+def test_a_direct_solve_under_no_grad_runs_f_in_inference_mode_unless_told_not_to() -> None:
+    from eqsolve.solvers import solve
+
+    for inference, expect in ((None, True), (False, False)):
+        cell = LazyCell()
+        with torch.no_grad():
+            solve(cell, torch.zeros(3, 6, dtype=D), inputs(), tol=1e-8, inference=inference)
+        assert cell.gain is not None and cell.gain.is_inference() == expect
+
+
+@pytest.mark.parametrize("grad", ["implicit", "phantom", "one_step"])
+def test_training_first_leaves_no_inference_tensor_in_the_module(grad) -> None:
+    cell = LazyCell()
+    deq = DEQ(cell, solver="anderson", grad=grad, tol=1e-8, max_iter=60)
+    z, _ = deq(torch.zeros(3, 6, dtype=D), inputs())  # the cache is built in the forward solve
+    z.sum().backward()
+    assert cell.gain is not None and not cell.gain.is_inference() and cell.W.grad is not None

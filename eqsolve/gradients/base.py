@@ -132,6 +132,9 @@ class GradientStrategy:
             solution extended with ``backward`` stats where the strategy has any.
         """
         with torch.no_grad():
+            # f is the user's module, trained next: no inference mode (a cache it builds in this
+            # call would be an inference tensor, which a graph cannot save)
+            solver_options.setdefault("inference", False)
             sol = solve(f, z0.detach(), *args, solver=solver, tol=tol, stop=stop,
                         max_iter=max_iter, **solver_options)
         z, stats = self.attach(f, sol.z, args)
