@@ -21,3 +21,11 @@ def shared_sudoku_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"real Sudoku lists not present at {path} (optional external data)")
     return path
+
+
+@pytest.fixture(scope="module")
+def puzzle_csv(tmp_path_factory) -> Path:
+    """Six generated puzzles with answers as a CSV (the shipped eval set is not needed)."""
+    from tiny_models import write_puzzles
+
+    return write_puzzles(tmp_path_factory.mktemp("data") / "six.csv")

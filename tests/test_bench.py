@@ -20,16 +20,6 @@ ROW_KEYS = {"solver", "solver_options", "label", "depth", "breadth", "n", "nfe_m
             "residual_mean", "nonfinite_residuals", "seconds", "puzzles_per_s"}
 
 
-@pytest.fixture(scope="module")
-def puzzle_csv(tmp_path_factory):
-    """Six generated puzzles with answers (the shipped eval set may not exist yet)."""
-    from eqsolve.tasks.sudoku import SudokuSet, generate_easy, save_csv
-
-    path = tmp_path_factory.mktemp("data") / "six.csv"
-    save_csv(SudokuSet.from_items(generate_easy(6, seed=5), "test"), path)
-    return path
-
-
 def tiny_cfg(puzzle_csv, *extra):
     return compose("config_bench", ["checkpoint=random", f"task.data={puzzle_csv}", "bench.batch_size=2",
                                     "bench.threads=1", "bench.extra_baselines=[]", *TINY, *extra])

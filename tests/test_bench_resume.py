@@ -16,15 +16,6 @@ from eqsolve.runs import read_results
 TINY = tiny_overrides()
 
 
-@pytest.fixture(scope="module")
-def puzzle_csv(tmp_path_factory):
-    from eqsolve.tasks.sudoku import SudokuSet, generate_easy, save_csv
-
-    path = tmp_path_factory.mktemp("data") / "six.csv"
-    save_csv(SudokuSet.from_items(generate_easy(6, seed=5), "test"), path)
-    return path
-
-
 def argv(puzzle_csv, out, *extra, resume=False):
     return ["bench", "--checkpoint", "random", "--data", str(puzzle_csv), "--depth", "1,2", "--limit", "5",
             "--out", str(out), *(["--resume"] if resume else []), "bench.batch_size=2", "bench.threads=1",

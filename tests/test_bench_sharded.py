@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
-from tiny_models import tiny_overrides
+from tiny_models import tiny_overrides, write_puzzles
 
 from eqsolve.bench import grid as bench
 from eqsolve.config import compose
@@ -19,11 +19,8 @@ TINY = tiny_overrides()
 
 @pytest.fixture(scope="module")
 def puzzle_csv(tmp_path_factory):
-    from eqsolve.tasks.sudoku import SudokuSet, generate_easy, save_csv
-
-    path = tmp_path_factory.mktemp("data") / "five.csv"
-    save_csv(SudokuSet.from_items(generate_easy(5, seed=5), "test"), path)
-    return path
+    """Five puzzles (not conftest's six): an odd count splits unevenly over two ranks."""
+    return write_puzzles(tmp_path_factory.mktemp("data") / "five.csv", 5)
 
 
 def tiny_cfg(puzzle_csv, *extra):

@@ -7,7 +7,6 @@ import json
 from tiny_models import tiny_overrides
 
 from eqsolve import cli
-from eqsolve.tasks.sudoku import SudokuSet, generate_easy, save_csv
 
 TINY = tiny_overrides(num_heads=2)
 
@@ -20,9 +19,8 @@ def test_expand_sweep_takes_the_product_and_keeps_lists() -> None:
     assert cli.expand_sweep(["bench.limit=4"]) == [["bench.limit=4"]]
 
 
-def test_bench_sweep_runs_every_combination_and_records_failures(tmp_path, capsys) -> None:
-    data = tmp_path / "six.csv"
-    save_csv(SudokuSet.from_items(generate_easy(6, seed=5), "test"), data)
+def test_bench_sweep_runs_every_combination_and_records_failures(tmp_path, capsys, puzzle_csv) -> None:
+    data = puzzle_csv
     out = tmp_path / "sweep"
     argv = ["bench", "-m", "--checkpoint", "random", "--data", str(data), "--depth", "1", "--out", str(out),
             "bench.limit=2,3", "bench.baseline=null", "bench.extra_baselines=[]", "bench.batch_size=0,2", *TINY]
