@@ -43,7 +43,7 @@ NAMES: dict[str, tuple[str, dict[str, str]]] = {
     "eqsolve_anderson": ("anderson", {"tau": "beta"}),
     "eqsolve_broyden": ("broyden", {"ls": "line_search", "LBFGS_thres": "memory"}),
 }
-_LOOP_OPTIONS = ("check_every", "diverge_factor", "stall_window")
+_LOOP_OPTIONS = ("check_every", "diverge_factor", "stall_window", "inference")
 
 
 def torchdeq_solver(
@@ -70,7 +70,9 @@ def torchdeq_solver(
         solver: the eqsolve solver name (bound by :func:`register`).
         return_final: must be False (eqsolve always returns the best iterate).
         **kwargs: solver options (eqsolve or torchdeq names) and the loop options
-            ``check_every``, ``diverge_factor``, ``stall_window``.
+            ``check_every``, ``diverge_factor``, ``stall_window``, ``inference`` (default False
+            here: ``func`` is a torchdeq model's module, trained after the no-grad solve, so a
+            tensor it caches must not be an inference tensor; see :func:`~eqsolve.solvers.solve`).
 
     Returns:
         ``(z, indexing_list, info)`` as torchdeq's solvers do.
@@ -86,7 +88,7 @@ def torchdeq_solver(
     if return_final:
         raise ValueError("return_final=True is not supported: eqsolve returns the best iterate per row")
     renames = next((r for n, r in NAMES.values() if n == solver), {})
-    loop = {k: kwargs.pop(k) for k in _LOOP_OPTIONS if k in kwargs}
+    loop = {"inference": False, **{k: kwargs.pop(k) for k in _LOOP_OPTIONS if k in kwargs}}
     options = {renames.get(k, k): v for k, v in kwargs.items()}
     algo = get_solver(solver, **options)  # ValueError on an unknown option
 

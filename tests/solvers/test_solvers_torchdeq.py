@@ -90,3 +90,20 @@ def test_options_translate_or_fail_loudly():
         adapter.torchdeq_solver(f, z0, solver="anderson", lam=1e-4)
     with pytest.raises(ValueError, match="return_final"):
         adapter.torchdeq_solver(f, z0, solver="anderson", return_final=True)
+
+
+def test_adapter_solves_outside_inference_mode_unless_asked():
+    """torchdeq runs its solver under no_grad and then trains the module: a tensor the module
+    caches in that solve must stay an ordinary one (eqsolve's solve would default to inference mode)."""
+    made = []
+
+    def func(z):
+        made.append(torch.ones_like(z))  # what a lazily built cache would keep
+        return 0.5 * z + made[-1]
+
+    with torch.no_grad():
+        adapter.torchdeq_solver(func, torch.zeros(3, 4), tol=1e-6)
+        assert not any(t.is_inference() for t in made)
+        made.clear()
+        adapter.torchdeq_solver(func, torch.zeros(3, 4), tol=1e-6, inference=True)
+        assert made and all(t.is_inference() for t in made)
