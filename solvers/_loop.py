@@ -124,8 +124,8 @@ def solve(
             autograd is off. The returned tensors are ordinary ones either way (usable in a graph
             later, e.g. a DEQ's ``f(z*)``). Pass False when ``f`` uses autograd inside, or keeps a
             tensor it creates (a cache built on its first call would be an inference tensor, which
-            a later graph cannot save for backward); eqsolve's DEQ layer and gradient strategies
-            solve with False.
+            a later graph cannot save for backward); eqsolve's DEQ layer, gradient strategies
+            and torchdeq adapter solve with False.
         **solver_options: options of the named solver (an error if ``solver`` is an object).
 
     Returns:
