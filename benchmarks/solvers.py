@@ -401,6 +401,9 @@ def to_markdown(results: dict) -> str:
         "Solvers run with their default options.",
         "",
     ]
+    if not m.get("complete", True):
+        lines += [f"(Partial: the run stopped after {len(results['problems'])} problems; the file is rewritten "
+                  "after each one.)", ""]
     if m.get("report_regenerated"):
         lines += [f"(Measurements from the run above; {m['report_regenerated']}.)", ""]
     for pname, pr in results["problems"].items():
@@ -617,12 +620,14 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{p.name}: {time.perf_counter() - t0:.1f}s  " + "  ".join(
             f"{k}={'error' if v.get('error') else round(v['nfe_per_row'])}{'' if v['solved'] else '(x)'}"
             for k, v in r.items()), flush=True)
-    results["meta"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
-    results["meta"]["wall_s_total"] = round(time.perf_counter() - t_start, 1)
-    results["targets"] = targets(results)
-    md = to_markdown(results)
-    write_atomic(a.out / f"{stem}.json", json.dumps(results, indent=1))
-    write_atomic(a.out / f"{stem}.md", md)
+        # written after every problem: a run cut short (a time limit) keeps what it measured
+        done = len(results["problems"]) == len(problems)
+        results["meta"]["complete"] = done
+        results["meta"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+        results["meta"]["wall_s_total"] = round(time.perf_counter() - t_start, 1)
+        results["targets"] = targets(results)
+        write_atomic(a.out / f"{stem}.json", json.dumps(results, indent=1))
+        write_atomic(a.out / f"{stem}.md", to_markdown(results))
     for t in results["targets"]:
         val = "n/a" if t["value"] is None else f"{t['value']:.3f}"
         print(f"{'PASS' if t['pass'] else 'FAIL'}  {t['target']} [{t['problem']}]: {val} (<= {t['threshold']})")

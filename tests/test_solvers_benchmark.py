@@ -66,3 +66,21 @@ def test_problems_move_to_the_dtype_asked_for() -> None:
         assert p.dtype == torch.bfloat16 and p.z_star.dtype == torch.float64
         z = torch.zeros(p.z_star.shape, dtype=torch.bfloat16)
         assert p.f(z, *p.args).dtype == torch.bfloat16
+
+
+def test_a_run_cut_short_keeps_the_problems_it_measured(tmp_path: Path, monkeypatch) -> None:
+    real = bench.measure
+    calls = []
+
+    def measure_then_stop(fns, p, runs):
+        calls.append(p.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # what a time limit does to the run
+        return real(fns, p, runs)
+
+    monkeypatch.setattr(bench, "measure", measure_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(["--quick", "--no-gmres", "--problems", "tanh_rho0.99", "mixer_block", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "solvers.json").read_text())
+    assert list(saved["problems"]) == ["tanh_rho0.99"] and saved["meta"]["complete"] is False
+    assert "Partial" in (tmp_path / "solvers.md").read_text()
