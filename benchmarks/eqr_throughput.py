@@ -23,7 +23,6 @@ default solvers) as a subprocess per cell and reports its wall time.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -36,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from eqsolve._io import atomic_write_json, atomic_write_text
 from eqsolve.models import EqR
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -256,15 +256,20 @@ def main(argv: list[str] | None = None) -> dict:
                   f"{row['official_puzzle_steps_per_s']:.2f} puzzle-steps/s "
                   f"(ratio {row['speed_ratio_eqsolve_over_official']:.3f}, diff {row['max_abs_state_diff']:.1e})",
                   flush=True)
-    bench = [] if a.no_grid else bench_grid([int(b) for b in a.breadths.split(",")],
-                                            [int(d) for d in a.depths.split(",")], a.limit, a.threads, a.device)
-    meta["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
-    results = {"meta": meta, "throughput": throughput, "bench": bench}
-    a.out.mkdir(parents=True, exist_ok=True)
     stem = "eqr_throughput" if device.type == "cpu" else f"eqr_throughput_{device.type}"
-    (a.out / f"{stem}.json").write_text(json.dumps(results, indent=1))
-    (a.out / f"{stem}.md").write_text(to_markdown(results))
-    return results
+
+    def write(bench: list[dict]) -> dict:
+        meta["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+        results = {"meta": meta, "throughput": throughput, "bench": bench}
+        atomic_write_json(a.out / f"{stem}.json", results)
+        atomic_write_text(a.out / f"{stem}.md", to_markdown(results))
+        return results
+
+    write([])  # the throughput table first: a grid cut short by a time limit leaves it written
+    if a.no_grid:
+        return write([])
+    return write(bench_grid([int(b) for b in a.breadths.split(",")], [int(d) for d in a.depths.split(",")],
+                            a.limit, a.threads, a.device))
 
 
 if __name__ == "__main__":
