@@ -253,11 +253,12 @@ class EqR(nn.Module):
         for cycle in range(cycles):
             frozen = grad_last_h_cycle and cycle < cycles - 1
             with torch.no_grad() if frozen else nullcontext():
+                injection = z_H + x  # once per H-cycle (the release adds it before every L-cycle)
                 if self.inner_solver is None:
                     for _ in range(self.config.L_cycles):
-                        z_L = self._update(z_L, z_H + x, beta, generator)
+                        z_L = self._update(z_L, injection, beta, generator)
                 else:
-                    z_L = self._inner_equilibrium(z_L, z_H + x, beta, generator)
+                    z_L = self._inner_equilibrium(z_L, injection, beta, generator)
                 z_H = self._update(z_H, z_L, beta, generator)
         return torch.stack((z_H, z_L), dim=1)
 
