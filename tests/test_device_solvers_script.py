@@ -20,7 +20,7 @@ pytest.importorskip("torchdeq")
 def test_device_solvers_script_measures_every_configuration_on_cpu(tmp_path: Path) -> None:
     out = tmp_path / "dev"
     env = dict(os.environ, OUT=str(out), DEVICE="cpu", RUNS="1", TESTS="0", BUDGET_S="300", PY=sys.executable,
-               CONFIGS="4x16:float32 4x16:bfloat16", OFFICIAL=str(tmp_path / "no-official-code"))
+               CONFIGS="4x16:float32 4x16:bfloat16", THREADS="1", OFFICIAL=str(tmp_path / "no-official-code"))
     proc = subprocess.run(["bash", str(REPO / "scripts" / "device_solvers.sh")], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
     log = (out / "log").read_text()
@@ -48,7 +48,7 @@ def test_device_solvers_script_measures_the_reasoner_map_when_the_official_code_
                     "--export-official", str(official)], check=True, capture_output=True, timeout=120)
     out = tmp_path / "dev"
     env = dict(os.environ, OUT=str(out), DEVICE="cpu", RUNS="1", TESTS="0", BUDGET_S="400", PY=sys.executable,
-               CONFIGS="4x16:float32", OFFICIAL=str(official), EQR_BATCHES="1,1", EQR_LIMIT="1",
+               CONFIGS="4x16:float32", THREADS="1", OFFICIAL=str(official), EQR_BATCHES="1,1", EQR_LIMIT="1",
                EQR_ARGS="--breadths 1 --depths 1")
     proc = subprocess.run(["bash", str(REPO / "scripts" / "device_solvers.sh")], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
