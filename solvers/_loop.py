@@ -148,98 +148,114 @@ def solve(
     if check_every is None and isinstance(z0, Tensor):
         check_every = default_check_every(z0.device)
     _check_inputs(z0, args, stop, tol, max_iter, check_every, diverge_factor, stall_window, inference)
-    batch, shape = z0.shape[0], z0.shape[1:]
-    g = flat_map(f, shape)
-    device, idx_dtype = z0.device, torch.int64
+    g = flat_map(f, z0.shape[1:])
     # Rows may be frozen while still in the batch only when the host has not looked yet.
     freeze = (not compact) or check_every > 1
-    # Under no_grad the whole loop runs in inference mode (less per-op bookkeeping: up to ~20% of
-    # a small problem's time); the outputs are copied out as ordinary tensors below.
+    # Under no_grad the whole loop runs in inference mode (less per-op bookkeeping: up to about a
+    # third of a small problem's time); the outputs are copied out as ordinary tensors below.
     use_inference = (not torch.is_grad_enabled()) if inference is None else inference
     try:
         with torch.inference_mode(use_inference):
-            # no history longer than the run (same iterates, smaller buffers and passes)
-            eng = Engine(algo.sized_for(max_iter), g, Tolerance(float(tol)), stop=stop, diverge_factor=diverge_factor,
-                         stall_window=stall_window, freeze=freeze)
-            eng.admit(z0.reshape(batch, -1), args)
-            idx = torch.arange(batch, device=device)  # original row of each active row
-
-            # Full-batch outputs, written when rows leave (and at the end).
-            out_z = z0.reshape(batch, -1).clone()
-            out_abs = z0.new_full((batch,), math.inf)
-            out_rel = z0.new_full((batch,), math.inf)
-            out_nfe = torch.zeros(batch, dtype=idx_dtype, device=device)
-            out_nstep = torch.zeros(batch, dtype=idx_dtype, device=device)
-            out_status = torch.full((batch,), int(Status.MAX_ITER), dtype=idx_dtype, device=device)
-            trace_bufs = {kind: z0.new_full((batch, max_iter + 1), math.nan) for kind in ("abs", "rel")} if trace else {}
-            snap_steps = sorted({int(s) for s in snapshots})
-            if snap_steps and snap_steps[0] < 0:
-                raise ValueError(f"snapshots={list(snapshots)!r} is invalid: steps must be >= 0")
-            snaps: list[Tensor] = []
-
-            def flush() -> None:
-                assert eng.state is not None
-                out_z[idx] = eng.best_z.detach().to(out_z.dtype)
-                out_abs[idx], out_rel[idx] = eng.best_abs.detach(), eng.best_rel.detach()
-                out_nfe[idx], out_nstep[idx], out_status[idx] = eng.state.nfe, eng.nstep, eng.status
-
-            k = 0
-            while True:
-                # --- observe the current iterate of every active row (no host sync) ---
-                # Without freezing the host looks at this very step: find the rows that go on with few
-                # ops, and work out why the others stopped only when some did (rare).
-                going = eng.observe(lazy=not freeze)
-                for kind, buf in trace_bufs.items():
-                    value = eng.abs_residual if kind == "abs" else eng.rel_residual
-                    assert value is not None
-                    buf[idx, k] = value if eng.live is None else torch.where(eng.live, value, math.nan)
-
-                if k in snap_steps:
-                    snap = out_z.clone()
-                    snap[idx] = eng.best_z.detach().to(snap.dtype)
-                    snaps.append(snap.view(batch, *shape))
-
-                # --- host look: drop finished rows, or leave when none is left ---
-                if k % check_every == 0 or k == max_iter:
-                    if compact:
-                        keep = (going if not freeze else ~eng.done).nonzero().flatten()  # the one host sync
-                        if keep.numel() < idx.numel():
-                            if not freeze:
-                                eng.settle()
-                            flush()
-                            if keep.numel() == 0:
-                                break
-                            # The history buffers stay put (no copy); everything aligned with the
-                            # state's rows follows the same order.
-                            idx = idx[eng.drop(keep)]
-                    elif bool(eng.done.all()):
-                        break
-                if k == max_iter:
-                    break
-
-                # --- one step of the solver on the active rows (frozen rows keep their state) ---
-                eng.advance()
-                k += 1
-
-            flush()
-            traces = {kind: buf[:, : k + 1] for kind, buf in trace_bufs.items()}
-            z_out = out_z.view(batch, *shape)
-            snaps += [z_out.clone() for s in snap_steps if s > k]
-            sol = Solution(
-                z=z_out, abs_residual=out_abs, rel_residual=out_rel, nfe=out_nfe, nstep=out_nstep,
-                status=out_status, trace=traces.get(stop), stop=stop, tol=float(tol),
-                abs_trace=traces.get("abs"), rel_trace=traces.get("rel"), snapshots=snaps,
-            )
+            sol = _run(algo, g, z0, args, tol=tol, stop=stop, max_iter=max_iter, compact=compact, trace=trace,
+                       check_every=check_every, diverge_factor=diverge_factor, stall_window=stall_window,
+                       snapshots=snapshots, freeze=freeze)
     except RuntimeError as e:
         # autograd inside f fails in inference mode, e.g. "element 0 of tensors does not require grad"
         if use_inference and any(word in str(e) for word in ("nference", "grad")):
-            raise RuntimeError(
-                f"{e}\n(solve() ran f in torch.inference_mode because autograd was off; a map that needs "
-                "autograd inside, e.g. one that differentiates an energy, must pass inference=False)"
-            ) from e
+            _add_note(e, "solve() ran f in torch.inference_mode because autograd was off; a map that needs "
+                         "autograd inside, e.g. one that differentiates an energy, must pass inference=False")
         raise
     if use_inference:
         sol = sol.copied()
     if throw and not bool(sol.converged.all()):
         raise SolveError(sol.describe_failures())
+    return sol
+
+
+def _add_note(e: BaseException, note: str) -> None:
+    """Attach a hint to an exception without changing its type (PEP 678 where available)."""
+    if hasattr(e, "add_note"):  # Python >= 3.11
+        e.add_note(note)
+    else:
+        e.args = (f"{e.args[0]}\n({note})", *e.args[1:]) if e.args else (note,)
+
+
+def _run(algo: Any, g: Callable[..., Tensor], z0: Tensor, args: tuple, *, tol: float, stop: str, max_iter: int,
+         compact: bool, trace: bool, check_every: int, diverge_factor: float | None, stall_window: int | None,
+         snapshots: Any, freeze: bool) -> Solution:
+    """The loop of :func:`solve` on validated inputs (``g`` is the flat map)."""
+    batch, shape = z0.shape[0], z0.shape[1:]
+    device, idx_dtype = z0.device, torch.int64
+    # no history longer than the run (same iterates, smaller buffers and passes)
+    eng = Engine(algo.sized_for(max_iter), g, Tolerance(float(tol)), stop=stop, diverge_factor=diverge_factor,
+                 stall_window=stall_window, freeze=freeze)
+    eng.admit(z0.reshape(batch, -1), args)
+    idx = torch.arange(batch, device=device)  # original row of each active row
+
+    # Full-batch outputs, written when rows leave (and at the end).
+    out_z = z0.reshape(batch, -1).clone()
+    out_abs = z0.new_full((batch,), math.inf)
+    out_rel = z0.new_full((batch,), math.inf)
+    out_nfe = torch.zeros(batch, dtype=idx_dtype, device=device)
+    out_nstep = torch.zeros(batch, dtype=idx_dtype, device=device)
+    out_status = torch.full((batch,), int(Status.MAX_ITER), dtype=idx_dtype, device=device)
+    trace_bufs = {kind: z0.new_full((batch, max_iter + 1), math.nan) for kind in ("abs", "rel")} if trace else {}
+    snap_steps = sorted({int(s) for s in snapshots})
+    if snap_steps and snap_steps[0] < 0:
+        raise ValueError(f"snapshots={list(snapshots)!r} is invalid: steps must be >= 0")
+    snaps: list[Tensor] = []
+
+    def flush() -> None:
+        assert eng.state is not None
+        out_z[idx] = eng.best_z.detach().to(out_z.dtype)
+        out_abs[idx], out_rel[idx] = eng.best_abs.detach(), eng.best_rel.detach()
+        out_nfe[idx], out_nstep[idx], out_status[idx] = eng.state.nfe, eng.nstep, eng.status
+
+    k = 0
+    while True:
+        # --- observe the current iterate of every active row (no host sync) ---
+        # Without freezing the host looks at this very step: find the rows that go on with few
+        # ops, and work out why the others stopped only when some did (rare).
+        going = eng.observe(lazy=not freeze)
+        for kind, buf in trace_bufs.items():
+            value = eng.abs_residual if kind == "abs" else eng.rel_residual
+            assert value is not None
+            buf[idx, k] = value if eng.live is None else torch.where(eng.live, value, math.nan)
+
+        if k in snap_steps:
+            snap = out_z.clone()
+            snap[idx] = eng.best_z.detach().to(snap.dtype)
+            snaps.append(snap.view(batch, *shape))
+
+        # --- host look: drop finished rows, or leave when none is left ---
+        if k % check_every == 0 or k == max_iter:
+            if compact:
+                keep = (going if not freeze else ~eng.done).nonzero().flatten()  # the one host sync
+                if keep.numel() < idx.numel():
+                    if not freeze:
+                        eng.settle()
+                    flush()
+                    if keep.numel() == 0:
+                        break
+                    # The history buffers stay put (no copy); everything aligned with the
+                    # state's rows follows the same order.
+                    idx = idx[eng.drop(keep)]
+            elif bool(eng.done.all()):
+                break
+        if k == max_iter:
+            break
+
+        # --- one step of the solver on the active rows (frozen rows keep their state) ---
+        eng.advance()
+        k += 1
+
+    flush()
+    traces = {kind: buf[:, : k + 1] for kind, buf in trace_bufs.items()}
+    z_out = out_z.view(batch, *shape)
+    snaps += [z_out.clone() for s in snap_steps if s > k]
+    sol = Solution(
+        z=z_out, abs_residual=out_abs, rel_residual=out_rel, nfe=out_nfe, nstep=out_nstep,
+        status=out_status, trace=traces.get(stop), stop=stop, tol=float(tol),
+        abs_trace=traces.get("abs"), rel_trace=traces.get("rel"), snapshots=snaps,
+    )
     return sol
