@@ -9,8 +9,8 @@
 #      benchmarks/eqr_throughput.py on the GPU (eqsolve's EqR map against the official one at
 #      batch 256 and 1024, and `eqsolve bench` time against breadth and depth).
 #
-#   python benchmarks/eqr_throughput.py --export-official .eqr_official   # here, once
-#   OUT=runs/device-solvers bash scripts/device_solvers.sh                # there
+#   bash scripts/prepare_device.sh                        # here, once: .whl/ and .eqr_official/
+#   OUT=runs/device-solvers bash scripts/device_solvers.sh # there, carrying .whl and .eqr_official
 #
 # Run from the repository root. Needs python3 with torch (CUDA), numpy, scipy, pytest,
 # hypothesis, tqdm and matplotlib; eqsolve's other dependencies come from wheels in .whl/ when
