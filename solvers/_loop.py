@@ -14,6 +14,7 @@ buffers are not copied, the surviving rows at the tail move into the holes inste
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from typing import Any
@@ -154,8 +155,9 @@ def solve(
     # Under no_grad the whole loop runs in inference mode (less per-op bookkeeping: up to about a
     # third of a small problem's time); the outputs are copied out as ordinary tensors below.
     use_inference = (not torch.is_grad_enabled()) if inference is None else inference
+    # (not torch.inference_mode(False): that switches autograd back on under no_grad)
     try:
-        with torch.inference_mode(use_inference):
+        with torch.inference_mode() if use_inference else contextlib.nullcontext():
             sol = _run(algo, g, z0, args, tol=tol, stop=stop, max_iter=max_iter, compact=compact, trace=trace,
                        check_every=check_every, diverge_factor=diverge_factor, stall_window=stall_window,
                        snapshots=snapshots, freeze=freeze)

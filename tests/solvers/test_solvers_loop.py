@@ -531,3 +531,31 @@ def test_a_map_using_autograd_inside_needs_inference_false():
 def test_inference_option_is_checked():
     with pytest.raises(ValueError, match="inference"):
         solve(lambda z: 0.5 * z, torch.zeros(2, 3), inference="yes")
+
+
+@pytest.mark.parametrize("inference", [None, True, False])
+def test_the_grad_mode_f_sees_is_the_callers_under_no_grad(inference):
+    # torch.inference_mode(False) would switch autograd back on: the history would then be
+    # recorded in a graph (a DEQ's forward solve, which passes inference=False, kept it all)
+    seen = []
+    w = torch.nn.Parameter(_contraction(d=4, q=0.5))
+
+    def f(z):
+        seen.append(torch.is_grad_enabled())
+        return torch.tanh(z @ w.T + 1.0)
+
+    with torch.no_grad():
+        sol = solve(f, torch.zeros(3, 4, dtype=torch.float64), solver="anderson", tol=1e-8, inference=inference)
+    assert seen and not any(seen)
+    assert not sol.z.requires_grad and sol.z.grad_fn is None
+
+
+def test_with_autograd_on_f_runs_with_autograd_on():
+    seen = []
+
+    def f(z):
+        seen.append((torch.is_grad_enabled(), torch.is_inference_mode_enabled()))
+        return 0.5 * z + 1.0
+
+    solve(f, torch.zeros(3, 4, dtype=torch.float64), tol=1e-8)
+    assert seen and all(s == (True, False) for s in seen)
