@@ -140,8 +140,10 @@ class Implicit(GradientStrategy):
 
         rows = torch.arange(batch, device=v.device)
         with torch.no_grad():
+            # inference=False: the map runs autograd's backward on f's graph, which inference mode
+            # is not documented to support across torch versions (its speed-up is small here)
             sol = solve(adjoint_map, v, v, rows, solver=self.__dict__["_adjoint_solver"], tol=self.tol, stop=self.stop,
-                        max_iter=self.max_iter, compact=self.compact, **self.loop_options)
+                        max_iter=self.max_iter, compact=self.compact, inference=False, **self.loop_options)
         stats.ran = True
         stats.status, stats.nfe, stats.nstep = sol.status, sol.nfe, sol.nstep
         stats.abs_residual, stats.rel_residual = sol.abs_residual, sol.rel_residual
