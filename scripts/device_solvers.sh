@@ -74,8 +74,8 @@ for cfg in $CONFIGS; do
   sizes=${cfg%%:*}; dtype=${cfg##*:}; batch=${sizes%%x*}; d=${sizes##*x}
   if [ "$(left)" -lt 30 ]; then echo "skipped $cfg: budget spent" | tee -a "$LOG"; continue; fi
   problems=()
-  # shellcheck disable=SC2206
-  [ $first = 1 ] || problems=(--problems $LARGE)
+  # (read splits without globbing: the names hold brackets)
+  [ $first = 1 ] || read -ra problems <<< "--problems $LARGE"
   echo "== $cfg" | tee -a "$LOG"
   (cd /tmp && timeout "$(left)" $PY "$REPO/benchmarks/solvers.py" --device "$DEVICE" --dtype "$dtype" \
       --batch "$batch" --d "$d" --runs "$RUNS" --threads "$THREADS" --no-gmres --out "$RES" "${problems[@]}" \
