@@ -35,6 +35,9 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_common.py, also when imported by path
+from _common import device_name  # noqa: E402
+
 from eqsolve._io import atomic_write_json, atomic_write_text
 from eqsolve.models import EqR
 
@@ -244,8 +247,7 @@ def main(argv: list[str] | None = None) -> dict:
             "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "commit": commit, "note": a.note,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "loadavg_before": [round(x, 2) for x in os.getloadavg()], "device": device.type,
-            "device_name": (f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-                            if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)")}
+            "device_name": device_name(device)}
     base = dict(batch_size=1, seq_len=81, vocab_size=11, H_cycles=3, L_cycles=6, H_layers=0, L_layers=2,
                 hidden_size=512, expansion=4, num_heads=8, pos_encodings="none", halt_max_steps=16,
                 halt_exploration_prob=0.1, forward_dtype="float32", mlp_t=True, lambda_=0.95, noise_scale=0.0)

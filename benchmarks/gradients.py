@@ -38,6 +38,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from eqsolve._io import atomic_write_text
+
 RESULTS = Path(__file__).resolve().parent / "results"
 TOKENS, DIM, HIDDEN, BATCH, GAIN = 16, 64, 128, 16, 2.0
 B_TOL, B_MAX = 1e-5, 200  # adjoint tolerance (abs, per row) and budget, shared with torchdeq's IFT
@@ -211,12 +213,6 @@ def run_case(case: str, depth: int) -> dict:
         return torch.load(out)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def main(depths: list[int], out_dir: Path) -> dict:
     started = time.perf_counter()
     exact, info = exact_gradient()
@@ -240,8 +236,8 @@ def main(depths: list[int], out_dir: Path) -> dict:
                            "unroll_k": UNROLL_K, "threads": 1, "torch": torch.__version__},
               "rows": rows, "targets": targets, "wall_s": time.perf_counter() - started}
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(out_dir / "gradients.json", json.dumps(result, indent=2))
-    write_atomic(out_dir / "gradients.md", to_markdown(result))
+    atomic_write_text(out_dir / "gradients.json", json.dumps(result, indent=2))
+    atomic_write_text(out_dir / "gradients.md", to_markdown(result))
     return result
 
 

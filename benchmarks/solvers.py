@@ -35,7 +35,6 @@ import math  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
@@ -47,8 +46,12 @@ import scipy.optimize  # noqa: E402
 import scipy.sparse.linalg  # noqa: E402
 import torch  # noqa: E402
 import torchdeq  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/_common.py, also when imported by path
+from _common import device_name  # noqa: E402
 from torchdeq.solver import get_solver as torchdeq_get_solver  # noqa: E402
 
+from eqsolve._io import atomic_write_text  # noqa: E402
 from eqsolve.solvers import solve  # noqa: E402
 
 TOL = 1e-5
@@ -468,19 +471,6 @@ def results_stem(device: str, dtype: str, threads: int, batch: int, d: int) -> s
     return stem
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as fh:
-        fh.write(text)
-    os.replace(fh.name, path)
-
-
 def compile_check(a) -> dict:
     """Anderson eager vs through ``torch.compile`` (inductor): does compiling pay on this machine?
 
@@ -535,8 +525,8 @@ def compile_check(a) -> dict:
     lines += ["", "Default: eager (`Anderson(compile=None)`); compiling is worth it only where a ratio above is "
               "below 1. The first compiled call of a process pays the compilation (later problems reuse part of it).",
               ""]
-    write_atomic(a.out / "solvers_compile.json", json.dumps(out, indent=1))
-    write_atomic(a.out / "solvers_compile.md", "\n".join(lines))
+    atomic_write_text(a.out / "solvers_compile.json", json.dumps(out, indent=1))
+    atomic_write_text(a.out / "solvers_compile.md", "\n".join(lines))
     return out
 
 
@@ -572,8 +562,8 @@ def main(argv: list[str] | None = None) -> dict:
         m = results["meta"]
         stem = results_stem(m.get("device", "cpu"), m.get("dtype", "float32"), m.get("torch_threads", 1),
                             m.get("batch", 64), m.get("d", 512))
-        write_atomic(a.out / f"{stem}.json", json.dumps(results, indent=1))
-        write_atomic(a.out / f"{stem}.md", to_markdown(results))
+        atomic_write_text(a.out / f"{stem}.json", json.dumps(results, indent=1))
+        atomic_write_text(a.out / f"{stem}.md", to_markdown(results))
         return results
     if a.quick:
         a.runs, a.d, a.batch = 1, 64, 8
@@ -626,8 +616,8 @@ def main(argv: list[str] | None = None) -> dict:
         results["meta"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
         results["meta"]["wall_s_total"] = round(time.perf_counter() - t_start, 1)
         results["targets"] = targets(results)
-        write_atomic(a.out / f"{stem}.json", json.dumps(results, indent=1))
-        write_atomic(a.out / f"{stem}.md", to_markdown(results))
+        atomic_write_text(a.out / f"{stem}.json", json.dumps(results, indent=1))
+        atomic_write_text(a.out / f"{stem}.md", to_markdown(results))
     for t in results["targets"]:
         val = "n/a" if t["value"] is None else f"{t['value']:.3f}"
         print(f"{'PASS' if t['pass'] else 'FAIL'}  {t['target']} [{t['problem']}]: {val} (<= {t['threshold']})")

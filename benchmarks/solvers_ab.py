@@ -40,6 +40,7 @@ import torch  # noqa: E402
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import solvers as bench  # noqa: E402  (benchmarks/solvers.py: the problems and helpers)
+from eqsolve._io import atomic_write_text  # noqa: E402
 from eqsolve.solvers import solve as new_solve  # noqa: E402
 
 SOLVERS = ("fixed_point", "anderson", "broyden")
@@ -108,8 +109,8 @@ def main(argv: list[str] | None = None) -> dict:
             "load_avg_after": list(os.getloadavg())}
     out = {"meta": meta, "rows": rows}
     if not a.quick:
-        bench.write_atomic(a.out / f"{a.name}.json", json.dumps(out, indent=1))
-        bench.write_atomic(a.out / f"{a.name}.md", to_markdown(out))
+        atomic_write_text(a.out / f"{a.name}.json", json.dumps(out, indent=1))
+        atomic_write_text(a.out / f"{a.name}.md", to_markdown(out))
     return out
 
 
