@@ -330,12 +330,6 @@ def write_sym_slot(gram: Tensor, slot: int, col: Tensor, inplace: bool | None = 
 
     ``col`` is cast to the dtype of ``gram`` (exactly, when ``gram`` is the wider one).
 
-    In place or out of place like :func:`write_slot`.
+    In place or out of place like :func:`write_slot`: :func:`write_row_col` with ``row = col``.
     """
-    if not _in_place(inplace):
-        at, col = torch.tensor([slot], device=gram.device), col.to(gram.dtype)
-        gram = gram.index_copy(1, at, col.unsqueeze(1))
-        return gram.index_copy(2, at, col.unsqueeze(2))
-    gram[:, slot, :] = col
-    gram[:, :, slot] = col
-    return gram
+    return write_row_col(gram, slot, col, col, inplace)
