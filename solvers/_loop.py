@@ -121,7 +121,7 @@ def solve(
         snapshots: step numbers after which the best iterate of every row is recorded in
             ``Solution.snapshots`` (steps beyond the last one taken record the final result).
         inference: run the loop (``f`` included) in ``torch.inference_mode``: the same results
-            with less per-op overhead (up to ~1/3 of a small problem's time). None (default): when
+            with less per-op overhead (up to about a quarter of a small problem's time). None (default): when
             autograd is off. The returned tensors are ordinary ones either way (usable in a graph
             later, e.g. a DEQ's ``f(z*)``). Pass False when ``f`` uses autograd inside, or keeps a
             tensor it creates (a cache built on its first call would be an inference tensor, which
@@ -153,7 +153,7 @@ def solve(
     # Rows may be frozen while still in the batch only when the host has not looked yet.
     freeze = (not compact) or check_every > 1
     # Under no_grad the whole loop runs in inference mode (less per-op bookkeeping: up to about a
-    # third of a small problem's time); the outputs are copied out as ordinary tensors below.
+    # quarter of a small problem's time); the outputs are copied out as ordinary tensors below.
     use_inference = (not torch.is_grad_enabled()) if inference is None else inference
     # (not torch.inference_mode(False): that switches autograd back on under no_grad)
     try:
