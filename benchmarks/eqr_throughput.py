@@ -16,7 +16,7 @@ compared), the same batch and the same start. One outer step is one call of eqso
 and one ``deep_recursion`` of the official inner network (``H_cycles x (L_cycles + 1)``
 block-stack applications), under ``torch.no_grad()``. Throughput is puzzles x outer steps per
 second: the median of ``--runs`` timed runs of ``--steps`` steps after a warm-up, the two
-implementations alternated. The bench grid runs ``eqsolve bench`` (the shipped reasoner, the
+implementations alternated (which one goes first alternates between rounds). The bench grid runs ``eqsolve bench`` (the shipped reasoner, the
 default solvers) as a subprocess per cell and reports its wall time.
 """
 
@@ -152,8 +152,9 @@ def time_pair(official, mine, batch: int, steps: int, runs: int, seed: int,
         a, b = run_mine(), run_official()  # warm-up, and the two must agree
         max_diff = float((a - b).abs().max())
         times = {"eqsolve": [], "official": []}
-        for _ in range(runs):
-            for name, fn in (("eqsolve", run_mine), ("official", run_official)):
+        pair = (("eqsolve", run_mine), ("official", run_official))
+        for i in range(runs):
+            for name, fn in pair if i % 2 == 0 else pair[::-1]:  # which goes first alternates
                 t = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - t)
