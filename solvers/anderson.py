@@ -11,11 +11,21 @@ i.e. ``z_{k+1} = z_k - H_k g_k`` with the multisecant inverse-Jacobian approxima
 ``dz_i`` (Anderson's secant conditions). On linear maps with a long enough history this is
 equivalent to GMRES on ``(I - A) z = b``.
 
-Robustness, per row: the Gram matrix ``dG^T dG`` is kept up to date incrementally (one new
-row and column per step), Jacobi-scaled, and regularised by a ridge relative to its diagonal
-(so the ridge means the same on problems of any scale); history columns that are numerically
-dependent on the others are dropped; a row whose Gram system is singular or whose
-coefficients are non-finite restarts its history and takes a damped step ``z + beta g``.
+**No factorisation per step.** The state keeps the inverse of the regularised Gram matrix,
+``P = (dG^T dG + ridge diag(||dg_i||^2))^{-1}`` over the stored pairs (rows and columns of empty
+slots are zero), so that ``gamma = P dG^T g`` is one small matrix product. Each step updates ``P``
+in two rank-one corrections (:func:`_push`): the pair leaving the ring is removed (``P - p_j
+p_j^T / P_jj``), and the new one is added by bordering (its Schur complement ``s = d - a^T P a``
+against the stored pairs, with ``a = dG^T dg`` and ``d = (1 + ridge) ||dg||^2``). That is O(m^2)
+per row and a handful of batched ops, where a Cholesky factorisation of every row's m x m
+system and two triangular solves cost O(m^3), one LAPACK call per row and about twice the ops.
+
+Robustness, per row: the ridge is relative to each column's squared norm (so it means the same
+on problems of any scale; it bounds the condition number of the scaled system by about
+``m / ridge``); a new pair whose difference is numerically dependent on the stored ones (``s``
+below ``d / max_cond``), or non-finite, or zero, is not stored (its slot stays empty until the
+ring comes round), so ``P`` stays finite and the step needs no restarts; a row without usable
+history takes the plain step ``z + beta g``. The updates are done in float64.
 """
 
 from __future__ import annotations
@@ -43,56 +53,75 @@ from ._base import (
     widen,
     write_diff,
     write_slot,
-    write_sym_slot,
 )
 
 __all__ = ["Anderson", "AndersonState"]
 
 
-@functools.lru_cache(maxsize=64)
-def _eye(m: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """An m x m identity, made once per size, dtype and device (read only; an ordinary tensor,
-    also when first asked for in inference mode, so that a graph may use it later)."""
+@functools.lru_cache(maxsize=256)
+def _slot_masks(n: int, slot: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    """``(e, keep)`` for an n-slot history: the one-hot ``(n,)`` vector of ``slot`` and the ``(n, n)``
+    mask that zeroes its row and column. Made once per size, slot, dtype and device (read only;
+    ordinary tensors, also when first asked for in inference mode, so that a graph may use them)."""
     with torch.inference_mode(False):
-        return torch.eye(m, dtype=dtype, device=device)
+        e = torch.zeros(n, dtype=dtype, device=device)
+        e[slot] = 1.0
+        keep = 1.0 - e
+        return e, keep[:, None] * keep[None, :]
 
 
-def _small_solve(gram: Tensor, scale: Tensor, valid: Tensor, rhs: Tensor, ridge: float,
-                 min_pivot: float) -> tuple[Tensor, Tensor]:
-    """The m x m solve of :meth:`Anderson.coefficients` (float64 ``gamma``, next history mask)."""
-    m = gram.shape[-1]
-    # The small m x m systems are solved in float64: cheap, and it keeps the pivots honest.
-    # The Gram matrix is stored scaled, with the ridge on its diagonal (the ridge is relative
-    # to each column's norm); slots without usable history form an identity block.
-    vv = valid[:, :, None] & valid[:, None, :]
-    scaled = torch.where(vv, gram, _eye(m, gram.dtype, gram.device))
-    chol, info = torch.linalg.cholesky_ex(scaled)
-    diag = torch.diagonal(chol, dim1=1, dim2=2)
-    # A singular row's (partial) factor only spoils its own solution, which is zeroed below,
-    # so it needs no replacing. On a regular row the unused slots form an identity block with
-    # a zero right-hand side, so their coefficients come out exactly 0 without a mask.
-    # (two triangular solves: torch.cholesky_solve would read its error flag back to the host)
-    b = torch.where(valid, rhs.double() * scale, 0.0).unsqueeze(2)
-    y = torch.linalg.solve_triangular(chol.mT, torch.linalg.solve_triangular(chol, b, upper=False), upper=True).squeeze(2)
-    gamma = y * scale
-    # A factor with a non-finite pivot gives a non-finite solution: one finiteness test does
-    # for both (a sum is finite iff its terms are, short of overflow).
-    ok = (info == 0) & (gamma.sum(dim=1).abs() < math.inf)  # False for NaN and inf (2 ops; isfinite is 4)
-    gamma = torch.where(ok[:, None], gamma, 0.0)
-    # Restart rows whose system failed; drop columns that are numerically dependent on the
-    # others (tiny Cholesky pivot) from the next steps on. This step's solve is still sound:
-    # the ridge bounds the pivots from below.
-    keep = valid & ok[:, None] & (diag * diag >= min_pivot)
-    return gamma.to(rhs.dtype), keep
+def _push(hinv: Tensor, col: Tensor, norm2: Tensor, e: Tensor, keep: Tensor, slot: int, wrapped: bool,
+          min_pivot: float, inplace: bool) -> Tensor:
+    """The inverse regularised Gram matrix after the pair in ``slot`` is replaced by a new one.
+
+    Args:
+        hinv: ``(B, m, m)`` float64 ``P``, the inverse over the stored pairs (zero rows and
+            columns on empty slots).
+        col: ``(B, m)`` float64 ``a = dG^T dg``: the new difference against every slot (the
+            entry of ``slot`` itself is not used).
+        norm2: ``(B,)`` float64 ``d = (1 + ridge) ||dg||^2``, the new pair's regularised diagonal.
+        e, keep: :func:`_slot_masks` of ``slot`` for the first ``n`` slots, those in use after
+            this step (the others are zero and stay so; ``n = m`` out of place).
+        slot: the ring position of the new pair.
+        wrapped: whether ``slot`` holds an older pair, to be removed first.
+        min_pivot: store the new pair only where ``s > min_pivot * d`` (``1 / max_cond``).
+        inplace: update ``hinv`` in place (no graph is recorded); otherwise return a new tensor.
+
+    Returns:
+        The updated ``(B, m, m)`` inverse; ``slot``'s row and column are zero where the new pair
+        was not stored.
+    """
+    n = e.shape[0]
+    h = hinv[:, :n, :n]
+    a = col[:, :n]
+    if wrapped:
+        # Remove the old pair: P - p_j p_j^T / P_jj is the inverse over the others, and its row
+        # and column j are zero up to rounding (zeroed exactly). An empty slot's column is zero.
+        pj = h[:, :, slot]
+        pjj = pj[:, slot:slot + 1]
+        outer = pj.unsqueeze(2) * (pj / torch.where(pjj > 0, pjj, 1.0)).unsqueeze(1)
+        h = h.sub_(outer).mul_(keep) if inplace else (h - outer) * keep
+    # Border with the new pair: with u = P a (zero in the slot, whose row of P is zero) and the
+    # Schur complement s = d - a^T u, the new inverse is P + v v^T / s with v = u - e_slot.
+    u = torch.bmm(h, a.unsqueeze(2)).squeeze(2)
+    s = norm2 - torch.linalg.vecdot(a, u)
+    stored = s > min_pivot * norm2  # False for NaN and inf, and for a zero difference (0 > 0)
+    w = torch.where(stored, s, math.inf).reciprocal()  # 1 / s, or 0: the slot stays empty
+    v = torch.where(stored.unsqueeze(1), u, 0.0) - e  # (u is NaN where a is: 0 * NaN would spoil P)
+    vw = (v * w.unsqueeze(1)).unsqueeze(1)
+    if inplace:
+        h.baddbmm_(v.unsqueeze(2), vw)
+        return hinv
+    return torch.baddbmm(h, v.unsqueeze(2), vw)
 
 
 _COMPILED: dict[str, Any] = {}
 
 
 def _compiled(backend: str) -> Any:
-    """:func:`_small_solve` through ``torch.compile`` (dynamic shapes: compaction shrinks the batch)."""
+    """:func:`_push` through ``torch.compile`` (dynamic shapes: compaction shrinks the batch)."""
     if backend not in _COMPILED:
-        _COMPILED[backend] = torch.compile(_small_solve, backend=backend, dynamic=True)
+        _COMPILED[backend] = torch.compile(_push, backend=backend, dynamic=True)
     return _COMPILED[backend]
 
 
@@ -103,32 +132,33 @@ class AndersonState(SolverState):
     Attributes:
         dG: ``(B, m, n)`` ring buffer of residual differences ``g_{i+1} - g_i`` (a buffer).
         dX: ``(B, m, n)`` ring buffer of ``dz_i + beta * dg_i``, the update directions (a buffer).
-        gram: ``(B, m, m)`` float64, the Jacobi-scaled Gram matrix ``D dG dG^T D`` with the ridge
-            on its diagonal, ``D = diag(scale)``; entries of slots that are not ``valid`` are
-            meaningless (a buffer: one row and column is written per step).
-        scale: ``(B, m)`` float64, ``1 / ||dg_i||`` of every slot (a buffer).
-        valid: ``(B, m)`` bool, which slots hold usable history for the row.
+        hinv: ``(B, m, m)`` float64 ``P = (dG^T dG + ridge diag(||dg_i||^2))^{-1}`` over the stored
+            pairs, in slot order; rows and columns of empty slots are zero (a buffer: updated by
+            two rank-one corrections per step).
         g: ``(B, n)`` the residual ``fz - z`` of the current iterate (cached for the step and
             the solve loop).
         dGg: ``(B, m)`` ``dG g`` for the current residual ``g = fz - z`` (cached: it is both the
             next right-hand side and, differenced, the next Gram column).
         slot: ring position the next difference is written to (shared by all rows).
         filled: slots written so far (``min(steps, m)``, shared by all rows): the history
-            passes and the small solve use only these, so a solve shorter than ``m`` steps
+            passes and the small products use only these, so a solve shorter than ``m`` steps
             (an inner solve of a few evaluations) never pays for the unused slots.
     """
 
-    BUFFERS: ClassVar[tuple[str, ...]] = ("dG", "dX", "gram", "scale")
+    BUFFERS: ClassVar[tuple[str, ...]] = ("dG", "dX", "hinv")
 
     dG: Tensor
     dX: Tensor
-    gram: Tensor
-    scale: Tensor
-    valid: Tensor
+    hinv: Tensor
     g: Tensor
     dGg: Tensor
     slot: int = 0
     filled: int = 0
+
+    @property
+    def valid(self) -> Tensor:
+        """``(B, m)`` bool: the slots that hold a stored pair (the diagonal of ``P`` is positive there)."""
+        return torch.diagonal(self.hinv, dim1=1, dim2=2) > 0
 
 
 @dataclass(frozen=True)
@@ -142,19 +172,19 @@ class Anderson(Solver[AndersonState]):
             a long history lands on nearby unstable equilibria; the measurements are in
             ``benchmarks/results/bench_scaling.md``.
         beta: mixing in ``(0, 1]``; 1 mixes the images ``f(z_i)`` only (undamped).
-        ridge: Tikhonov term relative to the (Jacobi-scaled) Gram diagonal, ``>= 0``.
-        max_cond: drop history columns whose Cholesky pivot of the scaled Gram matrix is below
-            ``1 / max_cond`` (numerically dependent on the others); None picks
-            ``1e-2 / eps`` of the dtype.
+        ridge: Tikhonov term relative to each column's squared norm (the Gram diagonal), ``>= 0``.
+        max_cond: do not store a new difference whose Schur complement against the stored ones
+            is below ``1 / max_cond`` of its (regularised) squared norm: it is numerically
+            dependent on them. None picks ``1e-2 / eps`` of the dtype.
         delay: number of plain ``z + beta g`` steps a row takes before extrapolating (its history
             fills meanwhile): a warm start for maps whose early iterates are far from the
             fixed point sought. It is no cure for maps with many unstable fixed points, where
             the extrapolation still reaches nearby unstable equilibria after the plain steps
             (measured on the shipped Sudoku reasoner: ``benchmarks/results/bench_scaling.md``).
-        compile: run the small m x m solve and its safeguards through ``torch.compile`` with this
-            backend (``"inductor"``), with dynamic shapes. Off by default: on the CPU it did not
-            pay for itself (measurements in ``benchmarks/results/solvers_compile.md``); the first
-            call compiles, which takes seconds.
+        compile: run the small m x m update of a step (:func:`_push`) through ``torch.compile``
+            with this backend (``"inductor"``), with dynamic shapes. Off by default: on the CPU
+            it did not pay for itself (measurements in ``benchmarks/results/solvers_compile.md``);
+            the first call compiles, which takes seconds.
 
     Examples:
         >>> import torch
@@ -169,9 +199,9 @@ class Anderson(Solver[AndersonState]):
     m: int = option(20, "history size: number of stored (dz, dg) differences per row")
     beta: float = option(1.0, "mixing in (0, 1]: z+ = z + beta g - (dZ + beta dG) gamma")
     ridge: float = option(1e-6, "Tikhonov ridge relative to the Gram diagonal (scale-free)")
-    max_cond: float | None = option(None, "drop dependent history columns beyond this condition (None: 1e-2/eps)")
+    max_cond: float | None = option(None, "do not store differences dependent beyond this condition (None: 1e-2/eps)")
     delay: int = option(0, "plain (beta-damped) steps before extrapolating; history is recorded meanwhile")
-    compile: str | None = option(None, "torch.compile backend for the small solve (e.g. 'inductor'); None: eager")
+    compile: str | None = option(None, "torch.compile backend for the small m x m update (e.g. 'inductor'); None: eager")
 
     def __post_init__(self) -> None:
         check_int("m", self.m, 1)
@@ -194,55 +224,46 @@ class Anderson(Solver[AndersonState]):
         return AndersonState(
             z=z0, fz=fz, nfe=torch.ones(b, dtype=torch.int64, device=z0.device),
             dG=z0.new_zeros(b, self.m, n), dX=z0.new_zeros(b, self.m, n),
-            gram=z0.new_zeros(b, self.m, self.m, dtype=torch.float64),
-            scale=z0.new_zeros(b, self.m, dtype=torch.float64),
-            valid=torch.zeros(b, self.m, dtype=torch.bool, device=z0.device), g=fz - z0,
+            hinv=z0.new_zeros(b, self.m, self.m, dtype=torch.float64), g=fz - z0,
             dGg=z0.new_zeros(b, self.m), slot=0, filled=0,
         )
 
-    def coefficients(self, state: AndersonState, rhs: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Solve the regularised least-squares problem ``min ||g - dG gamma||`` for ``gamma``.
+    def coefficients(self, state: AndersonState, rhs: Tensor | None = None) -> Tensor:
+        """The regularised least-squares coefficients ``gamma = argmin ||v - dG gamma||`` (+ ridge).
 
-        Only the ``k = state.filled`` slots written so far take part.
+        One small product with the kept inverse: ``gamma = P rhs``. Only the ``k = state.filled``
+        slots written so far take part.
 
         Args:
             state: the Anderson state.
-            rhs: ``(B, k)`` ``dG v`` for the vector to fit (default: the cached ``dG g`` of the
-                state).
+            rhs: ``(B, k)`` ``dG v`` for the vector ``v`` to fit (default: the cached ``dG g`` of
+                the state).
 
         Returns:
-            ``(gamma, valid)``: ``(B, k)`` coefficients (0 on unused slots, all 0 for a row whose
-            system is singular or non-finite) and the ``(B, m)`` history mask for the next steps:
-            without numerically dependent columns, empty for rows that restart.
+            ``(B, k)`` coefficients in the dtype of ``rhs`` (0 on empty slots).
         """
         k = state.filled
         rhs = state.dGg[:, :k] if rhs is None else rhs
         if k == 0:
-            return rhs.new_zeros(rhs.shape[0], 0), state.valid.clone()
-        eps = torch.finfo(state.z.dtype).eps
-        max_cond = self.max_cond if self.max_cond is not None else 1e-2 / eps
-        solve_small = _small_solve if self.compile is None else _compiled(self.compile)
-        gamma, keep = solve_small(state.gram[:, :k, :k], state.scale[:, :k], state.valid[:, :k], rhs, self.ridge,
-                                  (1.0 + self.ridge) / max_cond)
-        valid = keep if k == self.m else torch.cat((keep, state.valid[:, k:]), dim=1)
-        return gamma, valid  # in the dtype of rhs, the iterates' dtype
+            return rhs.new_zeros(rhs.shape[0], 0)
+        return torch.bmm(state.hinv[:, :k, :k], rhs.double().unsqueeze(2)).squeeze(2).to(rhs.dtype)
 
     def step(self, f: FlatMap, state: AndersonState, args: Sequence[Any]) -> AndersonState:
         """One Anderson step (one evaluation of ``f``), then push the new difference."""
-        g = state.g
-        gamma, valid = self.coefficients(state)
-        if self.delay:
-            # rows still in their first `delay` steps move like plain iteration (per row, by the
-            # row's own count, so rows refilled mid-solve wait too; no host sync)
-            gamma = torch.where((state.nfe <= self.delay)[:, None], 0.0, gamma)
+        g, k = state.g, state.filled
         # z+ = z + beta g - dX gamma, where z + g = f(z) (one pass over the filled part of dX, fused)
-        k = state.filled
-        base = state.fz if self.beta == 1.0 else torch.add(state.z, g, alpha=self.beta)
-        z = torch.baddbmm(base.unsqueeze(1), gamma.unsqueeze(1), state.dX[:, :k], alpha=-1.0).squeeze(1) if k else base
+        z = state.fz if self.beta == 1.0 else torch.add(state.z, g, alpha=self.beta)
+        if k:
+            gamma = self.coefficients(state)
+            if self.delay:
+                # rows still in their first `delay` steps move like plain iteration (per row, by the
+                # row's own count, so rows refilled mid-solve wait too; no host sync)
+                gamma = torch.where((state.nfe <= self.delay)[:, None], 0.0, gamma)
+            z = torch.baddbmm(z.unsqueeze(1), gamma.unsqueeze(1), state.dX[:, :k], alpha=-1.0).squeeze(1)
         fz = f(z, *args)
         g_new = fz - z
         # Push the new pair into the ring buffers (computed straight into the slot where the
-        # buffers are written in place) and its row/column of the scaled Gram matrix.
+        # buffers are written in place), then into the inverse Gram matrix.
         slot, inplace = state.slot, not builds_graph(state, fz)
         dG, dg = write_diff(state.dG, slot, g_new, g, inplace)
         if self.beta == 1.0:
@@ -252,28 +273,29 @@ class Anderson(Solver[AndersonState]):
         filled = min(k + 1, self.m)
         # the one pass over the (filled) history for the next step; zeros beyond it
         dGg = widen(batched_dot(dG[:, :filled], g_new), self.m)
-        # The new Gram column dG dg = dG g_new - dG g (old slots), with its own entry dg . dg.
-        col = dGg - state.dGg
-        col[:, slot] = torch.linalg.vecdot(dg, dg)  # col is a fresh tensor
-        col = col.double()
-        diag = col[:, slot]
-        scale_new = torch.where(diag > 0, diag, 1.0).rsqrt()
-        scale = write_slot(state.scale, slot, scale_new, inplace)
-        row = col * (scale_new[:, None] * scale)  # its own entry: diag * scale_new**2 (1 if diag > 0)
-        row[:, slot] += self.ridge
-        gram = write_sym_slot(state.gram, slot, row, inplace)
-        valid[:, slot] = True  # a fresh mask from coefficients(), never recorded by autograd
+        # The new Gram column dG^T dg = dG^T g_new - dG^T g (its own slot's entry is not used)
+        # and the new pair's regularised squared norm.
+        col = (dGg - state.dGg).double()
+        norm2 = torch.linalg.vecdot(dg, dg).double() * (1.0 + self.ridge)
+        # (whole tensors in a graph: no in-place writes into slices)
+        e, keep = _slot_masks(filled if inplace else self.m, slot, torch.float64, g.device)
+        push = _push if self.compile is None else _compiled(self.compile)
+        hinv = push(state.hinv, col, norm2, e, keep, slot, k == self.m, self._min_pivot(g.dtype), inplace)
         return AndersonState(
-            z=z, fz=fz, nfe=state.nfe + 1, dG=dG, dX=dX, gram=gram, scale=scale, valid=valid, g=g_new, dGg=dGg,
+            z=z, fz=fz, nfe=state.nfe + 1, dG=dG, dX=dX, hinv=hinv, g=g_new, dGg=dGg,
             slot=(slot + 1) % self.m, filled=filled,
         )
+
+    def _min_pivot(self, dtype: torch.dtype) -> float:
+        """``1 / max_cond`` (default ``eps / 1e-2`` of the iterates' dtype)."""
+        return 1.0 / self.max_cond if self.max_cond is not None else 1e2 * torch.finfo(dtype).eps
 
     def inverse_jacobian_vp(self, state: AndersonState, v: Tensor) -> Tensor:
         """Apply the multisecant inverse-Jacobian approximation ``H`` of ``g`` to ``v`` (B, n).
 
-        ``H v = -beta v + (dZ + beta dG) (dG^T dG + ridge)^{-1} dG^T v`` over the usable history;
-        with ``ridge=0``, ``H dg_i = dz_i`` for every stored pair (the secant conditions).
+        ``H v = -beta v + (dZ + beta dG) P dG^T v`` over the stored pairs; with ``ridge=0``,
+        ``H dg_i = dz_i`` for every stored pair (the secant conditions).
         """
         k = state.filled
-        gamma, _ = self.coefficients(state, batched_dot(state.dG[:, :k], v))
+        gamma = self.coefficients(state, batched_dot(state.dG[:, :k], v))
         return -self.beta * v + batched_combine(gamma, state.dX[:, :k])

@@ -239,6 +239,51 @@ def test_broydens_incremental_m_equals_the_compact_form_from_scratch(grad):
     torch.testing.assert_close(state.M.detach()[vv], ref[vv], rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("grad", [False, True], ids=["in_place", "out_of_place"])
+def test_andersons_kept_inverse_equals_the_inverse_gram_from_scratch(grad):
+    # P = (dG^T dG + ridge diag(||dg_i||^2))^{-1} over the stored pairs, after the ring wrapped
+    # around several times (each step removes the oldest pair and borders the new one); in
+    # place and out of place (a graph) alike; a large ridge keeps the reference well conditioned
+    f, z0, args = _problem(batch=4, d=9)
+    algo = Anderson(m=3, ridge=0.1)
+    if grad:
+        args = tuple(a.clone().requires_grad_() for a in args)
+    with torch.set_grad_enabled(grad):
+        state = algo.init(f, z0, args)
+        for _ in range(11):
+            state = algo.step(f, state, args)
+    assert bool(state.valid.all())  # nothing dependent here: every slot holds a pair
+    dG = state.dG.detach()
+    gram = dG @ dG.mT
+    ref = torch.linalg.inv(gram + algo.ridge * torch.diag_embed(torch.diagonal(gram, dim1=1, dim2=2)))
+    torch.testing.assert_close(state.hinv.detach(), ref, rtol=1e-9, atol=1e-12)
+    # the coefficients are the regularised least-squares solution for the current residual
+    v = state.g.detach()
+    gamma = algo.coefficients(state, (dG @ v.unsqueeze(2)).squeeze(2))
+    torch.testing.assert_close(gamma.detach(), (ref @ (dG @ v.unsqueeze(2))).squeeze(2), rtol=1e-9, atol=1e-12)
+
+
+def test_anderson_does_not_store_a_dependent_or_non_finite_difference():
+    # In R^2 at most two differences are independent: with ridge 0 the third one's Schur
+    # complement is ~0 and it is not stored (its slot stays empty, its row of P zero); a
+    # non-finite difference is not stored either, and P stays finite.
+    a = torch.tensor([[0.5, 0.2], [-0.1, 0.3]], dtype=torch.float64)
+    f = flat_map(lambda z: z @ a.T + 1.0, (2,))
+    algo = Anderson(m=4, ridge=0.0)
+    with torch.no_grad():
+        state = algo.init(f, torch.zeros(3, 2, dtype=torch.float64), ())
+        for _ in range(3):
+            state = algo.step(f, state, ())
+    assert state.valid.sum(1).tolist() == [2, 2, 2]  # converged in 2 steps (GMRES on R^2)
+    assert bool(torch.isfinite(state.hinv).all())
+    assert (state.hinv[:, 2] == 0).all() and (state.hinv[:, :, 2] == 0).all()
+    bad = flat_map(lambda z: torch.where(z[:, :1] > 0.5, torch.inf, z @ a.T + 1.0), (2,))
+    with torch.no_grad():
+        state = algo.init(bad, torch.zeros(2, 2, dtype=torch.float64), ())
+        state = algo.step(bad, state, ())  # f(z1) is inf: that difference is not stored
+    assert state.valid.sum().item() == 0 and bool(torch.isfinite(state.hinv).all())
+
+
 @pytest.mark.parametrize("long, short", [(Anderson(m=20), Anderson(m=7)), (Broyden(memory=60), Broyden(memory=7))],
                          ids=["anderson", "broyden"])
 def test_a_history_longer_than_the_run_changes_nothing(long, short):
