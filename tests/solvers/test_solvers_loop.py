@@ -190,6 +190,26 @@ def test_best_iterate_is_returned_not_the_last():
     torch.testing.assert_close(sol.abs_residual, torch.linalg.vector_norm(fz - sol.z, dim=1))
 
 
+
+@pytest.mark.parametrize("check_every", [1, 3], ids=["host_every_step", "frozen_between_looks"])
+def test_the_best_iterate_is_kept_when_rows_stop_improving(check_every):
+    # z_{k+1} = f(z_k) = z_k + r_k: the residual of z_k is |r_k|. Row 0 improves for 3 steps
+    # and then worsens; row 1 improves at every step.
+    r = torch.tensor([[4.0, 2.0, 1.0, 3.0, 5.0, 6.0], [4.0, 3.0, 2.0, 1.0, 0.9, 0.8]], dtype=torch.float64)
+    calls = [0]
+
+    def f(z):
+        out = z + r[:, calls[0]:calls[0] + 1]
+        calls[0] += 1
+        return out
+
+    sol = solve(f, torch.zeros(2, 1, dtype=torch.float64), solver="fixed_point", tol=1e-12, stop="abs",
+                max_iter=5, stall_window=None, diverge_factor=None, check_every=check_every)
+    assert sol.nstep.tolist() == [5, 5]
+    torch.testing.assert_close(sol.abs_residual, torch.tensor([1.0, 0.8], dtype=torch.float64), rtol=0, atol=1e-12)
+    # z_2 = 4 + 2 and z_5 = 4 + 3 + 2 + 1 + 0.9
+    torch.testing.assert_close(sol.z[:, 0], torch.tensor([6.0, 10.9], dtype=torch.float64), rtol=0, atol=1e-12)
+
 # ---- options and inputs ------------------------------------------------------------------------
 
 def test_strict_options_name_the_valid_ones():
