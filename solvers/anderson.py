@@ -92,8 +92,7 @@ def _push(hinv: Tensor, col: Tensor, norm2: Tensor, e: Tensor, keep: Tensor, slo
         was not stored.
     """
     n = e.shape[0]
-    h = hinv[:, :n, :n]
-    a = col[:, :n]
+    h, a = (hinv, col) if n == hinv.shape[1] else (hinv[:, :n, :n], col[:, :n])
     if wrapped:
         # Remove the old pair: P - p_j p_j^T / P_jj is the inverse over the others, and its row
         # and column j are zero up to rounding (zeroed exactly). An empty slot's column is zero.
@@ -243,10 +242,12 @@ class Anderson(Solver[AndersonState]):
             ``(B, k)`` coefficients in the dtype of ``rhs`` (0 on empty slots).
         """
         k = state.filled
-        rhs = state.dGg[:, :k] if rhs is None else rhs
+        full = k == state.hinv.shape[1]  # (no slicing: a few ops less per step once the ring is full)
+        rhs = (state.dGg if full else state.dGg[:, :k]) if rhs is None else rhs
         if k == 0:
             return rhs.new_zeros(rhs.shape[0], 0)
-        return torch.bmm(state.hinv[:, :k, :k], rhs.double().unsqueeze(2)).squeeze(2).to(rhs.dtype)
+        hinv = state.hinv if full else state.hinv[:, :k, :k]
+        return torch.bmm(hinv, rhs.double().unsqueeze(2)).squeeze(2).to(rhs.dtype)
 
     def step(self, f: FlatMap, state: AndersonState, args: Sequence[Any]) -> AndersonState:
         """One Anderson step (one evaluation of ``f``), then push the new difference."""
@@ -259,7 +260,8 @@ class Anderson(Solver[AndersonState]):
                 # rows still in their first `delay` steps move like plain iteration (per row, by the
                 # row's own count, so rows refilled mid-solve wait too; no host sync)
                 gamma = torch.where((state.nfe <= self.delay)[:, None], 0.0, gamma)
-            z = torch.baddbmm(z.unsqueeze(1), gamma.unsqueeze(1), state.dX[:, :k], alpha=-1.0).squeeze(1)
+            dX = state.dX if k == self.m else state.dX[:, :k]
+            z = torch.baddbmm(z.unsqueeze(1), gamma.unsqueeze(1), dX, alpha=-1.0).squeeze(1)
         fz = f(z, *args)
         g_new = fz - z
         # Push the new pair into the ring buffers (computed straight into the slot where the
@@ -272,7 +274,7 @@ class Anderson(Solver[AndersonState]):
             dX = write_slot(state.dX, slot, torch.add(z - state.z, dg, alpha=self.beta), inplace)
         filled = min(k + 1, self.m)
         # the one pass over the (filled) history for the next step; zeros beyond it
-        dGg = widen(batched_dot(dG[:, :filled], g_new), self.m)
+        dGg = widen(batched_dot(dG if filled == self.m else dG[:, :filled], g_new), self.m)
         # The new Gram column dG^T dg = dG^T g_new - dG^T g (its own slot's entry is not used)
         # and the new pair's regularised squared norm.
         col = (dGg - state.dGg).double()

@@ -84,3 +84,32 @@ def test_a_run_cut_short_keeps_the_problems_it_measured(tmp_path: Path, monkeypa
     saved = json.loads((tmp_path / "solvers.json").read_text())
     assert list(saved["problems"]) == ["tanh_rho0.99"] and saved["meta"]["complete"] is False
     assert "Partial" in (tmp_path / "solvers.md").read_text()
+
+
+def test_the_compiled_step_experiment_runs_andersons_algorithm() -> None:
+    # benchmarks/_anderson_compiled_step.py reformulates the step (slot as a tensor, all m slots)
+    # so that torch.compile need not recompile per ring position; run eagerly (and traced by
+    # dynamo's "eager" backend where available) it must take the library's steps.
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from _anderson_compiled_step import CompiledStepAnderson
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    from eqsolve.solvers import Anderson, solve
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(12, 12, generator=g, dtype=torch.float64)
+    w = 0.95 * w / torch.linalg.matrix_norm(w, ord=2)
+    x = torch.randn(5, 12, generator=g, dtype=torch.float64)
+    f = lambda z, x: torch.tanh(z @ w.T + x)  # noqa: E731
+    z0 = torch.zeros(5, 12, dtype=torch.float64)
+    kw = dict(tol=1e-10, max_iter=40)
+    with torch.no_grad():
+        ref = solve(f, z0, x, solver=Anderson(m=4), **kw)
+        variants = [CompiledStepAnderson(m=4)]
+        if importlib.util.find_spec("torch._dynamo") is not None:
+            variants.append(CompiledStepAnderson(m=4, step_backend="eager"))
+        for algo in variants:
+            sol = solve(f, z0, x, solver=algo, **kw)
+            assert sol.converged.all() and sol.nfe.tolist() == ref.nfe.tolist()
+            torch.testing.assert_close(sol.z, ref.z, rtol=1e-9, atol=1e-10)
