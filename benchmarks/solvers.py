@@ -475,7 +475,7 @@ def compile_check(a) -> dict:
     """Anderson eager vs through ``torch.compile`` (inductor): does compiling pay on this machine?
 
     Four variants on three problems: the library's eager step; ``Anderson(compile="inductor")``
-    (the small solve compiled, the library's option); and the experiment of
+    (the small m x m update compiled, the library's option); and the experiment of
     ``_anderson_compiled_step.py`` (the step's whole own work compiled), eager and compiled.
     """
     from _anderson_compiled_step import CompiledStepAnderson
@@ -488,13 +488,13 @@ def compile_check(a) -> dict:
                     "threads": torch.get_num_threads(), "commit": _git_commit(), "runs": a.runs, "note": a.note,
                     "loadavg_before": [round(x, 2) for x in os.getloadavg()],
                     "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}, "problems": {}}
-    variants = {"eager": Anderson(), "small solve compiled": Anderson(compile="inductor"),
+    variants = {"eager": Anderson(), "m x m update compiled": Anderson(compile="inductor"),
                 "step, eager": CompiledStepAnderson(), "step compiled": CompiledStepAnderson(step_backend="inductor")}
     for name in ("tanh_rho0.99", "mixer_block", "small_tanh_rho0.99"):
         p = problems[name]
         fns = {label: (lambda p=p, s=s: run_eqsolve(p, s, a.max_iter)) for label, s in variants.items()}
         first = {}
-        for label in ("small solve compiled", "step compiled"):
+        for label in ("m x m update compiled", "step compiled"):
             t = time.perf_counter()
             fns[label]()
             first[label] = time.perf_counter() - t
@@ -509,15 +509,15 @@ def compile_check(a) -> dict:
              f"load average {out['meta']['loadavg_before']} before, {out['meta']['loadavg_after']} after"
              + (f"; {a.note}" if a.note else "") + ".", "",
              "Variants: the library's eager step; `Anderson(compile=\"inductor\")`, the library's option (the small "
-             "m x m solve compiled); and the experiment of `benchmarks/_anderson_compiled_step.py`: all of the step's "
-             "own work (small solve, update, history push, Gram row) compiled, `f` eager, timed also eagerly in the "
+             "m x m update of the inverse Gram matrix compiled); and the experiment of `benchmarks/_anderson_compiled_step.py`: all of the step's "
+             "own work (coefficients, update, history push, inverse Gram update) compiled, `f` eager, timed also eagerly in the "
              "same formulation (slot as a tensor, all m slots) to isolate the compiler.", "",
-             "| problem | NFE/row | eager (s) | small solve compiled / eager | step (same formulation) eager (s) "
+             "| problem | NFE/row | eager (s) | m x m update compiled / eager | step (same formulation) eager (s) "
              "| step compiled / step eager | first calls incl. compile (s) |",
              "|---|---:|---:|---:|---:|---:|---|"]
     for name, pr in out["problems"].items():
         r = pr["results"]
-        e, s_c = r["eager"]["wall_s_median"], r["small solve compiled"]["wall_s_median"]
+        e, s_c = r["eager"]["wall_s_median"], r["m x m update compiled"]["wall_s_median"]
         st_e, st_c = r["step, eager"]["wall_s_median"], r["step compiled"]["wall_s_median"]
         firsts = ", ".join(f"{k}: {v:.1f}" for k, v in pr["first_call_with_compile_s"].items())
         lines.append(f"| {name} | {r['eager']['nfe_per_row']:.1f} | {e:.4f} | {s_c / e:.3f} | {st_e:.4f} | "

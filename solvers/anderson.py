@@ -166,6 +166,9 @@ class Anderson(Solver[AndersonState]):
 
     Args:
         m: history size (number of stored differences). Memory is ``2 m`` iterates per row.
+            Default 25: on ``benchmarks/solvers.py``'s problems the wall time is flat in ``m``
+            from 15 to 30 (geometric means within 2%), and fewer evaluations on non-normal maps
+            come with a longer history (``benchmarks/results/anderson_history_wall.md``).
             Long histories suit contractive maps; on maps whose useful behaviour is a transient
             (eqsolve's shipped Sudoku reasoner) a short one is safer, because extrapolating over
             a long history lands on nearby unstable equilibria; the measurements are in
@@ -195,7 +198,7 @@ class Anderson(Solver[AndersonState]):
         True
     """
 
-    m: int = option(20, "history size: number of stored (dz, dg) differences per row")
+    m: int = option(25, "history size: number of stored (dz, dg) differences per row")
     beta: float = option(1.0, "mixing in (0, 1]: z+ = z + beta g - (dZ + beta dG) gamma")
     ridge: float = option(1e-6, "Tikhonov ridge relative to the Gram diagonal (scale-free)")
     max_cond: float | None = option(None, "do not store differences dependent beyond this condition (None: 1e-2/eps)")
