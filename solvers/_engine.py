@@ -55,7 +55,7 @@ from typing import Any, Generic, Protocol
 import torch
 from torch import Tensor
 
-from ._base import FlatMap, Solver, StateT, compact_rows, select_rows, take_rows
+from ._base import FlatMap, Solver, StateT, compact_rows, const, select_rows, take_rows
 from ._solution import Status
 
 __all__ = ["GO", "Budget", "Engine", "Never", "Observation", "StopRule", "Tolerance", "residuals"]
@@ -74,7 +74,7 @@ def residuals(z: Tensor, fz: Tensor, g: Tensor | None = None) -> tuple[Tensor, T
     """
     diff = torch.linalg.vector_norm(fz - z if g is None else g, dim=1)
     fz_norm = torch.linalg.vector_norm(fz, dim=1)
-    return diff, diff / (fz_norm + 1e-8), fz_norm
+    return diff, diff / (fz_norm + const(1e-8, fz_norm)), fz_norm
 
 
 @dataclass
@@ -239,7 +239,7 @@ class Engine(Generic[StateT]):
             self.nstep = self.nstep + (~self.done).to(self.nstep.dtype)
         else:
             self.state = new
-            self.nstep = self.nstep + 1
+            self.nstep = self.nstep + const(1, self.nstep)
 
     def observe(self, observed: Tensor | None = None, lazy: bool = False) -> Tensor:
         """Judge the current iterate of the live rows (``observed`` ones, if given; not stopped ones).
@@ -286,7 +286,7 @@ class Engine(Generic[StateT]):
         best_res = self.best_rel if rel else self.best_abs
         # min_abs and the progress reference only feed the divergence and stall tests.
         if self.stall_window is not None:
-            progress = best_res < _PROGRESS * self.ref_res
+            progress = best_res < const(_PROGRESS, best_res) * self.ref_res
             self.ref_res = torch.where(progress, best_res, self.ref_res)
             self.ref_step = torch.where(progress, self.nstep, self.ref_step)
         if self.diverge_factor is not None:
@@ -296,13 +296,13 @@ class Engine(Generic[StateT]):
         self.live, self.improved = live, improved
         self.abs_residual, self.rel_residual, self.residual = abs_r, rel_r, res
         if lazy and live is None and isinstance(self.rule, Tolerance):
-            going = (res > self.rule.tol) & (res < math.inf)  # False for converged rows, NaN and inf
+            going = (res > const(self.rule.tol, res)) & (res < const(math.inf, res))  # False for converged rows, NaN and inf
             if self.diverge_factor is not None:
-                going &= abs_r <= self.diverge_factor * self.min_abs
+                going &= abs_r <= const(self.diverge_factor, abs_r) * self.min_abs
             if bounded is not None:
                 going &= bounded
             if self.stall_window is not None:
-                going &= self.ref_step > self.nstep - self.stall_window
+                going &= self.ref_step > self.nstep - const(self.stall_window, self.nstep)
             self._pending = (obs, bounded)
             return going
         return self._judge(obs, bounded)

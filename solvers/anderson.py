@@ -49,6 +49,7 @@ from ._base import (
     builds_graph,
     check_int,
     check_real,
+    const,
     option,
     widen,
     write_diff,
@@ -98,15 +99,16 @@ def _push(hinv: Tensor, col: Tensor, norm2: Tensor, e: Tensor, keep: Tensor, slo
         # and column j are zero up to rounding (zeroed exactly). An empty slot's column is zero.
         pj = h[:, :, slot]
         pjj = pj[:, slot:slot + 1]
-        outer = pj.unsqueeze(2) * (pj / torch.where(pjj > 0, pjj, 1.0)).unsqueeze(1)
+        one = const(1.0, pjj)
+        outer = pj.unsqueeze(2) * (pj / torch.where(pjj > 0, pjj, one)).unsqueeze(1)
         h = h.sub_(outer).mul_(keep) if inplace else (h - outer) * keep
     # Border with the new pair: with u = P a (zero in the slot, whose row of P is zero) and the
     # Schur complement s = d - a^T u, the new inverse is P + v v^T / s with v = u - e_slot.
     u = torch.bmm(h, a.unsqueeze(2)).squeeze(2)
     s = norm2 - torch.linalg.vecdot(a, u)
-    stored = s > min_pivot * norm2  # False for NaN and inf, and for a zero difference (0 > 0)
-    w = torch.where(stored, s, math.inf).reciprocal()  # 1 / s, or 0: the slot stays empty
-    v = torch.where(stored.unsqueeze(1), u, 0.0) - e  # (u is NaN where a is: 0 * NaN would spoil P)
+    stored = s > const(min_pivot, norm2) * norm2  # False for NaN and inf, and for a zero difference (0 > 0)
+    w = torch.where(stored, s, const(math.inf, s)).reciprocal()  # 1 / s, or 0: the slot stays empty
+    v = torch.where(stored.unsqueeze(1), u, const(0.0, u)) - e  # (u is NaN where a is: 0 * NaN would spoil P)
     vw = (v * w.unsqueeze(1)).unsqueeze(1)
     if inplace:
         h.baddbmm_(v.unsqueeze(2), vw)
@@ -281,13 +283,14 @@ class Anderson(Solver[AndersonState]):
         # The new Gram column dG^T dg = dG^T g_new - dG^T g (its own slot's entry is not used)
         # and the new pair's regularised squared norm.
         col = (dGg - state.dGg).double()
-        norm2 = torch.linalg.vecdot(dg, dg).double() * (1.0 + self.ridge)
+        norm2 = torch.linalg.vecdot(dg, dg).double()
+        norm2 = norm2 * const(1.0 + self.ridge, norm2)
         # (whole tensors in a graph: no in-place writes into slices)
         e, keep = _slot_masks(filled if inplace else self.m, slot, torch.float64, g.device)
         push = _push if self.compile is None else _compiled(self.compile)
         hinv = push(state.hinv, col, norm2, e, keep, slot, k == self.m, self._min_pivot(g.dtype), inplace)
         return AndersonState(
-            z=z, fz=fz, nfe=state.nfe + 1, dG=dG, dX=dX, hinv=hinv, g=g_new, dGg=dGg,
+            z=z, fz=fz, nfe=state.nfe + const(1, state.nfe), dG=dG, dX=dX, hinv=hinv, g=g_new, dGg=dGg,
             slot=(slot + 1) % self.m, filled=filled,
         )
 

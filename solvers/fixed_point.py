@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._base import FlatMap, Solver, SolverState, check_real, option
+from ._base import FlatMap, Solver, SolverState, check_real, const, option
 
 __all__ = ["FixedPointIteration"]
 
@@ -46,4 +46,4 @@ class FixedPointIteration(Solver[SolverState]):
     def step(self, f: FlatMap, state: SolverState, args: Sequence[Any]) -> SolverState:
         """One damped step, one evaluation of ``f``."""
         z = state.fz if self.tau == 1.0 else torch.lerp(state.z, state.fz, self.tau)
-        return SolverState(z=z, fz=f(z, *args), nfe=state.nfe + 1)
+        return SolverState(z=z, fz=f(z, *args), nfe=state.nfe + const(1, state.nfe))

@@ -301,3 +301,20 @@ def test_a_history_longer_than_the_run_changes_nothing(long, short):
     sol_long, sol_short = solve(f, z0, *args, solver=long, **kw), solve(f, z0, *args, solver=short, **kw)
     assert sol_long.nfe.tolist() == [8] * 5
     torch.testing.assert_close(sol_long.z, sol_short.z, rtol=0, atol=0)  # solve() sized the long one
+
+
+def test_const_is_a_cached_ordinary_0dim_tensor_that_computes_like_the_number():
+    from eqsolve.solvers._base import const
+
+    x = torch.tensor([0.1, 1e-9, float("inf"), float("nan")], dtype=torch.float32)
+    with torch.inference_mode():  # made first in inference mode ...
+        c = const(1e-8, x)
+        torch.testing.assert_close(x + c, x + 1e-8, rtol=0, atol=0, equal_nan=True)
+        assert torch.equal(x > const(1e-8, x), x > 1e-8)
+    assert not c.is_inference() and c.dim() == 0 and c.dtype == torch.float32  # ... yet usable in a graph
+    assert const(1e-8, x) is c and const(1e-8, x.double()) is not c
+    w = torch.ones(3, requires_grad=True)
+    (w * const(2.0, w)).sum().backward()
+    assert w.grad.tolist() == [2.0, 2.0, 2.0]
+    n = torch.arange(3)
+    assert (n + const(1, n)).dtype == torch.int64
