@@ -168,9 +168,10 @@ class Anderson(Solver[AndersonState]):
 
     Args:
         m: history size (number of stored differences). Memory is ``2 m`` iterates per row.
-            Default 25: on ``benchmarks/solvers.py``'s problems the wall time is flat in ``m``
-            from 15 to 30 (geometric means within 2%), and fewer evaluations on non-normal maps
-            come with a longer history (``benchmarks/results/anderson_history_wall.md``).
+            Default 25: on ``benchmarks/solvers.py``'s problems the wall time changes little
+            with ``m`` from 15 to 25 (geometric means within about 2%), while non-normal maps
+            need fewer evaluations with a longer history
+            (``benchmarks/results/anderson_history_wall.md``).
             Long histories suit contractive maps; on maps whose useful behaviour is a transient
             (eqsolve's shipped Sudoku reasoner) a short one is safer, because extrapolating over
             a long history lands on nearby unstable equilibria; the measurements are in
