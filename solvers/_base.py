@@ -160,14 +160,17 @@ def const(value: float, like: Tensor) -> Tensor:
     An op with a Python number first wraps the number in a tensor: on the CPU that is about
     1.5 us of the 1-2.5 us a small op costs. The per-step bookkeeping of the solvers and the
     engine uses this instead; the results are the same (a 0-dim operand promotes like a number).
-    Under ``torch.compile`` it returns the number, which the compiler takes as a constant.
+    It returns the number itself for float16 and bfloat16 (ops compute with a number in float32
+    there, with a 0-dim tensor of that dtype in its own precision) and under ``torch.compile``
+    (which takes numbers as constants).
     """
-    if _is_compiling():
+    if like.dtype in _LOW_PRECISION or _is_compiling():
         return value  # type: ignore[return-value]
     return _const(value, like.dtype, like.device)
 
 
 _is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)  # (torch >= 2.3)
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def _rows_view(mask: Tensor, like: Tensor) -> Tensor:

@@ -318,3 +318,6 @@ def test_const_is_a_cached_ordinary_0dim_tensor_that_computes_like_the_number():
     assert w.grad.tolist() == [2.0, 2.0, 2.0]
     n = torch.arange(3)
     assert (n + const(1, n)).dtype == torch.int64
+    # in bfloat16 an op computes with a number in float32: const hands the number back there
+    y = torch.rand(1000, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    assert torch.equal(y * const(0.99, y), y * 0.99) and torch.equal(y * const(1e4, y), y * 1e4)
