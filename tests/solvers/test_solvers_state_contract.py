@@ -203,7 +203,7 @@ def test_off_the_cpu_the_loop_checks_every_few_steps_by_default():
     assert default_check_every("cuda") == DEVICE_CHECK_EVERY
 
 
-def test_the_compiled_small_solve_gives_the_eager_results():
+def test_the_compiled_m_x_m_update_gives_the_eager_results():
     # torch.compile's "eager" backend traces the same function with dynamo (dynamic shapes, as
     # compaction shrinks the batch) without generating code: the path is exercised cheaply.
     pytest.importorskip("torch._dynamo")
