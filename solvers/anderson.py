@@ -85,7 +85,8 @@ def _push(hinv: Tensor, col: Tensor, norm2: Tensor, e: Tensor, keep: Tensor, slo
             this step (the others are zero and stay so; ``n = m`` out of place).
         slot: the ring position of the new pair.
         wrapped: whether ``slot`` holds an older pair, to be removed first.
-        min_pivot: store the new pair only where ``s > min_pivot * d`` (``1 / max_cond``).
+        min_pivot: store the new pair only where ``s > min_pivot * d`` (``1 / max_cond``) and
+            ``s > _MIN_SCHUR``.
         inplace: update ``hinv`` in place (no graph is recorded); otherwise return a new tensor.
 
     Returns:
@@ -94,6 +95,10 @@ def _push(hinv: Tensor, col: Tensor, norm2: Tensor, e: Tensor, keep: Tensor, slo
     """
     n = e.shape[0]
     h, a = (hinv, col) if n == hinv.shape[1] else (hinv[:, :n, :n], col[:, :n])
+    # An empty slot may hold a non-finite difference (never stored): its entry of a counts as 0
+    # (P's column there is zero, but 0 * inf would spoil u). Elsewhere a is finite unless the new
+    # difference is, which is not stored either.
+    a = torch.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
     if wrapped:
         # Remove the old pair: P - p_j p_j^T / P_jj is the inverse over the others, and its row
         # and column j are zero up to rounding (zeroed exactly). An empty slot's column is zero.
@@ -106,7 +111,8 @@ def _push(hinv: Tensor, col: Tensor, norm2: Tensor, e: Tensor, keep: Tensor, slo
     # Schur complement s = d - a^T u, the new inverse is P + v v^T / s with v = u - e_slot.
     u = torch.bmm(h, a.unsqueeze(2)).squeeze(2)
     s = norm2 - torch.linalg.vecdot(a, u)
-    stored = s > const(min_pivot, norm2) * norm2  # False for NaN and inf, and for a zero difference (0 > 0)
+    # False for NaN and inf, for a zero difference (0 > 0), and below _MIN_SCHUR (P ~ 1 / s)
+    stored = s > (const(min_pivot, norm2) * norm2).clamp_min(_MIN_SCHUR)
     w = torch.where(stored, s, const(math.inf, s)).reciprocal()  # 1 / s, or 0: the slot stays empty
     v = torch.where(stored.unsqueeze(1), u, const(0.0, u)) - e  # (u is NaN where a is: 0 * NaN would spoil P)
     vw = (v * w.unsqueeze(1)).unsqueeze(1)
@@ -115,6 +121,10 @@ def _push(hinv: Tensor, col: Tensor, norm2: Tensor, e: Tensor, keep: Tensor, slo
         return hinv
     return torch.baddbmm(h, v.unsqueeze(2), vw)
 
+
+#: A pair whose Schur complement is below this (a difference of norm below ~1e-100: only in
+#: float64, far past convergence) is not stored: P ~ 1 / s would overflow.
+_MIN_SCHUR = 1e-200
 
 _COMPILED: dict[str, Any] = {}
 
