@@ -59,6 +59,11 @@ from ._base import (
 __all__ = ["Anderson", "AndersonState"]
 
 
+#: A pair whose Schur complement is below this (a difference of norm below ~1e-100: only in
+#: float64, far past convergence) is not stored: P ~ 1 / s would overflow.
+_MIN_SCHUR = 1e-200
+
+
 @functools.lru_cache(maxsize=256)
 def _slot_masks(n: int, slot: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
     """``(e, keep)`` for an n-slot history: the one-hot ``(n,)`` vector of ``slot`` and the ``(n, n)``
@@ -114,17 +119,13 @@ def _push(hinv: Tensor, col: Tensor, norm2: Tensor, e: Tensor, keep: Tensor, slo
     # False for NaN and inf, for a zero difference (0 > 0), and below _MIN_SCHUR (P ~ 1 / s)
     stored = s > (const(min_pivot, norm2) * norm2).clamp_min(_MIN_SCHUR)
     w = torch.where(stored, s, const(math.inf, s)).reciprocal()  # 1 / s, or 0: the slot stays empty
-    v = torch.where(stored.unsqueeze(1), u, const(0.0, u)) - e  # (u is NaN where a is: 0 * NaN would spoil P)
+    v = torch.where(stored.unsqueeze(1), u, const(0.0, u)) - e  # (u overflows only with a pair not stored: 0 * inf)
     vw = (v * w.unsqueeze(1)).unsqueeze(1)
     if inplace:
         h.baddbmm_(v.unsqueeze(2), vw)
         return hinv
     return torch.baddbmm(h, v.unsqueeze(2), vw)
 
-
-#: A pair whose Schur complement is below this (a difference of norm below ~1e-100: only in
-#: float64, far past convergence) is not stored: P ~ 1 / s would overflow.
-_MIN_SCHUR = 1e-200
 
 _COMPILED: dict[str, Any] = {}
 
