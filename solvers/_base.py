@@ -48,7 +48,7 @@ from torch import Tensor
 __all__ = [
     "FlatMap", "Solver", "SolverState", "batched_combine", "batched_dot", "compact_rows", "copy_buffers",
     "builds_graph", "const", "describe_options", "flat_map", "option", "select_rows", "take_rows", "widen", "write_diff", "write_row_col",
-    "write_slot", "write_sym_slot",
+    "write_slot",
 ]
 
 StateT = TypeVar("StateT", bound="SolverState")
@@ -148,6 +148,10 @@ def check_int(name: str, value: Any, low: int) -> None:
     _check(value >= low, name, value, f"must be >= {low}")
 
 
+_is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)  # (torch >= 2.3)
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
 @functools.lru_cache(maxsize=512)
 def _const(value: float, dtype: torch.dtype, device: torch.device) -> Tensor:
     with torch.inference_mode(False):  # an ordinary tensor, usable in a graph later
@@ -167,10 +171,6 @@ def const(value: float, like: Tensor) -> Tensor:
     if like.dtype in _LOW_PRECISION or _is_compiling():
         return value  # type: ignore[return-value]
     return _const(value, like.dtype, like.device)
-
-
-_is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)  # (torch >= 2.3)
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def _rows_view(mask: Tensor, like: Tensor) -> Tensor:
@@ -349,13 +349,3 @@ def write_row_col(mat: Tensor, slot: int, row: Tensor, col: Tensor, inplace: boo
     mat[:, slot, :] = row
     mat[:, :, slot] = col
     return mat
-
-
-def write_sym_slot(gram: Tensor, slot: int, col: Tensor, inplace: bool | None = None) -> Tensor:
-    """``gram[:, slot, :] = gram[:, :, slot] = col`` for a ``(B, m, m)`` symmetric Gram matrix.
-
-    ``col`` is cast to the dtype of ``gram`` (exactly, when ``gram`` is the wider one).
-
-    In place or out of place like :func:`write_slot`: :func:`write_row_col` with ``row = col``.
-    """
-    return write_row_col(gram, slot, col, col, inplace)
