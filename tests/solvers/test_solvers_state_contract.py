@@ -218,18 +218,24 @@ def test_the_compiled_m_x_m_update_gives_the_eager_results():
     torch.testing.assert_close(traced.z, eager.z, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("grad", [False, True], ids=["in_place", "out_of_place"])
-def test_broydens_incremental_m_equals_the_compact_form_from_scratch(grad):
-    # M = S^T Y + strictly_lower_by_time(S^T S) over the stored pairs, after the ring wrapped
-    # around several times; in place and out of place (a graph) alike.
+def _wrapped_around(algo, grad: bool, steps: int = 11):
+    """The state of ``algo`` after ``steps`` steps on a small problem (a 3-pair history wraps
+    around several times), with a graph recorded when ``grad`` (the steps then write out of place)."""
     f, z0, args = _problem(batch=4, d=9)
-    algo = Broyden(memory=3)
     if grad:
         args = tuple(a.clone().requires_grad_() for a in args)
     with torch.set_grad_enabled(grad):
         state = algo.init(f, z0, args)
-        for _ in range(11):
+        for _ in range(steps):
             state = algo.step(f, state, args)
+    return state
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["in_place", "out_of_place"])
+def test_broydens_incremental_m_equals_the_compact_form_from_scratch(grad):
+    # M = S^T Y + strictly_lower_by_time(S^T S) over the stored pairs, after the ring wrapped
+    # around several times; in place and out of place (a graph) alike.
+    state = _wrapped_around(Broyden(memory=3), grad)
     S, Y = state.S.detach(), (state.W - state.S).detach()
     newer = state.stamp[:, :, None] > state.stamp[:, None, :]
     ref = S @ Y.mT + torch.where(newer, S @ S.mT, 0.0)
@@ -244,14 +250,8 @@ def test_andersons_kept_inverse_equals_the_inverse_gram_from_scratch(grad):
     # P = (dG^T dG + ridge diag(||dg_i||^2))^{-1} over the stored pairs, after the ring wrapped
     # around several times (each step removes the oldest pair and borders the new one); in
     # place and out of place (a graph) alike; a large ridge keeps the reference well conditioned
-    f, z0, args = _problem(batch=4, d=9)
     algo = Anderson(m=3, ridge=0.1)
-    if grad:
-        args = tuple(a.clone().requires_grad_() for a in args)
-    with torch.set_grad_enabled(grad):
-        state = algo.init(f, z0, args)
-        for _ in range(11):
-            state = algo.step(f, state, args)
+    state = _wrapped_around(algo, grad)
     assert bool(state.valid.all())  # nothing dependent here: every slot holds a pair
     dG = state.dG.detach()
     gram = dG @ dG.mT
