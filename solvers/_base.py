@@ -47,7 +47,7 @@ from torch import Tensor
 
 __all__ = [
     "FlatMap", "Solver", "SolverState", "batched_combine", "batched_dot", "compact_rows", "copy_buffers",
-    "builds_graph", "const", "describe_options", "flat_map", "option", "select_rows", "take_rows", "widen", "write_diff", "write_row_col",
+    "builds_graph", "const", "describe_options", "flat_map", "option", "select_rows", "take_rows", "widen", "write_diff",
     "write_slot",
 ]
 
@@ -336,16 +336,3 @@ def write_diff(buf: Tensor, slot: int, a: Tensor, b: Tensor, inplace: bool | Non
     torch.sub(a, b, out=diff)
     return buf, diff
 
-
-def write_row_col(mat: Tensor, slot: int, row: Tensor, col: Tensor, inplace: bool | None = None) -> Tensor:
-    """``mat[:, slot, :] = row`` then ``mat[:, :, slot] = col`` for a ``(B, m, m)`` matrix.
-
-    In place or out of place like :func:`write_slot` (the corner comes from ``col``).
-    """
-    if not _in_place(inplace):
-        at = torch.tensor([slot], device=mat.device)
-        mat = mat.index_copy(1, at, row.to(mat.dtype).unsqueeze(1))
-        return mat.index_copy(2, at, col.to(mat.dtype).unsqueeze(2))
-    mat[:, slot, :] = row
-    mat[:, :, slot] = col
-    return mat

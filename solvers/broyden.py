@@ -7,28 +7,38 @@ The good Broyden update of the inverse Jacobian ``H`` of ``g``,
 applied to ``H_0 = -I`` over the pairs ``(s_i, y_i)`` in time order has the compact form
 (Byrd, Nocedal & Schnabel 1994, via Woodbury on the direct update)
 
-    H = -I + (S + Y) M^{-1} S^T,   M = S^T Y + strictly_lower(S^T S),
+    H = -I + W M^{-1} S^T,   W = S + Y,   M = S^T Y + strictly_lower(S^T S),
 
-where ``strictly_lower`` keeps the entries ``s_i^T s_j`` with ``s_i`` newer than ``s_j``. We
-store the last ``memory`` pairs and keep ``M`` up to date incrementally: the newest pair ``k``
-adds the row ``M_kj = s_k^T (y_j + s_j) = s_k^T w_j`` and the column ``M_ik = s_i^T y_k``, and
-the other entries keep their values.
-Dropping the oldest pair therefore yields exactly the Broyden matrix of the remaining pairs
-(a consistent limited-memory method, like L-BFGS), and memory never grows with ``max_iter``.
+where ``strictly_lower`` keeps the entries ``s_i^T s_j`` with ``s_i`` newer than ``s_j``. The
+newest pair ``k`` borders ``M`` with the row ``M_kj = s_k^T w_j``, the column ``M_ik = s_i^T
+y_k`` and the corner ``s_k^T y_k``; the other entries keep their values, so dropping the oldest
+pair yields exactly the Broyden matrix of the remaining pairs (a consistent limited-memory
+method, like L-BFGS), and memory never grows with ``max_iter``.
 
-Safeguards, per row: a pair whose Broyden denominator ``s^T H y`` is tiny or non-finite is
-not stored; a singular or non-finite ``M`` clears the row's memory; a step that grows the
-residual by more than ``reset_factor`` is rejected (the row keeps its previous iterate, so the
-evaluation is spent but the row is not thrown off) and clears the memory, so the next step is
-a plain fixed-point step. Non-finite values are not rejected: they end the row as NONFINITE.
-The optional backtracking line search halves the step for the rows whose residual did not
-decrease enough; it evaluates ``f`` only on those rows (rows must be independent) and costs
-one host sync per backtracking round.
+**No factorisation per step.** The state keeps ``Q = M^{-1}`` over the stored pairs (float64,
+zero rows and columns on empty slots), so ``H v = -v + W Q S^T v`` is one small product
+between two history passes. A step updates ``Q`` like Anderson's kept inverse, with the
+nonsymmetric rank-one formulas: the pair leaving the ring is removed (``Q - q_j r_j^T /
+Q_jj``, with ``q_j``, ``r_j`` its column and row), and the new one is added by bordering:
+with ``u = Q c``, ``v = Q^T r`` and the Schur complement ``sigma = s^T y - r^T Q c``,
+``Q + (u - e)(v - e)^T / sigma``. That Schur complement is minus the Broyden denominator
+``s^T H y`` of the remaining pairs, the quantity the update divides by anyway.
+
+Safeguards, per row: the new pair always takes the oldest slot; it is stored only if its
+Broyden denominator is finite and not tiny (``|s^T H y| > 1e-10 ||s||^2``, the ratio of the
+determinants of the new and old Jacobian approximations), else the slot stays empty; a removal that would leave a singular ``M`` (``Q_jj`` zero or the update not
+finite) clears the row's memory; a step that grows the residual by more than ``reset_factor``
+is rejected (the row keeps its previous iterate, so the evaluation is spent but the row is not
+thrown off) and clears the memory, so the next step is a plain fixed-point step. Non-finite
+values are not rejected: they end the row as NONFINITE. The optional backtracking line search
+halves the step for the rows whose residual did not decrease enough; it evaluates ``f`` only
+on those rows (rows must be independent) and costs one host sync per backtracking round.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -45,13 +55,112 @@ from ._base import (
     builds_graph,
     check_int,
     check_real,
+    const,
     option,
     widen,
-    write_row_col,
-    write_slot,
+    write_diff,
 )
 
 __all__ = ["Broyden", "BroydenState"]
+
+#: Store a pair only where ``|s^T H y| > _MIN_DENOM ||s||^2``: the update divides by ``s^T H y``,
+#: and ``s^T H y / s^T s`` is the ratio of the determinants of the new and old Jacobian
+#: approximations (Powell's measure), so a tiny one would make the new one nearly singular.
+_MIN_DENOM = 1e-10
+#: Nor where ``|s^T H y|`` is below this (a pair of norm below ~1e-100: only in float64, far past
+#: convergence): ``Q ~ 1 / s^T H y`` would overflow.
+_MIN_SIGMA = 1e-200
+
+
+@functools.lru_cache(maxsize=256)
+def _one_hot(n: int, slot: int, device: torch.device) -> Tensor:
+    """The ``(n,)`` float64 one-hot vector of ``slot`` (cached; an ordinary read-only tensor)."""
+    with torch.inference_mode(False):
+        e = torch.zeros(n, dtype=torch.float64, device=device)
+        e[slot] = 1.0
+        return e
+
+
+def _remove(qinv: Tensor, slot: int, occupied: Tensor, inplace: bool) -> tuple[Tensor, Tensor]:
+    """``Q`` over the stored pairs but the one in ``slot`` (rank-one removal; its row and column zeroed).
+
+    Args:
+        qinv: ``(B, n, n)`` float64 ``Q = M^{-1}`` (zero rows and columns on empty slots).
+        slot: the slot whose pair leaves.
+        occupied: ``(B,)`` bool, rows whose ``slot`` holds a stored pair.
+        inplace: update ``qinv`` in place; otherwise return a new tensor.
+
+    Returns:
+        ``(Q', singular)``: the inverse over the other pairs, and a ``(B,)`` mask of the rows whose
+        remaining ``M`` is singular (``Q_jj = 0``) or whose update is not finite (``Q'`` is not
+        updated there: the caller clears those rows).
+    """
+    col = qinv[:, :, slot].clone()  # (a copy: qinv is updated in place below)
+    t = qinv[:, slot, :] / col[:, slot:slot + 1]  # Q_j. / Q_jj (inf or NaN where Q_jj = 0)
+    fine = torch.isfinite(t.sum(dim=1))
+    singular = occupied & ~fine
+    t = torch.where((occupied & fine).unsqueeze(1), t, const(0.0, t))
+    if inplace:
+        qinv.baddbmm_(col.unsqueeze(2), t.unsqueeze(1), alpha=-1.0)
+        qinv[:, slot].zero_()
+        qinv[:, :, slot].zero_()
+        return qinv, singular
+    e = _one_hot(qinv.shape[1], slot, qinv.device)
+    keep = 1.0 - e
+    out = torch.baddbmm(qinv, col.unsqueeze(2), t.unsqueeze(1), alpha=-1.0)
+    return out * (keep[:, None] * keep[None, :]), singular
+
+
+def _border(qinv: Tensor, u: Tensor, v: Tensor, sigma: Tensor, stored: Tensor, slot: int,
+            inplace: bool) -> Tensor:
+    """``Q`` after the new pair is added in ``slot`` (empty) where ``stored``: ``Q + (u - e)(v - e)^T / sigma``."""
+    e = _one_hot(qinv.shape[1], slot, qinv.device)
+    mask, zero = stored.unsqueeze(1), const(0.0, u)
+    # (zero factors where not stored: u or v may overflow there, and inf * 0 would spoil Q)
+    left = torch.where(mask, u, zero) - e
+    right = torch.where(mask, (v - e) / sigma.unsqueeze(1), zero)
+    if inplace:
+        return qinv.baddbmm_(left.unsqueeze(2), right.unsqueeze(1))
+    return torch.baddbmm(qinv, left.unsqueeze(2), right.unsqueeze(1))
+
+
+def _push(qinv: Tensor, col: Tensor, row: Tensor, corner: Tensor, scale: Tensor, clear: Tensor, slot: int,
+          wrapped: bool, inplace: bool) -> tuple[Tensor, Tensor]:
+    """``Q = M^{-1}`` after the pair in ``slot`` is replaced by a new one (the newest).
+
+    Args:
+        qinv: ``(B, n, n)`` float64 ``Q`` over the stored pairs of the first ``n`` slots.
+        col: ``(B, n)`` float64 ``c = S^T y``, the new column of ``M`` (the entry of ``slot`` is
+            not used).
+        row: ``(B, n)`` float64 ``r = W^T s``, the new row of ``M`` (the entry of ``slot`` is not used).
+        corner: ``(B,)`` float64 ``s^T y``.
+        scale: ``(B,)`` float64 ``s^T s``: the pair is stored only where ``|sigma| > _MIN_DENOM
+            * scale`` and ``> _MIN_SIGMA`` (``sigma`` the Schur complement), and finite.
+        clear: ``(B,)`` bool, rows whose memory is cleared (nothing is stored there).
+        slot: the ring position of the new pair.
+        wrapped: whether ``slot`` may hold an older pair, to be removed first.
+        inplace: update ``qinv`` in place (no graph is recorded); otherwise return a new tensor.
+
+    Returns:
+        ``(Q, stored)``: the updated ``(B, n, n)`` inverse (zero rows and columns on empty slots,
+        all zero on cleared rows), and the ``(B,)`` mask of the rows that stored the pair.
+    """
+    # An empty slot may hold a non-finite pair (never stored): its entries count as 0 (Q's row
+    # and column there are zero, but 0 * inf would spoil u and v).
+    col = torch.nan_to_num(col, nan=0.0, posinf=0.0, neginf=0.0)
+    row = torch.nan_to_num(row, nan=0.0, posinf=0.0, neginf=0.0)
+    if wrapped:
+        qinv, singular = _remove(qinv, slot, qinv[:, slot, slot] != 0, inplace)
+        clear = clear | singular
+    u = torch.bmm(col.unsqueeze(1), qinv.mT).squeeze(1)  # Q c (in the row-vector form BLAS runs faster)
+    v = torch.bmm(row.unsqueeze(1), qinv).squeeze(1)  # Q^T r
+    sigma = corner - torch.linalg.vecdot(row, u)  # = -(s^T H y) over the remaining pairs
+    stored = (sigma.abs() > (const(_MIN_DENOM, sigma) * scale).clamp_min(_MIN_SIGMA)) & torch.isfinite(sigma)
+    stored &= torch.isfinite(v.sum(dim=1)) & ~clear
+    qinv = _border(qinv, u, v, sigma, stored, slot, inplace)
+    # Cleared rows forget their memory (Q is finite there: a failed removal was skipped).
+    keep = ~clear[:, None, None]
+    return (qinv.mul_(keep) if inplace else qinv * keep), stored
 
 
 @dataclass
@@ -60,27 +169,35 @@ class BroydenState(SolverState):
 
     Attributes:
         S: ``(B, memory, n)`` steps ``s_i = z_{i+1} - z_i`` (ring buffer; a buffer).
-        W: ``(B, memory, n)`` ``s_i + y_i`` with ``y_i = g_{i+1} - g_i`` (a buffer).
-        M: ``(B, memory, memory)`` float64, the compact form's ``M`` (entries of slots that are
-            not in use are meaningless; a buffer: one row and column is written per step).
-        stamp: ``(B, memory)`` int64 time a slot was written, -1 for an empty slot.
+        W: ``(B, memory, n)`` ``s_i + y_i = f(z_{i+1}) - f(z_i)`` with ``y_i = g_{i+1} - g_i`` (a buffer).
+        qinv: ``(B, memory, memory)`` float64 ``Q = M^{-1}``, the inverse of the compact form's
+            ``M`` over the stored pairs, in slot order; rows and columns of empty slots are zero
+            (a buffer: updated by two rank-one corrections per step).
         g: ``(B, n)`` the residual ``fz - z`` of the current iterate (cached).
+        stg: ``(B, memory)`` ``S^T g`` for the current residual (cached: the next step's
+            right-hand side, and, differenced, the new column of ``M``; zeros beyond the slots
+            written so far).
         count: number of steps taken (the time stamp of the next pair).
     """
 
-    BUFFERS: ClassVar[tuple[str, ...]] = ("S", "W", "M")
+    BUFFERS: ClassVar[tuple[str, ...]] = ("S", "W", "qinv")
 
     S: Tensor
     W: Tensor
-    M: Tensor
-    stamp: Tensor
+    qinv: Tensor
     g: Tensor
+    stg: Tensor
     count: int = 0
+
+    @property
+    def valid(self) -> Tensor:
+        """``(B, memory)`` bool: the slots that hold a stored pair (``Q``'s diagonal is non-zero there)."""
+        return torch.diagonal(self.qinv, dim1=1, dim2=2) != 0
 
 
 @dataclass(frozen=True)
 class Broyden(Solver[BroydenState]):
-    """Limited-memory good Broyden (compact form) with per-row safeguards.
+    """Limited-memory good Broyden (compact form, kept inverse) with per-row safeguards.
 
     Args:
         memory: number of (step, residual change) pairs kept per row.
@@ -121,50 +238,20 @@ class Broyden(Solver[BroydenState]):
         fz = f(z0, *args)
         return BroydenState(
             z=z0, fz=fz, nfe=torch.ones(b, dtype=torch.int64, device=z0.device),
-            S=z0.new_zeros(b, m, n), W=z0.new_zeros(b, m, n), M=z0.new_zeros(b, m, m, dtype=torch.float64),
-            stamp=torch.full((b, m), -1, dtype=torch.int64, device=z0.device), g=fz - z0,
+            S=z0.new_zeros(b, m, n), W=z0.new_zeros(b, m, n), qinv=z0.new_zeros(b, m, m, dtype=torch.float64),
+            g=fz - z0, stg=z0.new_zeros(b, m),
         )
 
-    def factor(self, state: BroydenState) -> tuple[Tensor, Tensor, Tensor]:
-        """LU-factor the small matrix ``M = P L U`` of every row (float64).
+    def _filled(self, state: BroydenState) -> int:
+        return min(state.count, self.memory)
 
-        Only the ``k = min(count, memory)`` slots visited so far take part (the others are
-        empty), so a short run never pays for the unused memory.
-
-        Returns:
-            ``(P, LU, ok)``: the ``(B, k, k)`` permutation, ``L`` (unit lower) and ``U`` packed in
-            one matrix, and a ``(B,)`` mask of rows whose ``M`` is non-singular and finite (the
-            other rows use ``H = -I``). Solving by triangular solves, unlike
-            ``torch.linalg.lu_solve``, never reads a value back to the host (no sync on an
-            accelerator).
-        """
-        k = min(state.count, self.memory)
-        valid = state.stamp[:, :k] >= 0
-        eye = torch.eye(k, dtype=state.M.dtype, device=state.M.device)
-        mat = torch.where(valid[:, :, None] & valid[:, None, :], state.M[:, :k, :k], eye)
-        lu, piv, info = torch.linalg.lu_factor_ex(mat)
-        ok = (info == 0) & torch.isfinite(lu.sum(dim=(1, 2)))
-        perm = torch.lu_unpack(lu, piv, unpack_data=False)[0]
-        return perm, lu, ok
-
-    def apply_h(self, state: BroydenState, v: Tensor,
-                factors: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
-        """``H v`` for a ``(B, n)`` batch of vectors (pass ``factor(state)`` to reuse it)."""
-        k = min(state.count, self.memory)
-        return self._apply_h(state, v, batched_dot(state.S[:, :k], v), factors)
-
-    def _apply_h(self, state: BroydenState, v: Tensor, stv: Tensor,
-                 factors: tuple[Tensor, Tensor, Tensor] | None) -> Tensor:
-        k = stv.shape[1]
+    def apply_h(self, state: BroydenState, v: Tensor) -> Tensor:
+        """``H v = -v + W Q S^T v`` for a ``(B, n)`` batch of vectors (the current approximation)."""
+        k = self._filled(state)
         if k == 0:
             return -v
-        perm, lu, ok = factors if factors is not None else self.factor(state)
-        rhs = torch.bmm(perm.mT, stv.double()[:, :, None])
-        y = torch.linalg.solve_triangular(lu, rhs, upper=False, unitriangular=True)
-        coef = torch.linalg.solve_triangular(lu, y, upper=True)[:, :, 0]
-        # a failed row's solution is garbage (or not finite): it takes the plain step
-        coef = torch.where(ok[:, None] & (state.stamp[:, :k] >= 0), coef, 0.0).to(v.dtype)
-        return -v + batched_combine(coef, state.W[:, :k])
+        coef = torch.bmm(state.qinv[:, :k, :k], batched_dot(state.S[:, :k], v).double().unsqueeze(2))
+        return -v + batched_combine(coef.squeeze(2).to(v.dtype), state.W[:, :k])
 
     def _line_search(self, f: FlatMap, z: Tensor, p: Tensor, g_norm: Tensor, z_new: Tensor,
                      fz_new: Tensor, nfe: Tensor, args: Sequence[Any]) -> tuple[Tensor, Tensor, Tensor]:
@@ -183,15 +270,22 @@ class Broyden(Solver[BroydenState]):
         return z_new, fz_new, nfe
 
     def step(self, f: FlatMap, state: BroydenState, args: Sequence[Any]) -> BroydenState:
-        """One Broyden step (one evaluation of ``f``; more with the line search), then update."""
-        k = min(state.count, self.memory)  # slots visited so far: the passes use only these
-        factors = self.factor(state) if k else None
+        """One Broyden step (one evaluation of ``f``; more with the line search), then update ``Q``."""
+        m, k = self.memory, self._filled(state)
+        full = k == m  # (no slicing once the ring is full: a few ops less per step)
         g = state.g
-        stg = batched_dot(state.S[:, :k], g)
-        p = -self._apply_h(state, g, stg, factors)
+        # p = -H g = g - W Q S^T g, with S^T g cached (one pass over the filled part of W, fused)
+        if k:
+            qinv = state.qinv if full else state.qinv[:, :k, :k]
+            stg = state.stg if full else state.stg[:, :k]
+            coef = torch.bmm(stg.double().unsqueeze(1), qinv.mT).to(g.dtype)
+            W = state.W if full else state.W[:, :k]
+            p = torch.baddbmm(g.unsqueeze(1), coef, W, alpha=-1.0).squeeze(1)
+        else:
+            p = g
         z = state.z + p
         fz = f(z, *args)
-        nfe = state.nfe + 1
+        nfe = state.nfe + const(1, state.nfe)
         g_norm = torch.linalg.vector_norm(g, dim=1)
         if self.line_search:
             z, fz, nfe = self._line_search(f, state.z, p, g_norm, z, fz, nfe, args)
@@ -199,32 +293,30 @@ class Broyden(Solver[BroydenState]):
         # Reject a step that grew a row's residual by more than reset_factor: the row goes back
         # to its previous iterate and forgets its memory (the next step is a plain one).
         new_norm = torch.linalg.vector_norm(g_new, dim=1)
-        reject = torch.isfinite(new_norm) & (new_norm > self.reset_factor * g_norm)
-        z = torch.where(reject[:, None], state.z, z)
-        fz = torch.where(reject[:, None], state.fz, fz)
-        g_new = torch.where(reject[:, None], g, g_new)
-        s, y = z - state.z, g_new - g
-        sty = batched_dot(state.S[:, :k], g_new) - stg  # S^T y without another pass
-        h_y = self._apply_h(state, y, sty, factors)
-        denom = torch.linalg.vecdot(s, h_y)
-        scale = torch.linalg.vector_norm(s, dim=1) * torch.linalg.vector_norm(h_y, dim=1)
-        store = torch.isfinite(denom) & (denom.abs() > 1e-10 * scale)
-        store = store & torch.isfinite(s).all(dim=1) & torch.isfinite(y).all(dim=1) & ~reject
-        slot, inplace = state.count % self.memory, not builds_graph(state, fz)
-        keep = store[:, None]
-        # The new pair's row and column of M (computed before the slot is overwritten): row
-        # M_kj = s . w_j, column M_ik = s_i . y, corner s . y. Rows that skip this pair keep
-        # their old slot content (and its time stamp).
-        row = widen(batched_dot(state.W[:, :k], s).double(), self.memory)
-        col = widen(sty.double(), self.memory)
+        reject = torch.isfinite(new_norm) & (new_norm > const(self.reset_factor, new_norm) * g_norm)
+        keep_step = ~reject.unsqueeze(1)
+        z = torch.where(keep_step, z, state.z)
+        fz = torch.where(keep_step, fz, state.fz)
+        g_new = torch.where(keep_step, g_new, g)
+        # The new pair goes into the oldest slot (written straight into the buffers in place):
+        # s = z+ - z and w = s + y = f(z+) - f(z); a rejected row's pair is zero (never stored).
+        slot, inplace = state.count % m, not builds_graph(state, fz)
+        S, s = write_diff(state.S, slot, z, state.z, inplace)
+        W, _ = write_diff(state.W, slot, fz, state.fz, inplace)
+        y = g_new - g
+        filled = min(k + 1, m)
+        whole = filled == m
+        # The one pass over S: S^T g_new is the next right-hand side, and S^T y = S^T g_new - S^T g
+        # is the new column of M; the pass over W gives its new row W^T s. (Their entries of
+        # `slot` belong to the new pair itself and are not used: Q's row and column there are
+        # zero.)
+        stg_new = widen(batched_dot(S if whole else S[:, :filled], g_new), m)
+        col = (stg_new - state.stg)[:, :filled].double()
+        row = batched_dot(W if whole else W[:, :filled], s).double()
         corner = torch.linalg.vecdot(s, y).double()
-        row[:, slot] = corner
-        col[:, slot] = corner
-        M = write_row_col(state.M, slot, torch.where(keep, row, state.M[:, slot, :]),
-                          torch.where(keep, col, state.M[:, :, slot]), inplace)
-        S = write_slot(state.S, slot, torch.where(keep, s, state.S[:, slot]), inplace)
-        W = write_slot(state.W, slot, torch.where(keep, s + y, state.W[:, slot]), inplace)
-        stamp = torch.where(keep & (torch.arange(self.memory, device=z.device) == slot), state.count, state.stamp)
-        failed = reject if factors is None else reject | ~factors[2]
-        stamp = torch.where(failed[:, None], -1, stamp)
-        return BroydenState(z=z, fz=fz, nfe=nfe, S=S, W=W, M=M, stamp=stamp, g=g_new, count=state.count + 1)
+        qinv = state.qinv if whole else state.qinv[:, :filled, :filled]
+        qinv, _ = _push(qinv, col, row, corner, torch.linalg.vecdot(s, s).double(), reject, slot, k == m, inplace)
+        if not whole:  # (the slots not written yet stay zero)
+            qinv = state.qinv if inplace else torch.nn.functional.pad(qinv, (0, m - filled, 0, m - filled))
+        return BroydenState(z=z, fz=fz, nfe=nfe, S=S, W=W, qinv=qinv, g=g_new, stg=stg_new,
+                            count=state.count + 1)

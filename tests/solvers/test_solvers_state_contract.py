@@ -232,17 +232,23 @@ def _wrapped_around(algo, grad: bool, steps: int = 11):
 
 
 @pytest.mark.parametrize("grad", [False, True], ids=["in_place", "out_of_place"])
-def test_broydens_incremental_m_equals_the_compact_form_from_scratch(grad):
-    # M = S^T Y + strictly_lower_by_time(S^T S) over the stored pairs, after the ring wrapped
-    # around several times; in place and out of place (a graph) alike.
-    state = _wrapped_around(Broyden(memory=3), grad)
-    S, Y = state.S.detach(), (state.W - state.S).detach()
-    newer = state.stamp[:, :, None] > state.stamp[:, None, :]
-    ref = S @ Y.mT + torch.where(newer, S @ S.mT, 0.0)
-    valid = state.stamp >= 0
-    vv = valid[:, :, None] & valid[:, None, :]
-    assert vv.sum() >= 4 * 3 * 3 // 2  # most slots in use
-    torch.testing.assert_close(state.M.detach()[vv], ref[vv], rtol=1e-9, atol=1e-12)
+def test_broydens_kept_inverse_equals_the_inverse_compact_form_from_scratch(grad):
+    # Q = M^{-1}, M = S^T Y + strictly_lower_by_time(S^T S) over the stored pairs, after the ring
+    # wrapped around several times (each step removes the oldest pair and borders the new one);
+    # in place and out of place (a graph) alike. H = -I + W Q S^T then satisfies the secant
+    # condition of the newest pair, H y = s (good Broyden).
+    algo = Broyden(memory=3)
+    state = _wrapped_around(algo, grad)
+    assert bool(state.valid.all())  # every slot holds a pair
+    S, W, Q = state.S.detach(), state.W.detach(), state.qinv.detach()
+    Y = W - S
+    m, last = algo.memory, state.count - 1
+    written = torch.tensor([last - (last - i) % m for i in range(m)])  # the step that wrote each slot
+    newer = written[:, None] > written[None, :]
+    M = S @ Y.mT + torch.where(newer, S @ S.mT, 0.0)
+    torch.testing.assert_close(Q, torch.linalg.inv(M), rtol=1e-9, atol=1e-12)
+    s, y = S[:, last % m], Y[:, last % m]
+    torch.testing.assert_close(algo.apply_h(state, y).detach(), s, rtol=1e-8, atol=1e-11)
 
 
 @pytest.mark.parametrize("grad", [False, True], ids=["in_place", "out_of_place"])
