@@ -484,7 +484,7 @@ def compile_check(a) -> dict:
 
     torch.set_num_threads(a.threads)
     problems = {p.name: p for p in make_problems(a.d, a.batch, small_d=32, small_batch=4)}
-    out = {"meta": {"command": "nice -n 5 python benchmarks/solvers.py --compile-check", "torch": torch.__version__,
+    out = {"meta": {"command": "python benchmarks/solvers.py --compile-check", "torch": torch.__version__,
                     "threads": torch.get_num_threads(), "commit": _git_commit(), "runs": a.runs, "note": a.note,
                     "loadavg_before": [round(x, 2) for x in os.getloadavg()],
                     "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}, "problems": {}}
@@ -581,7 +581,7 @@ def main(argv: list[str] | None = None) -> dict:
         problems = [p for p in problems if p.name in wanted]
     with_scipy = device.type == "cpu" and dtype == torch.float32
     results = {"meta": {
-        "command": "nice -n 5 python benchmarks/solvers.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python benchmarks/solvers.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "torch": torch.__version__, "torchdeq": getattr(torchdeq, "__version__", "0.1.0"), "scipy": scipy.__version__,
         "python": platform.python_version(), "platform": platform.platform(), "torch_threads": torch.get_num_threads(),
         "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS"), "commit": _git_commit(), "tol": problems[0].tol,
