@@ -90,3 +90,13 @@ def test_simulated_stopping_matches_solve_many_with_residual_halting(bs):
         assert len(set(steps.tolist())) > 1  # rows stop at different steps: the check is not vacuous
         check = bs.stopping_consistency(model, questions, init, curves, solver, tol, 8)
         assert check["agree"] == 1.0 and check["nfe_agree"] == 1.0, check
+
+
+def test_the_measured_model_is_named_not_the_tasks_default(bs):
+    # The script measures the shipped `eqr` reasoner (reasoner.pt) unless told otherwise: the
+    # task's default reasoner changed to `deq` once, and a run then measured that model while its
+    # report still said reasoner.pt. The config and the report's label follow --model.
+    for argv, model, path in (([], "eqr", "reasoner.pt"), (["--model", "deq"], "deq", "reasoner_deq.pt")):
+        args = bs.build_parser().parse_args(argv)
+        cfg = bs.bench_config(args)
+        assert cfg.reasoner == model and bs.model_label(args, cfg) == path
