@@ -25,9 +25,10 @@ with ``u = Q c``, ``v = Q^T r`` and the Schur complement ``sigma = s^T y - r^T Q
 ``s^T H y`` of the remaining pairs, the quantity the update divides by anyway.
 
 Safeguards, per row: the new pair always takes the oldest slot; it is stored only if its
-Broyden denominator is finite and not tiny (``|s^T H y| > 1e-10 ||s||^2``, the ratio of the
-determinants of the new and old Jacobian approximations), else the slot stays empty; a removal that would leave a singular ``M`` (``Q_jj`` zero or the update not
-finite) clears the row's memory; a step that grows the residual by more than ``reset_factor``
+Broyden denominator is finite and not tiny (``|s^T H y| > 1e-10 ||s||^2``: ``s^T H y / s^T s``
+is the ratio of the determinants of the new and old Jacobian approximations), else the slot
+stays empty; a removal whose update is not finite (the other pairs' ``M`` numerically singular)
+clears the row's memory; a step that grows the residual by more than ``reset_factor``
 is rejected (the row keeps its previous iterate, so the evaluation is spent but the row is not
 thrown off) and clears the memory, so the next step is a plain fixed-point step. Non-finite
 values are not rejected: they end the row as NONFINITE. The optional backtracking line search
@@ -87,12 +88,13 @@ def _remove(qinv: Tensor, slot: int, occupied: Tensor, inplace: bool) -> tuple[T
     Args:
         qinv: ``(B, n, n)`` float64 ``Q = M^{-1}`` (zero rows and columns on empty slots).
         slot: the slot whose pair leaves.
-        occupied: ``(B,)`` bool, rows whose ``slot`` holds a stored pair.
+        occupied: ``(B,)`` bool, rows whose ``slot`` holds a stored pair (``Q_jj != 0``: an empty
+            slot's row and column are zero).
         inplace: update ``qinv`` in place; otherwise return a new tensor.
 
     Returns:
         ``(Q', singular)``: the inverse over the other pairs, and a ``(B,)`` mask of the rows whose
-        remaining ``M`` is singular (``Q_jj = 0``) or whose update is not finite (``Q'`` is not
+        update is not finite, the other pairs' ``M`` being numerically singular (``Q'`` is not
         updated there: the caller clears those rows).
     """
     col = qinv[:, :, slot].clone()  # (a copy: qinv is updated in place below)
