@@ -179,7 +179,7 @@ class BroydenState(SolverState):
         stg: ``(B, memory)`` ``S^T g`` for the current residual (cached: the next step's
             right-hand side, and, differenced, the new column of ``M``; zeros beyond the slots
             written so far).
-        count: number of steps taken (the time stamp of the next pair).
+        count: number of steps taken (the next pair goes into slot ``count % memory``).
     """
 
     BUFFERS: ClassVar[tuple[str, ...]] = ("S", "W", "qinv")
