@@ -28,9 +28,12 @@ Safeguards, per row: the new pair always takes the oldest slot; it is stored onl
 Broyden denominator is finite and not tiny (``|s^T H y| > 1e-10 ||s||^2``: ``s^T H y / s^T s``
 is the ratio of the determinants of the new and old Jacobian approximations), else the slot
 stays empty; a removal whose update is not finite (the other pairs' ``M`` numerically singular)
-clears the row's memory; a step that grows the residual by more than ``reset_factor``
-is rejected (the row keeps its previous iterate, so the evaluation is spent but the row is not
-thrown off) and clears the memory, so the next step is a plain fixed-point step. Non-finite
+clears the row's memory; a quasi-Newton step that grows the residual by more than
+``reset_factor`` is rejected: the row keeps its previous iterate (the evaluation is spent, the
+row is not thrown off), but the trial's pair is stored like any other (it is genuine secant
+information, and the next step from the same iterate then differs); a second rejection in a
+row clears the memory instead, so the next step is a plain fixed-point step, which is never
+rejected (it would only repeat). Non-finite
 values are not rejected: they end the row as NONFINITE. The optional backtracking line search
 halves the step for the rows whose residual did not decrease enough; it evaluates ``f`` only
 on those rows (rows must be independent) and costs one host sync per backtracking round.
@@ -80,6 +83,13 @@ def _one_hot(n: int, slot: int, device: torch.device) -> Tensor:
         e = torch.zeros(n, dtype=torch.float64, device=device)
         e[slot] = 1.0
         return e
+
+
+@functools.lru_cache(maxsize=256)
+def _slot_index(slot: int, device: torch.device) -> Tensor:
+    """``tensor([slot])`` (cached; an ordinary read-only tensor)."""
+    with torch.inference_mode(False):
+        return torch.tensor([slot], device=device)
 
 
 def _remove(qinv: Tensor, slot: int, occupied: Tensor, inplace: bool) -> tuple[Tensor, Tensor]:
@@ -179,6 +189,7 @@ class BroydenState(SolverState):
         stg: ``(B, memory)`` ``S^T g`` for the current residual (cached: the next step's
             right-hand side, and, differenced, the new column of ``M``; zeros beyond the slots
             written so far).
+        rejected: ``(B,)`` bool, rows whose last trial step was rejected.
         count: number of steps taken (the next pair goes into slot ``count % memory``).
     """
 
@@ -189,6 +200,7 @@ class BroydenState(SolverState):
     qinv: Tensor
     g: Tensor
     stg: Tensor
+    rejected: Tensor
     count: int = 0
 
     @property
@@ -205,8 +217,9 @@ class Broyden(Solver[BroydenState]):
         memory: number of (step, residual change) pairs kept per row.
         line_search: backtrack the step per row until the residual decreases enough.
         max_backtracks: halvings of the step tried by the line search before accepting.
-        reset_factor: reject a step that grows a row's residual by more than this factor: the row
-            returns to its previous iterate and clears its memory.
+        reset_factor: reject a quasi-Newton step that grows a row's residual by more than this
+            factor: the row stays at its previous iterate and stores the trial's pair; a second
+            rejection in a row clears its memory (the next step is a plain one).
 
     Examples:
         >>> import torch
@@ -221,7 +234,7 @@ class Broyden(Solver[BroydenState]):
     memory: int = option(60, "pairs (step, residual change) kept per row; the memory cap")
     line_search: bool = option(False, "per-row backtracking line search on the residual norm")
     max_backtracks: int = option(3, "halvings of the step tried by the line search")
-    reset_factor: float = option(10.0, "reject a step that grows a row's residual by this factor; clear its memory")
+    reset_factor: float = option(10.0, "reject a step that grows a row's residual by this factor (twice in a row: clear the memory)")
 
     def __post_init__(self) -> None:
         check_int("memory", self.memory, 1)
@@ -241,7 +254,7 @@ class Broyden(Solver[BroydenState]):
         return BroydenState(
             z=z0, fz=fz, nfe=torch.ones(b, dtype=torch.int64, device=z0.device),
             S=z0.new_zeros(b, m, n), W=z0.new_zeros(b, m, n), qinv=z0.new_zeros(b, m, m, dtype=torch.float64),
-            g=fz - z0, stg=z0.new_zeros(b, m),
+            g=fz - z0, stg=z0.new_zeros(b, m), rejected=torch.zeros(b, dtype=torch.bool, device=z0.device),
         )
 
     def _filled(self, state: BroydenState) -> int:
@@ -292,33 +305,39 @@ class Broyden(Solver[BroydenState]):
         if self.line_search:
             z, fz, nfe = self._line_search(f, state.z, p, g_norm, z, fz, nfe, args)
         g_new = fz - z
-        # Reject a step that grew a row's residual by more than reset_factor: the row goes back
-        # to its previous iterate and forgets its memory (the next step is a plain one).
+        # Reject a quasi-Newton step that grew a row's residual by more than reset_factor: the row
+        # stays at its previous iterate, but the trial's pair (s, y) is genuine secant
+        # information: it is stored like any other, so the next step from the same iterate uses
+        # a better H. (A plain step, from an empty memory, is never rejected: it would only repeat.)
         new_norm = torch.linalg.vector_norm(g_new, dim=1)
         reject = torch.isfinite(new_norm) & (new_norm > const(self.reset_factor, new_norm) * g_norm)
-        keep_step = ~reject.unsqueeze(1)
-        z = torch.where(keep_step, z, state.z)
-        fz = torch.where(keep_step, fz, state.fz)
-        g_new = torch.where(keep_step, g_new, g)
-        # The new pair goes into the oldest slot (written straight into the buffers in place):
-        # s = z+ - z and w = s + y = f(z+) - f(z); a rejected row's pair is zero (never stored).
+        reject &= (torch.diagonal(qinv, dim1=1, dim2=2) != 0).any(dim=1) if k else False
         slot, inplace = state.count % m, not builds_graph(state, fz)
         S, s = write_diff(state.S, slot, z, state.z, inplace)
         W, _ = write_diff(state.W, slot, fz, state.fz, inplace)
         y = g_new - g
         filled = min(k + 1, m)
         whole = filled == m
-        # The one pass over S: S^T g_new is the next right-hand side, and S^T y = S^T g_new - S^T g
-        # is the new column of M; the pass over W gives its new row W^T s. (Their entries of
-        # `slot` belong to the new pair itself and are not used: Q's row and column there are
-        # zero.)
         stg_new = widen(batched_dot(S if whole else S[:, :filled], g_new), m)
         col = (stg_new - state.stg)[:, :filled].double()
         row = batched_dot(W if whole else W[:, :filled], s).double()
         corner = torch.linalg.vecdot(s, y).double()
         qinv = state.qinv if whole else state.qinv[:, :filled, :filled]
-        qinv, _ = _push(qinv, col, row, corner, torch.linalg.vecdot(s, s).double(), reject, slot, k == m, inplace)
+        # A second rejection in a row clears the memory before the pair is stored: the next step
+        # is a plain one.
+        again = reject & state.rejected
+        qinv, stored = _push(qinv, col, row, corner, torch.linalg.vecdot(s, s).double(), again, slot, k == m, inplace)
         if not whole:  # (the slots not written yet stay zero)
             qinv = state.qinv if inplace else torch.nn.functional.pad(qinv, (0, m - filled, 0, m - filled))
-        return BroydenState(z=z, fz=fz, nfe=nfe, S=S, W=W, qinv=qinv, g=g_new, stg=stg_new,
+        # Rejected rows stay where they were, so their cached S^T g is for the old g (the slot
+        # now holds the trial's s); a rejected trial whose pair was not stored clears the memory.
+        keep_step = ~reject.unsqueeze(1)
+        stg_old = widen(state.stg[:, :filled].index_copy(1, _slot_index(slot, g.device), torch.linalg.vecdot(s, g).unsqueeze(1)), m)
+        stg_new = torch.where(keep_step, stg_new, stg_old)
+        z = torch.where(keep_step, z, state.z)
+        fz = torch.where(keep_step, fz, state.fz)
+        g_new = torch.where(keep_step, g_new, g)
+        clear = (reject & ~stored).view(-1, 1, 1)
+        qinv = qinv.mul_(~clear) if inplace else qinv * ~clear
+        return BroydenState(z=z, fz=fz, nfe=nfe, S=S, W=W, qinv=qinv, g=g_new, stg=stg_new, rejected=reject,
                             count=state.count + 1)

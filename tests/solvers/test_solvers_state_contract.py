@@ -251,6 +251,50 @@ def test_broydens_kept_inverse_equals_the_inverse_compact_form_from_scratch(grad
     torch.testing.assert_close(algo.apply_h(state, y).detach(), s, rtol=1e-8, atol=1e-11)
 
 
+def test_broyden_learns_from_a_rejected_trial_and_clears_its_memory_on_a_second():
+    # Evaluations of f listed in `bad` return f + 1000: the residual grows far beyond
+    # reset_factor. A quasi-Newton step whose trial is rejected leaves the iterate where it was,
+    # but stores the trial's pair (H y = s for it); a second rejection in a row clears the
+    # memory, so the next step is a plain one; a plain step (empty memory) is never rejected.
+    f0, z0, args = _problem(batch=3, d=7)
+    calls, bad = [0], set()
+
+    def f(z, x):
+        calls[0] += 1
+        return f0(z, x) + (1e3 if calls[0] in bad else 0.0)
+
+    algo = Broyden(memory=5)
+
+    def check_cache(state):  # S^T g cached for the current residual
+        k = min(state.count, algo.memory)
+        torch.testing.assert_close(state.stg[:, :k], (state.S[:, :k] @ state.g.unsqueeze(2)).squeeze(2))
+
+    with torch.no_grad():
+        bad.add(2)  # the first step: a plain one, taken although its residual grows
+        start = algo.init(f, z0, args)
+        fz0 = start.fz.clone()
+        state = algo.step(f, start, args)
+        assert not state.rejected.any() and torch.equal(state.z, fz0) and (state.g.norm(dim=1) > 100).all()
+        calls[0], bad = 0, {4, 5}
+        state = algo.init(f, z0, args)
+        for _ in range(2):
+            state = algo.step(f, state, args)
+        assert state.valid[:, :2].all()
+        before = state
+        z, fz, nfe = before.z.clone(), before.fz.clone(), before.nfe.clone()
+        state = algo.step(f, before, args)  # evaluation 4 is bad: rejected, its pair stored
+        assert state.rejected.all() and state.valid[:, :3].all()
+        assert torch.equal(state.z, z) and torch.equal(state.fz, fz) and (state.nfe == nfe + 1).all()
+        s, y = state.S[:, 2], state.W[:, 2] - state.S[:, 2]
+        torch.testing.assert_close(algo.apply_h(state, y), s)
+        check_cache(state)
+        state = algo.step(f, state, args)  # evaluation 5 is bad too: the memory is cleared
+        assert state.rejected.all() and not state.valid.any() and torch.equal(state.z, z)
+        state = algo.step(f, state, args)  # a plain step from the same iterate: z + g = f(z)
+        assert not state.rejected.any() and torch.equal(state.z, fz)
+        check_cache(state)
+
+
 @pytest.mark.parametrize("grad", [False, True], ids=["in_place", "out_of_place"])
 def test_andersons_kept_inverse_equals_the_inverse_gram_from_scratch(grad):
     # P = (dG^T dG + ridge diag(||dg_i||^2))^{-1} over the stored pairs, after the ring wrapped
