@@ -85,13 +85,6 @@ def _one_hot(n: int, slot: int, device: torch.device) -> Tensor:
         return e
 
 
-@functools.lru_cache(maxsize=256)
-def _slot_index(slot: int, device: torch.device) -> Tensor:
-    """``tensor([slot])`` (cached; an ordinary read-only tensor)."""
-    with torch.inference_mode(False):
-        return torch.tensor([slot], device=device)
-
-
 def _remove(qinv: Tensor, slot: int, occupied: Tensor, inplace: bool) -> tuple[Tensor, Tensor]:
     """``Q`` over the stored pairs but the one in ``slot`` (rank-one removal; its row and column zeroed).
 
@@ -136,8 +129,8 @@ def _border(qinv: Tensor, u: Tensor, v: Tensor, sigma: Tensor, stored: Tensor, s
     return torch.baddbmm(qinv, left.unsqueeze(2), right.unsqueeze(1))
 
 
-def _push(qinv: Tensor, col: Tensor, row: Tensor, corner: Tensor, scale: Tensor, clear: Tensor, slot: int,
-          wrapped: bool, inplace: bool) -> tuple[Tensor, Tensor]:
+def _push(qinv: Tensor, col: Tensor, row: Tensor, corner: Tensor, scale: Tensor, clear: Tensor, fragile: Tensor,
+          slot: int, wrapped: bool, inplace: bool) -> tuple[Tensor, Tensor]:
     """``Q = M^{-1}`` after the pair in ``slot`` is replaced by a new one (the newest).
 
     Args:
@@ -149,6 +142,7 @@ def _push(qinv: Tensor, col: Tensor, row: Tensor, corner: Tensor, scale: Tensor,
         scale: ``(B,)`` float64 ``s^T s``: the pair is stored only where ``|sigma| > _MIN_DENOM
             * scale`` and ``> _MIN_SIGMA`` (``sigma`` the Schur complement), and finite.
         clear: ``(B,)`` bool, rows whose memory is cleared (nothing is stored there).
+        fragile: ``(B,)`` bool, rows whose memory is cleared unless the pair is stored.
         slot: the ring position of the new pair.
         wrapped: whether ``slot`` may hold an older pair, to be removed first.
         inplace: update ``qinv`` in place (no graph is recorded); otherwise return a new tensor.
@@ -171,7 +165,7 @@ def _push(qinv: Tensor, col: Tensor, row: Tensor, corner: Tensor, scale: Tensor,
     stored &= torch.isfinite(v.sum(dim=1)) & ~clear
     qinv = _border(qinv, u, v, sigma, stored, slot, inplace)
     # Cleared rows forget their memory (Q is finite there: a failed removal was skipped).
-    keep = ~clear[:, None, None]
+    keep = ~(clear | (fragile & ~stored))[:, None, None]
     return (qinv.mul_(keep) if inplace else qinv * keep), stored
 
 
@@ -311,7 +305,7 @@ class Broyden(Solver[BroydenState]):
         # a better H. (A plain step, from an empty memory, is never rejected: it would only repeat.)
         new_norm = torch.linalg.vector_norm(g_new, dim=1)
         reject = torch.isfinite(new_norm) & (new_norm > const(self.reset_factor, new_norm) * g_norm)
-        reject &= (torch.diagonal(qinv, dim1=1, dim2=2) != 0).any(dim=1) if k else False
+        reject &= torch.diagonal(qinv, dim1=1, dim2=2).any(dim=1) if k else False
         slot, inplace = state.count % m, not builds_graph(state, fz)
         S, s = write_diff(state.S, slot, z, state.z, inplace)
         W, _ = write_diff(state.W, slot, fz, state.fz, inplace)
@@ -323,21 +317,19 @@ class Broyden(Solver[BroydenState]):
         row = batched_dot(W if whole else W[:, :filled], s).double()
         corner = torch.linalg.vecdot(s, y).double()
         qinv = state.qinv if whole else state.qinv[:, :filled, :filled]
-        # A second rejection in a row clears the memory before the pair is stored: the next step
-        # is a plain one.
-        again = reject & state.rejected
-        qinv, stored = _push(qinv, col, row, corner, torch.linalg.vecdot(s, s).double(), again, slot, k == m, inplace)
+        # A second rejection in a row clears the memory (the next step is a plain one), and so
+        # does a rejected trial whose pair cannot be stored.
+        qinv, _ = _push(qinv, col, row, corner, torch.linalg.vecdot(s, s).double(), reject & state.rejected,
+                        reject, slot, k == m, inplace)
         if not whole:  # (the slots not written yet stay zero)
             qinv = state.qinv if inplace else torch.nn.functional.pad(qinv, (0, m - filled, 0, m - filled))
-        # Rejected rows stay where they were, so their cached S^T g is for the old g (the slot
-        # now holds the trial's s); a rejected trial whose pair was not stored clears the memory.
+        # Rejected rows stay where they were, so their cached S^T g is the old one but in `slot`,
+        # which now holds the trial's s: there s^T g = s^T g_trial - s^T y.
         keep_step = ~reject.unsqueeze(1)
-        stg_old = widen(state.stg[:, :filled].index_copy(1, _slot_index(slot, g.device), torch.linalg.vecdot(s, g).unsqueeze(1)), m)
-        stg_new = torch.where(keep_step, stg_new, stg_old)
+        stg_trial, stg_new = stg_new, torch.where(keep_step, stg_new, state.stg)
+        stg_new[:, slot] = stg_trial[:, slot] - torch.where(reject, corner, const(0.0, corner)).to(stg_new.dtype)
         z = torch.where(keep_step, z, state.z)
         fz = torch.where(keep_step, fz, state.fz)
         g_new = torch.where(keep_step, g_new, g)
-        clear = (reject & ~stored).view(-1, 1, 1)
-        qinv = qinv.mul_(~clear) if inplace else qinv * ~clear
         return BroydenState(z=z, fz=fz, nfe=nfe, S=S, W=W, qinv=qinv, g=g_new, stg=stg_new, rejected=reject,
                             count=state.count + 1)

@@ -206,7 +206,7 @@ def test_broydens_kept_inverse_under_any_sequence_of_pairs(m, seed, kinds):
     # unstored pair stays in its slot's buffers): Q stays finite, is zero outside the stored slots
     # and is the inverse of the compact form's M over them (in time order); a zero, tiny or
     # non-finite pair is never stored and one whose Schur complement is clearly non-zero always
-    # is; in place and out of place agree.
+    # is; a cleared memory is empty; in place and out of place agree.
     from eqsolve.solvers.broyden import _MIN_DENOM, _push
 
     n, g = 3, torch.Generator().manual_seed(seed)
@@ -216,7 +216,6 @@ def test_broydens_kept_inverse_under_any_sequence_of_pairs(m, seed, kinds):
     q_in = torch.zeros(1, m, m, dtype=torch.float64)
     q_out = q_in.clone()
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
-    no = torch.zeros(1, dtype=torch.bool)
 
     def compact_m(idx):
         s_, y_ = S[idx], Y[idx]
@@ -244,15 +243,22 @@ def test_broydens_kept_inverse_under_any_sequence_of_pairs(m, seed, kinds):
             idx = others.nonzero().flatten()
             a = compact_m(idx)
             sigma_ref = (corner - row[0, idx] @ torch.linalg.solve(a, col[0, idx])).item() if idx.numel() else corner.item()
+        # now and then the step asks to clear the memory (a second rejection), or to clear it
+        # unless the pair is stored (a rejected trial)
+        draw = torch.rand(1, generator=g).item()
+        clear, fragile = torch.tensor([draw < 0.08]), torch.tensor([0.08 <= draw < 0.2])
         q_in_view = q_in[:, :filled, :filled]
-        q_new, stored_in = _push(q_in_view, col[:, :filled], row[:, :filled], corner, scale, no, slot, wrapped, True)
-        q_out, stored_out = _push(q_out, col, row, corner, scale, no, slot, wrapped, False)
+        q_new, stored_in = _push(q_in_view, col[:, :filled], row[:, :filled], corner, scale, clear, fragile, slot,
+                                 wrapped, True)
+        q_out, stored_out = _push(q_out, col, row, corner, scale, clear, fragile, slot, wrapped, False)
 
         assert torch.isfinite(q_in).all() and stored_in.tolist() == stored_out.tolist()
         torch.testing.assert_close(q_out, q_in, rtol=1e-9, atol=1e-12 * q_in.abs().max().item())
         stored = torch.diagonal(q_in[0]) != 0
         assert bool(stored[slot]) == bool(stored_in[0])
-        if sigma_ref is None or scale.item() < 1e-200:  # (a tiny pair: Q ~ 1 / sigma would overflow)
+        if clear or (fragile and not stored_in):
+            assert (q_in == 0).all()  # the memory is empty
+        elif sigma_ref is None or scale.item() < 1e-200:  # (a tiny pair: Q ~ 1 / sigma would overflow)
             assert not stored[slot], (kind, s, y)
         elif abs(sigma_ref) > 1e3 * _MIN_DENOM * scale.item() and (not stored.any() or torch.linalg.cond(compact_m(stored.nonzero().flatten())) < 1e8):
             assert stored[slot], (kind, sigma_ref)
