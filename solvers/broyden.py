@@ -312,12 +312,18 @@ class Broyden(Solver[BroydenState]):
         new_norm = torch.linalg.vector_norm(g_new, dim=1)
         reject = torch.isfinite(new_norm) & (new_norm > const(self.reset_factor, new_norm) * g_norm)
         reject &= torch.diagonal(qinv, dim1=1, dim2=2).any(dim=1) if k else False
+        # The trial's pair goes into the oldest slot (written straight into the buffers in place):
+        # s = z+ - z and w = s + y = f(z+) - f(z).
         slot, inplace = state.count % m, not builds_graph(state, fz)
         S, s = write_diff(state.S, slot, z, state.z, inplace)
         W, _ = write_diff(state.W, slot, fz, state.fz, inplace)
         y = g_new - g
         filled = min(k + 1, m)
         whole = filled == m
+        # The one pass over S: S^T g_new is the next right-hand side, and S^T y = S^T g_new - S^T g
+        # is the new column of M; the pass over W gives its new row W^T s. (Their entries of
+        # `slot` belong to the new pair itself and are not used: Q's row and column there are
+        # zero once the old pair is removed.)
         stg_new = widen(batched_dot(S if whole else S[:, :filled], g_new), m)
         col = (stg_new - state.stg)[:, :filled].double()
         row = batched_dot(W if whole else W[:, :filled], s).double()
