@@ -85,12 +85,13 @@ def _one_hot(n: int, slot: int, device: torch.device) -> Tensor:
         return e
 
 
-def _remove(qinv: Tensor, slot: int, occupied: Tensor, inplace: bool) -> tuple[Tensor, Tensor]:
+def _remove(qinv: Tensor, slot: int, e: Tensor, occupied: Tensor, inplace: bool) -> tuple[Tensor, Tensor]:
     """``Q`` over the stored pairs but the one in ``slot`` (rank-one removal; its row and column zeroed).
 
     Args:
         qinv: ``(B, n, n)`` float64 ``Q = M^{-1}`` (zero rows and columns on empty slots).
         slot: the slot whose pair leaves.
+        e: :func:`_one_hot` of ``slot`` (``(n,)``).
         occupied: ``(B,)`` bool, rows whose ``slot`` holds a stored pair (``Q_jj != 0``: an empty
             slot's row and column are zero).
         inplace: update ``qinv`` in place; otherwise return a new tensor.
@@ -110,16 +111,14 @@ def _remove(qinv: Tensor, slot: int, occupied: Tensor, inplace: bool) -> tuple[T
         qinv[:, slot].zero_()
         qinv[:, :, slot].zero_()
         return qinv, singular
-    e = _one_hot(qinv.shape[1], slot, qinv.device)
     keep = 1.0 - e
     out = torch.baddbmm(qinv, col.unsqueeze(2), t.unsqueeze(1), alpha=-1.0)
     return out * (keep[:, None] * keep[None, :]), singular
 
 
-def _border(qinv: Tensor, u: Tensor, v: Tensor, sigma: Tensor, stored: Tensor, slot: int,
+def _border(qinv: Tensor, u: Tensor, v: Tensor, sigma: Tensor, stored: Tensor, e: Tensor,
             inplace: bool) -> Tensor:
     """``Q`` after the new pair is added in ``slot`` (empty) where ``stored``: ``Q + (u - e)(v - e)^T / sigma``."""
-    e = _one_hot(qinv.shape[1], slot, qinv.device)
     mask, zero = stored.unsqueeze(1), const(0.0, u)
     # (zero factors where not stored: u or v may overflow there, and inf * 0 would spoil Q)
     left = torch.where(mask, u, zero) - e
@@ -130,7 +129,7 @@ def _border(qinv: Tensor, u: Tensor, v: Tensor, sigma: Tensor, stored: Tensor, s
 
 
 def _push(qinv: Tensor, col: Tensor, row: Tensor, corner: Tensor, scale: Tensor, clear: Tensor, fragile: Tensor,
-          slot: int, wrapped: bool, inplace: bool) -> tuple[Tensor, Tensor]:
+          e: Tensor, slot: int, wrapped: bool, inplace: bool) -> tuple[Tensor, Tensor]:
     """``Q = M^{-1}`` after the pair in ``slot`` is replaced by a new one (the newest).
 
     Args:
@@ -143,6 +142,7 @@ def _push(qinv: Tensor, col: Tensor, row: Tensor, corner: Tensor, scale: Tensor,
             * scale`` and ``> _MIN_SIGMA`` (``sigma`` the Schur complement), and finite.
         clear: ``(B,)`` bool, rows whose memory is cleared (nothing is stored there).
         fragile: ``(B,)`` bool, rows whose memory is cleared unless the pair is stored.
+        e: :func:`_one_hot` of ``slot`` (``(n,)``; made by the caller, outside a compiled region).
         slot: the ring position of the new pair.
         wrapped: whether ``slot`` may hold an older pair, to be removed first.
         inplace: update ``qinv`` in place (no graph is recorded); otherwise return a new tensor.
@@ -156,17 +156,27 @@ def _push(qinv: Tensor, col: Tensor, row: Tensor, corner: Tensor, scale: Tensor,
     col = torch.nan_to_num(col, nan=0.0, posinf=0.0, neginf=0.0)
     row = torch.nan_to_num(row, nan=0.0, posinf=0.0, neginf=0.0)
     if wrapped:
-        qinv, singular = _remove(qinv, slot, qinv[:, slot, slot] != 0, inplace)
+        qinv, singular = _remove(qinv, slot, e, qinv[:, slot, slot] != 0, inplace)
         clear = clear | singular
     u = torch.bmm(col.unsqueeze(1), qinv.mT).squeeze(1)  # Q c (in the row-vector form BLAS runs faster)
     v = torch.bmm(row.unsqueeze(1), qinv).squeeze(1)  # Q^T r
     sigma = corner - torch.linalg.vecdot(row, u)  # = -(s^T H y) over the remaining pairs
     stored = (sigma.abs() > (const(_MIN_DENOM, sigma) * scale).clamp_min(_MIN_SIGMA)) & torch.isfinite(sigma)
     stored &= torch.isfinite(v.sum(dim=1)) & ~clear
-    qinv = _border(qinv, u, v, sigma, stored, slot, inplace)
+    qinv = _border(qinv, u, v, sigma, stored, e, inplace)
     # Cleared rows forget their memory (Q is finite there: a failed removal was skipped).
     keep = ~(clear | (fragile & ~stored))[:, None, None]
     return (qinv.mul_(keep) if inplace else qinv * keep), stored
+
+
+_COMPILED: dict[str, Any] = {}
+
+
+def _compiled(backend: str) -> Any:
+    """:func:`_push` through ``torch.compile`` (dynamic shapes: compaction shrinks the batch)."""
+    if backend not in _COMPILED:
+        _COMPILED[backend] = torch.compile(_push, backend=backend, dynamic=True)
+    return _COMPILED[backend]
 
 
 @dataclass
@@ -220,6 +230,10 @@ class Broyden(Solver[BroydenState]):
         reset_factor: reject a quasi-Newton step that grows a row's residual by more than this
             factor: the row stays at its previous iterate and stores the trial's pair; a second
             rejection in a row clears its memory (the next step is a plain one).
+        compile: run the small m x m update of a step (:func:`_push`) through ``torch.compile``
+            with this backend (``"inductor"``), with dynamic shapes. Off by default: on the CPU
+            it did not pay for itself (``benchmarks/results/solvers_compile.md``); the first call
+            compiles, which takes seconds.
 
     Examples:
         >>> import torch
@@ -235,6 +249,7 @@ class Broyden(Solver[BroydenState]):
     line_search: bool = option(False, "per-row backtracking line search on the residual norm")
     max_backtracks: int = option(3, "halvings of the step tried by the line search")
     reset_factor: float = option(10.0, "reject a step that grows a row's residual by this factor (twice in a row: clear the memory)")
+    compile: str | None = option(None, "torch.compile backend for the small m x m update (e.g. 'inductor'); None: eager")
 
     def __post_init__(self) -> None:
         check_int("memory", self.memory, 1)
@@ -242,6 +257,8 @@ class Broyden(Solver[BroydenState]):
             raise ValueError(f"option line_search={self.line_search!r} is invalid: must be a bool")
         check_int("max_backtracks", self.max_backtracks, 0)
         check_real("reset_factor", self.reset_factor, 1.0, low_open=True)
+        if self.compile is not None and not isinstance(self.compile, str):
+            raise ValueError(f"option compile={self.compile!r} is invalid: must be a torch.compile backend name or None")
 
     def sized_for(self, steps: int) -> Broyden:
         """A memory of ``min(memory, steps)`` pairs: the ring never wraps within ``steps``."""
@@ -331,8 +348,9 @@ class Broyden(Solver[BroydenState]):
         qinv = state.qinv if whole else state.qinv[:, :filled, :filled]
         # A second rejection in a row clears the memory (the next step is a plain one), and so
         # does a rejected trial whose pair cannot be stored.
-        qinv, _ = _push(qinv, col, row, corner, torch.linalg.vecdot(s, s).double(), reject & state.rejected,
-                        reject, slot, k == m, inplace)
+        push = _push if self.compile is None else _compiled(self.compile)
+        qinv, _ = push(qinv, col, row, corner, torch.linalg.vecdot(s, s).double(), reject & state.rejected,
+                        reject, _one_hot(filled, slot, g.device), slot, k == m, inplace)
         if not whole:  # (the slots not written yet stay zero)
             qinv = state.qinv if inplace else torch.nn.functional.pad(qinv, (0, m - filled, 0, m - filled))
         # Rejected rows stay where they were, so their cached S^T g is the old one but in `slot`,

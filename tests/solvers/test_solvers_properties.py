@@ -207,7 +207,7 @@ def test_broydens_kept_inverse_under_any_sequence_of_pairs(m, seed, kinds):
     # and is the inverse of the compact form's M over them (in time order); a zero, tiny or
     # non-finite pair is never stored and one whose Schur complement is clearly non-zero always
     # is; a cleared memory is empty; in place and out of place agree.
-    from eqsolve.solvers.broyden import _MIN_DENOM, _push
+    from eqsolve.solvers.broyden import _MIN_DENOM, _one_hot, _push
 
     n, g = 3, torch.Generator().manual_seed(seed)
     S = torch.zeros(m, n, dtype=torch.float64)
@@ -248,9 +248,11 @@ def test_broydens_kept_inverse_under_any_sequence_of_pairs(m, seed, kinds):
         draw = torch.rand(1, generator=g).item()
         clear, fragile = torch.tensor([draw < 0.08]), torch.tensor([0.08 <= draw < 0.2])
         q_in_view = q_in[:, :filled, :filled]
-        q_new, stored_in = _push(q_in_view, col[:, :filled], row[:, :filled], corner, scale, clear, fragile, slot,
-                                 wrapped, True)
-        q_out, stored_out = _push(q_out, col, row, corner, scale, clear, fragile, slot, wrapped, False)
+        cpu = torch.device("cpu")
+        q_new, stored_in = _push(q_in_view, col[:, :filled], row[:, :filled], corner, scale, clear, fragile,
+                                 _one_hot(filled, slot, cpu), slot, wrapped, True)
+        q_out, stored_out = _push(q_out, col, row, corner, scale, clear, fragile, _one_hot(m, slot, cpu), slot,
+                                  wrapped, False)
 
         assert torch.isfinite(q_in).all() and stored_in.tolist() == stored_out.tolist()
         torch.testing.assert_close(q_out, q_in, rtol=1e-9, atol=1e-12 * q_in.abs().max().item())

@@ -218,6 +218,22 @@ def test_the_compiled_m_x_m_update_gives_the_eager_results():
     torch.testing.assert_close(traced.z, eager.z, rtol=0, atol=0)
 
 
+def test_broydens_compiled_m_x_m_update_gives_the_eager_results():
+    # As for Anderson: dynamo with the "eager" backend (dynamic shapes), the ring wrapping around
+    # and compaction shrinking the batch.
+    pytest.importorskip("torch._dynamo")
+    q = torch.tensor([0.05, 0.95, 0.5, 0.9])[:, None].double()
+    w = torch.randn(8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    w = w / torch.linalg.matrix_norm(w, ord=2)
+    f = lambda z, q: torch.tanh(q * (z @ w.T) + 1.0)  # noqa: E731
+    z0 = torch.zeros(4, 8, dtype=torch.float64)
+    eager = solve(f, z0, q, solver=Broyden(memory=5), tol=1e-10, max_iter=60)
+    traced = solve(f, z0, q, solver=Broyden(memory=5, compile="eager"), tol=1e-10, max_iter=60)
+    assert eager.converged.all() and traced.nfe.tolist() == eager.nfe.tolist()
+    assert (eager.nfe > 6).any()  # the ring of 5 wrapped around
+    torch.testing.assert_close(traced.z, eager.z, rtol=0, atol=0)
+
+
 def _wrapped_around(algo, grad: bool, steps: int = 11):
     """The state of ``algo`` after ``steps`` steps on a small problem (a 3-pair history wraps
     around several times), with a graph recorded when ``grad`` (the steps then write out of place)."""
