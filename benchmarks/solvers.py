@@ -472,15 +472,16 @@ def results_stem(device: str, dtype: str, threads: int, batch: int, d: int) -> s
 
 
 def compile_check(a) -> dict:
-    """Anderson eager vs through ``torch.compile`` (inductor): does compiling pay on this machine?
+    """Anderson and Broyden eager vs through ``torch.compile`` (inductor): does compiling pay here?
 
-    Four variants on three problems: the library's eager step; ``Anderson(compile="inductor")``
-    (the small m x m update compiled, the library's option); and the experiment of
-    ``_anderson_compiled_step.py`` (the step's whole own work compiled), eager and compiled.
+    Six variants on three problems: the library's eager Anderson step; ``Anderson(compile="inductor")``
+    (the small m x m update compiled, the library's option); the experiment of
+    ``_anderson_compiled_step.py`` (the step's whole own work compiled), eager and compiled; and
+    Broyden eager and with ``Broyden(compile="inductor")`` (its m x m update compiled).
     """
     from _anderson_compiled_step import CompiledStepAnderson
 
-    from eqsolve.solvers import Anderson
+    from eqsolve.solvers import Anderson, Broyden
 
     torch.set_num_threads(a.threads)
     problems = {p.name: p for p in make_problems(a.d, a.batch, small_d=32, small_batch=4)}
@@ -489,12 +490,13 @@ def compile_check(a) -> dict:
                     "loadavg_before": [round(x, 2) for x in os.getloadavg()],
                     "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}, "problems": {}}
     variants = {"eager": Anderson(), "m x m update compiled": Anderson(compile="inductor"),
-                "step, eager": CompiledStepAnderson(), "step compiled": CompiledStepAnderson(step_backend="inductor")}
+                "step, eager": CompiledStepAnderson(), "step compiled": CompiledStepAnderson(step_backend="inductor"),
+                "broyden eager": Broyden(), "broyden m x m update compiled": Broyden(compile="inductor")}
     for name in ("tanh_rho0.99", "mixer_block", "small_tanh_rho0.99"):
         p = problems[name]
         fns = {label: (lambda p=p, s=s: run_eqsolve(p, s, a.max_iter)) for label, s in variants.items()}
         first = {}
-        for label in ("m x m update compiled", "step compiled"):
+        for label in ("m x m update compiled", "step compiled", "broyden m x m update compiled"):
             t = time.perf_counter()
             fns[label]()
             first[label] = time.perf_counter() - t
@@ -503,7 +505,7 @@ def compile_check(a) -> dict:
         print(name, {k: round(v, 1) for k, v in first.items()},
               {k: round(v["wall_s_median"], 4) for k, v in r.items()}, flush=True)
     out["meta"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
-    lines = ["# Anderson through torch.compile (inductor) vs eager, CPU", "",
+    lines = ["# Anderson and Broyden through torch.compile (inductor) vs eager, CPU", "",
              f"Command: `{out['meta']['command']}`; torch {out['meta']['torch']}, threads {out['meta']['threads']}, "
              f"commit {out['meta']['commit']}, {out['meta']['date']}; median of {a.runs} runs after a warm-up; "
              f"load average {out['meta']['loadavg_before']} before, {out['meta']['loadavg_after']} after"
@@ -511,18 +513,21 @@ def compile_check(a) -> dict:
              "Variants: the library's eager step; `Anderson(compile=\"inductor\")`, the library's option (the small "
              "m x m update of the inverse Gram matrix compiled); and the experiment of `benchmarks/_anderson_compiled_step.py`: all of the step's "
              "own work (coefficients, update, history push, inverse Gram update) compiled, `f` eager, timed also eagerly in the "
-             "same formulation (slot as a tensor, all m slots) to isolate the compiler.", "",
+             "same formulation (slot as a tensor, all m slots) to isolate the compiler; Broyden eager and "
+             "`Broyden(compile=\"inductor\")` (its m x m update of the inverse compact-form matrix compiled).", "",
              "| problem | NFE/row | eager (s) | m x m update compiled / eager | step (same formulation) eager (s) "
-             "| step compiled / step eager | first calls incl. compile (s) |",
-             "|---|---:|---:|---:|---:|---:|---|"]
+             "| step compiled / step eager | Broyden eager (s) | Broyden m x m update compiled / eager "
+             "| first calls incl. compile (s) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for name, pr in out["problems"].items():
         r = pr["results"]
         e, s_c = r["eager"]["wall_s_median"], r["m x m update compiled"]["wall_s_median"]
         st_e, st_c = r["step, eager"]["wall_s_median"], r["step compiled"]["wall_s_median"]
+        b_e, b_c = r["broyden eager"]["wall_s_median"], r["broyden m x m update compiled"]["wall_s_median"]
         firsts = ", ".join(f"{k}: {v:.1f}" for k, v in pr["first_call_with_compile_s"].items())
         lines.append(f"| {name} | {r['eager']['nfe_per_row']:.1f} | {e:.4f} | {s_c / e:.3f} | {st_e:.4f} | "
-                     f"{st_c / st_e:.3f} | {firsts} |")
-    lines += ["", "Default: eager (`Anderson(compile=None)`); compiling is worth it only where a ratio above is "
+                     f"{st_c / st_e:.3f} | {b_e:.4f} | {b_c / b_e:.3f} | {firsts} |")
+    lines += ["", "Default: eager (`Anderson(compile=None)`, `Broyden(compile=None)`); compiling is worth it only where a ratio above is "
               "below 1. The first compiled call of a process pays the compilation (later problems reuse part of it).",
               ""]
     atomic_write_text(a.out / "solvers_compile.json", json.dumps(out, indent=1))
