@@ -203,32 +203,20 @@ def test_off_the_cpu_the_loop_checks_every_few_steps_by_default():
     assert default_check_every("cuda") == DEVICE_CHECK_EVERY
 
 
-def test_the_compiled_m_x_m_update_gives_the_eager_results():
+@pytest.mark.parametrize("make", [lambda **kw: Anderson(m=5, **kw), lambda **kw: Broyden(memory=5, **kw)],
+                         ids=["anderson", "broyden"])
+def test_the_compiled_m_x_m_update_gives_the_eager_results(make):
     # torch.compile's "eager" backend traces the same function with dynamo (dynamic shapes, as
-    # compaction shrinks the batch) without generating code: the path is exercised cheaply.
+    # compaction shrinks the batch) without generating code: the path is exercised cheaply, with
+    # the ring of 5 wrapping around.
     pytest.importorskip("torch._dynamo")
     q = torch.tensor([0.05, 0.95, 0.5, 0.9])[:, None].double()
     w = torch.randn(8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     w = w / torch.linalg.matrix_norm(w, ord=2)
     f = lambda z, q: torch.tanh(q * (z @ w.T) + 1.0)  # noqa: E731
     z0 = torch.zeros(4, 8, dtype=torch.float64)
-    eager = solve(f, z0, q, solver=Anderson(m=5), tol=1e-10, max_iter=60)
-    traced = solve(f, z0, q, solver=Anderson(m=5, compile="eager"), tol=1e-10, max_iter=60)
-    assert eager.converged.all() and traced.nfe.tolist() == eager.nfe.tolist()
-    torch.testing.assert_close(traced.z, eager.z, rtol=0, atol=0)
-
-
-def test_broydens_compiled_m_x_m_update_gives_the_eager_results():
-    # As for Anderson: dynamo with the "eager" backend (dynamic shapes), the ring wrapping around
-    # and compaction shrinking the batch.
-    pytest.importorskip("torch._dynamo")
-    q = torch.tensor([0.05, 0.95, 0.5, 0.9])[:, None].double()
-    w = torch.randn(8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    w = w / torch.linalg.matrix_norm(w, ord=2)
-    f = lambda z, q: torch.tanh(q * (z @ w.T) + 1.0)  # noqa: E731
-    z0 = torch.zeros(4, 8, dtype=torch.float64)
-    eager = solve(f, z0, q, solver=Broyden(memory=5), tol=1e-10, max_iter=60)
-    traced = solve(f, z0, q, solver=Broyden(memory=5, compile="eager"), tol=1e-10, max_iter=60)
+    eager = solve(f, z0, q, solver=make(), tol=1e-10, max_iter=60)
+    traced = solve(f, z0, q, solver=make(compile="eager"), tol=1e-10, max_iter=60)
     assert eager.converged.all() and traced.nfe.tolist() == eager.nfe.tolist()
     assert (eager.nfe > 6).any()  # the ring of 5 wrapped around
     torch.testing.assert_close(traced.z, eager.z, rtol=0, atol=0)
