@@ -47,7 +47,7 @@ from torch import Tensor
 
 __all__ = [
     "FlatMap", "Solver", "SolverState", "batched_combine", "batched_dot", "compact_rows", "copy_buffers",
-    "builds_graph", "const", "describe_options", "flat_map", "option", "select_rows", "take_rows", "widen", "write_diff",
+    "builds_graph", "check_backend", "compiled", "const", "describe_options", "flat_map", "option", "select_rows", "slot_masks", "take_rows", "widen", "write_diff",
     "write_slot",
 ]
 
@@ -146,6 +146,36 @@ def check_int(name: str, value: Any, low: int) -> None:
     """Raise ValueError unless ``value`` is an int >= ``low``."""
     _check(isinstance(value, int) and not isinstance(value, bool), name, value, "must be an int")
     _check(value >= low, name, value, f"must be >= {low}")
+
+
+def check_backend(name: str, value: Any) -> None:
+    """Raise ValueError unless ``value`` is a ``torch.compile`` backend name or None."""
+    _check(value is None or isinstance(value, str), name, value, "must be a torch.compile backend name or None")
+
+
+@functools.cache
+def compiled(fn: Callable[..., Any], backend: str) -> Callable[..., Any]:
+    """``fn`` through ``torch.compile`` with ``backend`` and dynamic shapes (compaction shrinks
+    the batch), made once per function and backend."""
+    return torch.compile(fn, backend=backend, dynamic=True)
+
+
+#: A new pair whose Schur complement against the stored ones is below this (a difference of norm
+#: below ~1e-100: only in float64, far past convergence) is not stored: a kept inverse ~ 1 / Schur
+#: would overflow. (Anderson's and Broyden's kept inverses.)
+MIN_SCHUR = 1e-200
+
+
+@functools.lru_cache(maxsize=256)
+def slot_masks(n: int, slot: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    """``(e, keep)`` for an n-slot history: the one-hot ``(n,)`` vector of ``slot`` and the ``(n, n)``
+    mask that zeroes its row and column. Made once per size, slot, dtype and device (read only;
+    ordinary tensors, also when first asked for in inference mode, so that a graph may use them)."""
+    with torch.inference_mode(False):
+        e = torch.zeros(n, dtype=dtype, device=device)
+        e[slot] = 1.0
+        keep = 1.0 - e
+        return e, keep[:, None] * keep[None, :]
 
 
 _is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)  # (torch >= 2.3)

@@ -31,7 +31,6 @@ history takes the plain step ``z + beta g``. The updates are done in float64.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,39 +40,26 @@ import torch
 from torch import Tensor
 
 from ._base import (
+    MIN_SCHUR,
     FlatMap,
     Solver,
     SolverState,
     batched_combine,
     batched_dot,
     builds_graph,
+    check_backend,
     check_int,
     check_real,
+    compiled,
     const,
     option,
+    slot_masks,
     widen,
     write_diff,
     write_slot,
 )
 
 __all__ = ["Anderson", "AndersonState"]
-
-
-#: A pair whose Schur complement is below this (a difference of norm below ~1e-100: only in
-#: float64, far past convergence) is not stored: P ~ 1 / s would overflow.
-_MIN_SCHUR = 1e-200
-
-
-@functools.lru_cache(maxsize=256)
-def _slot_masks(n: int, slot: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
-    """``(e, keep)`` for an n-slot history: the one-hot ``(n,)`` vector of ``slot`` and the ``(n, n)``
-    mask that zeroes its row and column. Made once per size, slot, dtype and device (read only;
-    ordinary tensors, also when first asked for in inference mode, so that a graph may use them)."""
-    with torch.inference_mode(False):
-        e = torch.zeros(n, dtype=dtype, device=device)
-        e[slot] = 1.0
-        keep = 1.0 - e
-        return e, keep[:, None] * keep[None, :]
 
 
 def _push(hinv: Tensor, col: Tensor, norm2: Tensor, e: Tensor, keep: Tensor, slot: int, wrapped: bool,
@@ -86,12 +72,12 @@ def _push(hinv: Tensor, col: Tensor, norm2: Tensor, e: Tensor, keep: Tensor, slo
         col: ``(B, m)`` float64 ``a = dG^T dg``: the new difference against every slot (the
             entry of ``slot`` itself is not used).
         norm2: ``(B,)`` float64 ``d = (1 + ridge) ||dg||^2``, the new pair's regularised diagonal.
-        e, keep: :func:`_slot_masks` of ``slot`` for the first ``n`` slots, those in use after
+        e, keep: :func:`slot_masks` of ``slot`` for the first ``n`` slots, those in use after
             this step (the others are zero and stay so; ``n = m`` out of place).
         slot: the ring position of the new pair.
         wrapped: whether ``slot`` holds an older pair, to be removed first.
         min_pivot: store the new pair only where ``s > min_pivot * d`` (``1 / max_cond``) and
-            ``s > _MIN_SCHUR``.
+            ``s > MIN_SCHUR``.
         inplace: update ``hinv`` in place (no graph is recorded); otherwise return a new tensor.
 
     Returns:
@@ -116,8 +102,8 @@ def _push(hinv: Tensor, col: Tensor, norm2: Tensor, e: Tensor, keep: Tensor, slo
     # Schur complement s = d - a^T u, the new inverse is P + v v^T / s with v = u - e_slot.
     u = torch.bmm(h, a.unsqueeze(2)).squeeze(2)
     s = norm2 - torch.linalg.vecdot(a, u)
-    # False for NaN and inf, for a zero difference (0 > 0), and below _MIN_SCHUR (P ~ 1 / s)
-    stored = s > (const(min_pivot, norm2) * norm2).clamp_min(_MIN_SCHUR)
+    # False for NaN and inf, for a zero difference (0 > 0), and below MIN_SCHUR (P ~ 1 / s)
+    stored = s > (const(min_pivot, norm2) * norm2).clamp_min(MIN_SCHUR)
     w = torch.where(stored, s, const(math.inf, s)).reciprocal()  # 1 / s, or 0: the slot stays empty
     v = torch.where(stored.unsqueeze(1), u, const(0.0, u)) - e  # (u overflows only with a pair not stored: 0 * inf)
     vw = (v * w.unsqueeze(1)).unsqueeze(1)
@@ -125,16 +111,6 @@ def _push(hinv: Tensor, col: Tensor, norm2: Tensor, e: Tensor, keep: Tensor, slo
         h.baddbmm_(v.unsqueeze(2), vw)
         return hinv
     return torch.baddbmm(h, v.unsqueeze(2), vw)
-
-
-_COMPILED: dict[str, Any] = {}
-
-
-def _compiled(backend: str) -> Any:
-    """:func:`_push` through ``torch.compile`` (dynamic shapes: compaction shrinks the batch)."""
-    if backend not in _COMPILED:
-        _COMPILED[backend] = torch.compile(_push, backend=backend, dynamic=True)
-    return _COMPILED[backend]
 
 
 @dataclass
@@ -226,8 +202,7 @@ class Anderson(Solver[AndersonState]):
         if self.max_cond is not None:
             check_real("max_cond", self.max_cond, 1.0, low_open=True)
         check_int("delay", self.delay, 0)
-        if self.compile is not None and not isinstance(self.compile, str):
-            raise ValueError(f"option compile={self.compile!r} is invalid: must be a torch.compile backend name or None")
+        check_backend("compile", self.compile)
 
     def sized_for(self, steps: int) -> Anderson:
         """A history of ``min(m, steps)`` differences: the ring never wraps within ``steps``."""
@@ -298,8 +273,8 @@ class Anderson(Solver[AndersonState]):
         norm2 = torch.linalg.vecdot(dg, dg).double()
         norm2 = norm2 * const(1.0 + self.ridge, norm2)
         # (whole tensors in a graph: no in-place writes into slices)
-        e, keep = _slot_masks(filled if inplace else self.m, slot, torch.float64, g.device)
-        push = _push if self.compile is None else _compiled(self.compile)
+        e, keep = slot_masks(filled if inplace else self.m, slot, torch.float64, g.device)
+        push = _push if self.compile is None else compiled(_push, self.compile)
         hinv = push(state.hinv, col, norm2, e, keep, slot, k == self.m, self._min_pivot(g.dtype), inplace)
         return AndersonState(
             z=z, fz=fz, nfe=state.nfe + const(1, state.nfe), dG=dG, dX=dX, hinv=hinv, g=g_new, dGg=dGg,

@@ -42,7 +42,6 @@ on those rows (rows must be independent) and costs one host sync per backtrackin
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -51,16 +50,20 @@ import torch
 from torch import Tensor
 
 from ._base import (
+    MIN_SCHUR,
     FlatMap,
     Solver,
     SolverState,
     batched_combine,
     batched_dot,
     builds_graph,
+    check_backend,
     check_int,
     check_real,
+    compiled,
     const,
     option,
+    slot_masks,
     widen,
     write_diff,
 )
@@ -71,27 +74,15 @@ __all__ = ["Broyden", "BroydenState"]
 #: and ``s^T H y / s^T s`` is the ratio of the determinants of the new and old Jacobian
 #: approximations (Powell's measure), so a tiny one would make the new one nearly singular.
 _MIN_DENOM = 1e-10
-#: Nor where ``|s^T H y|`` is below this (a pair of norm below ~1e-100: only in float64, far past
-#: convergence): ``Q ~ 1 / s^T H y`` would overflow.
-_MIN_SIGMA = 1e-200
 
 
-@functools.lru_cache(maxsize=256)
-def _one_hot(n: int, slot: int, device: torch.device) -> Tensor:
-    """The ``(n,)`` float64 one-hot vector of ``slot`` (cached; an ordinary read-only tensor)."""
-    with torch.inference_mode(False):
-        e = torch.zeros(n, dtype=torch.float64, device=device)
-        e[slot] = 1.0
-        return e
-
-
-def _remove(qinv: Tensor, slot: int, e: Tensor, occupied: Tensor, inplace: bool) -> tuple[Tensor, Tensor]:
+def _remove(qinv: Tensor, slot: int, keep: Tensor, occupied: Tensor, inplace: bool) -> tuple[Tensor, Tensor]:
     """``Q`` over the stored pairs but the one in ``slot`` (rank-one removal; its row and column zeroed).
 
     Args:
         qinv: ``(B, n, n)`` float64 ``Q = M^{-1}`` (zero rows and columns on empty slots).
         slot: the slot whose pair leaves.
-        e: :func:`_one_hot` of ``slot`` (``(n,)``).
+        keep: the ``(n, n)`` mask of :func:`~eqsolve.solvers._base.slot_masks` (out of place).
         occupied: ``(B,)`` bool, rows whose ``slot`` holds a stored pair (``Q_jj != 0``: an empty
             slot's row and column are zero).
         inplace: update ``qinv`` in place; otherwise return a new tensor.
@@ -111,9 +102,8 @@ def _remove(qinv: Tensor, slot: int, e: Tensor, occupied: Tensor, inplace: bool)
         qinv[:, slot].zero_()
         qinv[:, :, slot].zero_()
         return qinv, singular
-    keep = 1.0 - e
     out = torch.baddbmm(qinv, col.unsqueeze(2), t.unsqueeze(1), alpha=-1.0)
-    return out * (keep[:, None] * keep[None, :]), singular
+    return out * keep, singular
 
 
 def _border(qinv: Tensor, u: Tensor, v: Tensor, sigma: Tensor, stored: Tensor, e: Tensor,
@@ -129,7 +119,7 @@ def _border(qinv: Tensor, u: Tensor, v: Tensor, sigma: Tensor, stored: Tensor, e
 
 
 def _push(qinv: Tensor, col: Tensor, row: Tensor, corner: Tensor, scale: Tensor, clear: Tensor, fragile: Tensor,
-          e: Tensor, slot: int, wrapped: bool, inplace: bool) -> tuple[Tensor, Tensor]:
+          e: Tensor, keep: Tensor, slot: int, wrapped: bool, inplace: bool) -> tuple[Tensor, Tensor]:
     """``Q = M^{-1}`` after the pair in ``slot`` is replaced by a new one (the newest).
 
     Args:
@@ -139,10 +129,11 @@ def _push(qinv: Tensor, col: Tensor, row: Tensor, corner: Tensor, scale: Tensor,
         row: ``(B, n)`` float64 ``r = W^T s``, the new row of ``M`` (the entry of ``slot`` is not used).
         corner: ``(B,)`` float64 ``s^T y``.
         scale: ``(B,)`` float64 ``s^T s``: the pair is stored only where ``|sigma| > _MIN_DENOM
-            * scale`` and ``> _MIN_SIGMA`` (``sigma`` the Schur complement), and finite.
+            * scale`` and ``> MIN_SCHUR`` (``sigma`` the Schur complement), and finite.
         clear: ``(B,)`` bool, rows whose memory is cleared (nothing is stored there).
         fragile: ``(B,)`` bool, rows whose memory is cleared unless the pair is stored.
-        e: :func:`_one_hot` of ``slot`` (``(n,)``; made by the caller, outside a compiled region).
+        e, keep: :func:`~eqsolve.solvers._base.slot_masks` of ``slot`` for the ``n`` slots (made by
+            the caller, outside a compiled region).
         slot: the ring position of the new pair.
         wrapped: whether ``slot`` may hold an older pair, to be removed first.
         inplace: update ``qinv`` in place (no graph is recorded); otherwise return a new tensor.
@@ -156,27 +147,17 @@ def _push(qinv: Tensor, col: Tensor, row: Tensor, corner: Tensor, scale: Tensor,
     col = torch.nan_to_num(col, nan=0.0, posinf=0.0, neginf=0.0)
     row = torch.nan_to_num(row, nan=0.0, posinf=0.0, neginf=0.0)
     if wrapped:
-        qinv, singular = _remove(qinv, slot, e, qinv[:, slot, slot] != 0, inplace)
+        qinv, singular = _remove(qinv, slot, keep, qinv[:, slot, slot] != 0, inplace)
         clear = clear | singular
     u = torch.bmm(col.unsqueeze(1), qinv.mT).squeeze(1)  # Q c (in the row-vector form BLAS runs faster)
     v = torch.bmm(row.unsqueeze(1), qinv).squeeze(1)  # Q^T r
     sigma = corner - torch.linalg.vecdot(row, u)  # = -(s^T H y) over the remaining pairs
-    stored = (sigma.abs() > (const(_MIN_DENOM, sigma) * scale).clamp_min(_MIN_SIGMA)) & torch.isfinite(sigma)
+    stored = (sigma.abs() > (const(_MIN_DENOM, sigma) * scale).clamp_min(MIN_SCHUR)) & torch.isfinite(sigma)
     stored &= torch.isfinite(v.sum(dim=1)) & ~clear
     qinv = _border(qinv, u, v, sigma, stored, e, inplace)
     # Cleared rows forget their memory (Q is finite there: a failed removal was skipped).
-    keep = ~(clear | (fragile & ~stored))[:, None, None]
-    return (qinv.mul_(keep) if inplace else qinv * keep), stored
-
-
-_COMPILED: dict[str, Any] = {}
-
-
-def _compiled(backend: str) -> Any:
-    """:func:`_push` through ``torch.compile`` (dynamic shapes: compaction shrinks the batch)."""
-    if backend not in _COMPILED:
-        _COMPILED[backend] = torch.compile(_push, backend=backend, dynamic=True)
-    return _COMPILED[backend]
+    kept = ~(clear | (fragile & ~stored))[:, None, None]
+    return (qinv.mul_(kept) if inplace else qinv * kept), stored
 
 
 @dataclass
@@ -257,8 +238,7 @@ class Broyden(Solver[BroydenState]):
             raise ValueError(f"option line_search={self.line_search!r} is invalid: must be a bool")
         check_int("max_backtracks", self.max_backtracks, 0)
         check_real("reset_factor", self.reset_factor, 1.0, low_open=True)
-        if self.compile is not None and not isinstance(self.compile, str):
-            raise ValueError(f"option compile={self.compile!r} is invalid: must be a torch.compile backend name or None")
+        check_backend("compile", self.compile)
 
     def sized_for(self, steps: int) -> Broyden:
         """A memory of ``min(memory, steps)`` pairs: the ring never wraps within ``steps``."""
@@ -348,9 +328,9 @@ class Broyden(Solver[BroydenState]):
         qinv = state.qinv if whole else state.qinv[:, :filled, :filled]
         # A second rejection in a row clears the memory (the next step is a plain one), and so
         # does a rejected trial whose pair cannot be stored.
-        push = _push if self.compile is None else _compiled(self.compile)
+        push = _push if self.compile is None else compiled(_push, self.compile)
         qinv, _ = push(qinv, col, row, corner, torch.linalg.vecdot(s, s).double(), reject & state.rejected,
-                        reject, _one_hot(filled, slot, g.device), slot, k == m, inplace)
+                        reject, *slot_masks(filled, slot, torch.float64, g.device), slot, k == m, inplace)
         if not whole:  # (the slots not written yet stay zero)
             qinv = state.qinv if inplace else torch.nn.functional.pad(qinv, (0, m - filled, 0, m - filled))
         # Rejected rows stay where they were, so their cached S^T g is the old one but in `slot`,

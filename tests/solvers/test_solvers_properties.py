@@ -139,7 +139,8 @@ def test_andersons_kept_inverse_under_any_sequence_of_differences(m, ridge, seed
     # non-finite difference is never stored and a clearly independent one always is; in place
     # and out of place agree. (With ridge 0 a difference dependent on an ill-conditioned set can
     # be stored, its Schur complement being rounding of ~eps * cond: as with a factorisation.)
-    from eqsolve.solvers.anderson import _push, _slot_masks
+    from eqsolve.solvers._base import slot_masks
+    from eqsolve.solvers.anderson import _push
 
     n, g = 3, torch.Generator().manual_seed(seed)
     max_cond = 1e-2 / torch.finfo(torch.float64).eps
@@ -170,9 +171,9 @@ def test_andersons_kept_inverse_under_any_sequence_of_differences(m, ridge, seed
             a_ref = gram + ridge * torch.diag(torch.diagonal(gram))
             c = dG[0, others] @ dg
             s_ref = (norm2 - c @ torch.linalg.solve(a_ref, c)).item() / norm2.item() if others.any() else 1.0
-        e, keep = _slot_masks(filled, slot, torch.float64, torch.device("cpu"))
+        e, keep = slot_masks(filled, slot, torch.float64, torch.device("cpu"))
         p_in = _push(p_in, col, norm2, e, keep, slot, wrapped, 1.0 / max_cond, inplace=True)
-        e, keep = _slot_masks(m, slot, torch.float64, torch.device("cpu"))
+        e, keep = slot_masks(m, slot, torch.float64, torch.device("cpu"))
         p_out = _push(p_out, col, norm2, e, keep, slot, wrapped, 1.0 / max_cond, inplace=False)
 
         assert torch.isfinite(p_in).all()
@@ -207,7 +208,8 @@ def test_broydens_kept_inverse_under_any_sequence_of_pairs(m, seed, kinds):
     # and is the inverse of the compact form's M over them (in time order); a zero, tiny or
     # non-finite pair is never stored and one whose Schur complement is clearly non-zero always
     # is; a cleared memory is empty; in place and out of place agree.
-    from eqsolve.solvers.broyden import _MIN_DENOM, _one_hot, _push
+    from eqsolve.solvers._base import slot_masks
+    from eqsolve.solvers.broyden import _MIN_DENOM, _push
 
     n, g = 3, torch.Generator().manual_seed(seed)
     S = torch.zeros(m, n, dtype=torch.float64)
@@ -250,9 +252,9 @@ def test_broydens_kept_inverse_under_any_sequence_of_pairs(m, seed, kinds):
         q_in_view = q_in[:, :filled, :filled]
         cpu = torch.device("cpu")
         q_new, stored_in = _push(q_in_view, col[:, :filled], row[:, :filled], corner, scale, clear, fragile,
-                                 _one_hot(filled, slot, cpu), slot, wrapped, True)
-        q_out, stored_out = _push(q_out, col, row, corner, scale, clear, fragile, _one_hot(m, slot, cpu), slot,
-                                  wrapped, False)
+                                 *slot_masks(filled, slot, torch.float64, cpu), slot, wrapped, True)
+        q_out, stored_out = _push(q_out, col, row, corner, scale, clear, fragile,
+                                  *slot_masks(m, slot, torch.float64, cpu), slot, wrapped, False)
 
         assert torch.isfinite(q_in).all() and stored_in.tolist() == stored_out.tolist()
         torch.testing.assert_close(q_out, q_in, rtol=1e-9, atol=1e-12 * q_in.abs().max().item())
