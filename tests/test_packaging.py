@@ -16,12 +16,20 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     cmd = [sys.executable, "-m", "pip", "wheel", str(REPO_ROOT), "--no-deps",
-           "--no-build-isolation", "-q", "-w", str(out)]
+           "--no-build-isolation", "-v", "-w", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         pytest.fail(f"building the wheel failed:\n{proc.stdout}\n{proc.stderr}")
+    (out / "build.log").write_text(proc.stdout + proc.stderr)
     (path,) = out.glob("eqsolve-*.whl")
     return path
+
+
+def test_wheel_builds_without_setuptools_warning_of_ignored_folders(wheel: Path) -> None:
+    """Every folder with data (conf/, assets/) is a declared package: setuptools warns of none."""
+    log = (wheel.parent / "build.log").read_text()
+    assert "Installing" in log or "copying" in log, "the verbose build log is empty"
+    assert "would be ignored" not in log, [line for line in log.splitlines() if "is absent from" in line]
 
 
 def test_wheel_maps_solvers_folder_to_subpackage(wheel: Path) -> None:
