@@ -12,13 +12,13 @@ Run: ``python benchmarks/reasoner_stability.py --limit 24`` → ``benchmarks/res
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 from pathlib import Path
 
 import torch
 
+from eqsolve._io import atomic_write_json, atomic_write_text
 from eqsolve.jacobian import spectral_radius
 from eqsolve.models.loading import load_checkpoint as load_model
 from eqsolve.solvers import Anderson, solve
@@ -71,9 +71,9 @@ def main(limit: int, threads: int, seed: int) -> list[dict]:
 def write(rows: list[dict], limit: int, threads: int, seed: int) -> None:
     meta = {"limit": limit, "threads": threads, "seed": seed, "torch": torch.__version__,
             "python": platform.python_version(), "cpu_count": os.cpu_count()}
-    tmp = RESULTS / "reasoner_stability.json.tmp"
-    tmp.write_text(json.dumps({"schema": "eqsolve.reasoner_stability/1", "meta": meta, "rows": rows}, indent=1))
-    os.replace(tmp, RESULTS / "reasoner_stability.json")
+    # (a median over no rows is NaN: written as null, strict JSON)
+    atomic_write_json(RESULTS / "reasoner_stability.json", {"schema": "eqsolve.reasoner_stability/1", "meta": meta,
+                                                           "rows": rows})
     lines = [
         "# Stability of the end states each solver finds on the shipped reasoner",
         "",
@@ -95,7 +95,7 @@ def write(rows: list[dict], limit: int, threads: int, seed: int) -> None:
         "plain iteration cannot settle at. The interpretation of these numbers for the shipped reasoner is "
         "in the README (\"The main job\").",
     ]
-    (RESULTS / "reasoner_stability.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(RESULTS / "reasoner_stability.md", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
