@@ -270,7 +270,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(RESULTS / "reasoner_deq.json"))
+    parser.add_argument("--plot-only", action="store_true",
+                        help="redraw the figure (--out with .png) from the results JSON; measure nothing")
     args = parser.parse_args()
+    if args.plot_only:
+        out = Path(args.out)
+        if not out.is_file():
+            raise SystemExit(f"--plot-only: no results file {out}")
+        plot(json.loads(out.read_text()), out.with_suffix(".png"))
+        print(f"wrote {out.with_suffix('.png')}")
+        return
     torch.set_num_threads(args.threads)
     sections = set(args.sections.split(","))
     out = Path(args.out)
