@@ -50,12 +50,22 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Any, Generic, Protocol
+from typing import Any, Generic, NamedTuple, Protocol
 
 import torch
 from torch import Tensor
 
-from ._base import FlatMap, Solver, StateT, compact_rows, const, select_rows, take_rows
+from ._base import (
+    FlatMap,
+    Solver,
+    StateT,
+    check_backend,
+    compact_rows,
+    compiled,
+    const,
+    select_rows,
+    take_rows,
+)
 from ._solution import Status
 
 __all__ = ["GO", "Budget", "Engine", "Never", "Observation", "StopRule", "Tolerance", "residuals"]
@@ -130,6 +140,123 @@ class Never:
         return _go(obs)
 
 
+class _Rows(NamedTuple):
+    """What :func:`_track` computes for every row of an observation."""
+
+    abs_r: Tensor
+    rel_r: Tensor
+    res: Tensor  #: of the engine's ``stop`` kind
+    live: Tensor | None
+    improved: Tensor
+    bounded: Tensor | None
+    #: the updated records: best_z, best_fz, best_abs, best_rel, best_step, ref_res, ref_step, min_abs
+    records: tuple
+
+
+def _track(z: Tensor, fz: Tensor, g: Tensor | None, done: Tensor, observed: Tensor | None, best_z: Tensor,
+           best_fz: Tensor | None, best_abs: Tensor, best_rel: Tensor, best_step: Tensor, max_fz: Tensor,
+           ref_res: Tensor, ref_step: Tensor, min_abs: Tensor, nstep: Tensor, *, rel: bool, freeze: bool,
+           diverge: float | None, window: int | None, track: bool, detach: bool) -> _Rows:
+    """The residuals of the current iterates and the updated per-row records (a pure function of
+    tensors: :meth:`Engine.observe` runs it eagerly or through ``torch.compile``). With
+    ``detach``, the residuals are computed without a graph; the best iterates keep theirs."""
+    if detach:  # (without autograd there is no graph to detach from: 3 ops a step saved)
+        abs_r, rel_r, fz_norm = residuals(z.detach(), fz.detach(), None if g is None else g.detach())
+    else:
+        abs_r, rel_r, fz_norm = residuals(z, fz, g)
+    res = rel_r if rel else abs_r
+    live = ~done if freeze else None
+    if observed is not None:
+        live = observed if live is None else live & observed
+    improved = res < (best_rel if rel else best_abs)  # False for NaN
+    bounded = None
+    if diverge is not None:
+        # An iterate beyond the row's scale is DIVERGED and never the best one, however
+        # small its relative residual (f(z) = z + c has none: ||c|| / ||z + c|| -> 0).
+        bounded = fz_norm <= max_fz  # False for NaN too: such a row is NONFINITE
+        improved &= bounded
+    # A frozen row still holds the iterate it stopped at (advance keeps it), whose residual
+    # neither beats its best nor lowers its smallest one: only rows left out by `observed`
+    # need masking (two ops a step less on the frozen path, where every op is a launch).
+    masked = None if observed is None else live
+    improved = improved if masked is None else masked & improved
+    best_z = torch.where(improved[:, None], z, best_z)
+    if best_fz is not None:
+        best_fz = torch.where(improved[:, None], fz, best_fz)
+    best_abs = torch.where(improved, abs_r, best_abs)
+    best_rel = torch.where(improved, rel_r, best_rel)
+    if track:
+        best_step = torch.where(improved, nstep, best_step)
+    best_res = best_rel if rel else best_abs
+    # min_abs and the progress reference only feed the divergence and stall tests.
+    if window is not None:
+        progress = best_res < const(_PROGRESS, best_res) * ref_res
+        ref_res = torch.where(progress, best_res, ref_res)
+        ref_step = torch.where(progress, nstep, ref_step)
+    if diverge is not None:
+        lowest = torch.fmin(min_abs, abs_r)
+        min_abs = lowest if masked is None else torch.where(masked, lowest, min_abs)
+    return _Rows(abs_r, rel_r, res, live, improved, bounded,
+                 (best_z, best_fz, best_abs, best_rel, best_step, ref_res, ref_step, min_abs))
+
+
+def _going(rows: _Rows, nstep: Tensor, tol: float, diverge: float | None, window: int | None) -> Tensor:
+    """``(B,)`` bool: the rows a :class:`Tolerance` rule and the health tests let go on (the lazy
+    observation: fewer ops than the status codes, which are worked out only when a row stops)."""
+    res, abs_r, min_abs, ref_step = rows.res, rows.abs_r, rows.records[7], rows.records[6]
+    going = (res > const(tol, res)) & (res < const(math.inf, res))  # False for converged rows, NaN and inf
+    if diverge is not None:
+        going &= abs_r <= const(diverge, abs_r) * min_abs
+    if rows.bounded is not None:
+        going &= rows.bounded
+    if window is not None:
+        going &= ref_step > nstep - const(window, nstep)
+    return going
+
+
+def _codes(res: Tensor, abs_r: Tensor, bounded: Tensor | None, live: Tensor | None, min_abs: Tensor,
+           ref_step: Tensor, nstep: Tensor, status: Tensor, done: Tensor, tol: float | None, ruled: Tensor | None,
+           diverge: float | None, window: int | None) -> tuple[Tensor, Tensor, Tensor]:
+    """The status codes by priority (see the module docstring), and the updated ``status`` and
+    ``done``. The stop rule is a :class:`Tolerance` of ``tol``, or else gave the codes ``ruled``."""
+    code: Tensor | int = GO  # (a scalar until the first test: one op less)
+    if window is not None:
+        code = torch.where(ref_step <= nstep - window, int(Status.STAGNATED), GO)
+    if diverge is not None:
+        code = torch.where(abs_r > diverge * min_abs, int(Status.DIVERGED), code)
+    if tol is not None:  # a Tolerance's codes() folded in: one op instead of five
+        code = torch.where(res <= tol, int(Status.CONVERGED), code)  # False for NaN
+    else:
+        assert ruled is not None
+        code = torch.where(ruled >= 0, ruled, code)
+    assert isinstance(code, Tensor)
+    if bounded is not None:
+        code = torch.where(bounded, code, int(Status.DIVERGED))
+    code = torch.where(torch.isfinite(res), code, int(Status.NONFINITE))
+    if live is not None:
+        code = torch.where(live, code, GO)
+    stops = code >= 0
+    return code, torch.where(stops, code, status), done | stops
+
+
+def _observe_tolerance(z: Tensor, fz: Tensor, g: Tensor | None, done: Tensor, observed: Tensor | None,
+                       best_z: Tensor, best_fz: Tensor | None, best_abs: Tensor, best_rel: Tensor, best_step: Tensor,
+                       max_fz: Tensor, ref_res: Tensor, ref_step: Tensor, min_abs: Tensor, nstep: Tensor,
+                       status: Tensor, *, tol: float, lazy: bool, rel: bool, freeze: bool, diverge: float | None,
+                       window: int | None, track: bool, detach: bool) -> tuple[_Rows, Tensor, Tensor | None, Tensor | None]:
+    """An observation under a :class:`Tolerance` rule in one function (the region
+    ``Engine(compile=...)`` compiles): the records, and the mask of the rows that go on
+    (``lazy``) or the status codes with the updated ``status`` and ``done``."""
+    rows = _track(z, fz, g, done, observed, best_z, best_fz, best_abs, best_rel, best_step, max_fz, ref_res,
+                  ref_step, min_abs, nstep, rel=rel, freeze=freeze, diverge=diverge, window=window, track=track,
+                  detach=detach)
+    if lazy:
+        return rows, _going(rows, nstep, tol, diverge, window), None, None
+    code, status, done = _codes(rows.res, rows.abs_r, rows.bounded, rows.live, rows.records[7], rows.records[6],
+                                nstep, status, done, tol, None, diverge, window)
+    return rows, code, status, done
+
+
 # Per-row tensors of the engine, aligned with the state's rows (moved by admit/drop).
 _ROW_FIELDS = ("best_z", "best_fz", "best_abs", "best_rel", "best_step", "min_abs", "max_fz", "ref_res",
                "ref_step", "nstep", "status", "done")
@@ -154,6 +281,12 @@ class Engine(Generic[StateT]):
         stall_window: STAGNATED test of :func:`~eqsolve.solvers.solve` (None: off).
         freeze: keep stopped rows in the batch, frozen, until dropped.
         track_fz: also keep ``best_fz`` (``f`` at the best iterate, with its graph if any).
+        compile: run an observation's per-row work (residual norms, best iterates, health
+            records, stop tests) through ``torch.compile`` with this backend (``"inductor"``),
+            with dynamic shapes, when the rule is a :class:`Tolerance` and autograd is off: one
+            region of a few fused kernels instead of about 30 small ops. Meant for GPUs, where each op is a kernel
+            launch; on the CPU it does not pay (``benchmarks/results/solvers_compile.md``). The
+            same results up to the rounding of the fused norms.
     """
 
     # Per-row records (see the module docstring), set by admit().
@@ -172,8 +305,10 @@ class Engine(Generic[StateT]):
 
     def __init__(self, solver: Solver[StateT], f: FlatMap, rule: StopRule, *, stop: str = "rel",
                  diverge_factor: float | None = None, stall_window: int | None = None, freeze: bool = False,
-                 track_fz: bool = False) -> None:
+                 track_fz: bool = False, compile: str | None = None) -> None:
+        check_backend("compile", compile)
         self.solver, self.f, self.rule, self.stop = solver, f, rule, stop
+        self.compile = compile
         self.diverge_factor, self.stall_window = diverge_factor, stall_window
         self.freeze, self.track_fz = freeze, track_fz
         self.state: StateT | None = None
@@ -258,58 +393,37 @@ class Engine(Generic[StateT]):
             (with ``lazy``: the ``(B,)`` bool mask of the rows that go on).
         """
         state = self._state()
-        g = getattr(state, "g", None)
-        if torch.is_grad_enabled():  # (without autograd there is no graph to detach from: 3 ops a step saved)
-            abs_r, rel_r, fz_norm = residuals(state.z.detach(), state.fz.detach(), None if g is None else g.detach())
+        z, fz, g = state.z, state.fz, getattr(state, "g", None)
+        tol = self.rule.tol if type(self.rule) is Tolerance else None
+        lazy = lazy and not self.freeze and observed is None and tol is not None
+        flags: dict[str, Any] = dict(rel=self.stop == "rel", freeze=self.freeze, diverge=self.diverge_factor,
+                                     window=self.stall_window, track=self.track_fz, detach=torch.is_grad_enabled())
+        records = (self.best_z, self.best_fz, self.best_abs, self.best_rel, self.best_step, self.max_fz, self.ref_res,
+                   self.ref_step, self.min_abs, self.nstep)
+        code = None
+        if self.compile is not None and tol is not None and not flags["detach"]:
+            # the same functions as below, in one compiled region (a few fused kernels; without
+            # autograd: a graph through the best iterates would need the compiler's backward)
+            rows, code, status, done = compiled(_observe_tolerance, self.compile)(
+                z, fz, g, self.done, observed, *records, self.status, tol=tol, lazy=lazy, **flags)
         else:
-            abs_r, rel_r, fz_norm = residuals(state.z, state.fz, g)
-        rel = self.stop == "rel"
-        res = rel_r if rel else abs_r
-        live = ~self.done if self.freeze else None
-        if observed is not None:
-            live = observed if live is None else live & observed
-        improved = res < (self.best_rel if rel else self.best_abs)  # False for NaN
-        bounded = None
-        if self.diverge_factor is not None:
-            # An iterate beyond the row's scale is DIVERGED and never the best one, however
-            # small its relative residual (f(z) = z + c has none: ||c|| / ||z + c|| -> 0).
-            bounded = fz_norm <= self.max_fz  # False for NaN too: such a row is NONFINITE
-            improved &= bounded
-        # A frozen row still holds the iterate it stopped at (advance keeps it), whose residual
-        # neither beats its best nor lowers its smallest one: only rows left out by `observed`
-        # need masking (two ops a step less on the frozen path, where every op is a launch).
-        masked = None if observed is None else live
-        improved = improved if masked is None else masked & improved
-        self.best_z = torch.where(improved[:, None], state.z, self.best_z)
-        if self.best_fz is not None:
-            self.best_fz = torch.where(improved[:, None], state.fz, self.best_fz)
-        self.best_abs = torch.where(improved, abs_r, self.best_abs)
-        self.best_rel = torch.where(improved, rel_r, self.best_rel)
-        if self.track_fz:
-            self.best_step = torch.where(improved, self.nstep, self.best_step)
-        best_res = self.best_rel if rel else self.best_abs
-        # min_abs and the progress reference only feed the divergence and stall tests.
-        if self.stall_window is not None:
-            progress = best_res < const(_PROGRESS, best_res) * self.ref_res
-            self.ref_res = torch.where(progress, best_res, self.ref_res)
-            self.ref_step = torch.where(progress, self.nstep, self.ref_step)
-        if self.diverge_factor is not None:
-            lowest = torch.fmin(self.min_abs, abs_r)
-            self.min_abs = lowest if masked is None else torch.where(masked, lowest, self.min_abs)
-        obs = Observation(state=state, abs_residual=abs_r, rel_residual=rel_r, residual=res, nstep=self.nstep)
-        self.live, self.improved = live, improved
-        self.abs_residual, self.rel_residual, self.residual = abs_r, rel_r, res
-        if lazy and live is None and isinstance(self.rule, Tolerance):
-            going = (res > const(self.rule.tol, res)) & (res < const(math.inf, res))  # False for converged rows, NaN and inf
-            if self.diverge_factor is not None:
-                going &= abs_r <= const(self.diverge_factor, abs_r) * self.min_abs
-            if bounded is not None:
-                going &= bounded
-            if self.stall_window is not None:
-                going &= self.ref_step > self.nstep - const(self.stall_window, self.nstep)
-            self._pending = (obs, bounded)
-            return going
-        return self._judge(obs, bounded)
+            rows = _track(z, fz, g, self.done, observed, *records, **flags)
+        (self.best_z, self.best_fz, self.best_abs, self.best_rel, self.best_step, self.ref_res, self.ref_step,
+         self.min_abs) = rows.records
+        self.live, self.improved = rows.live, rows.improved
+        self.abs_residual, self.rel_residual, self.residual = rows.abs_r, rows.rel_r, rows.res
+        obs = Observation(state=state, abs_residual=rows.abs_r, rel_residual=rows.rel_r, residual=rows.res,
+                          nstep=self.nstep)
+        if lazy:
+            self._pending = (obs, rows.bounded)
+            if code is None:
+                assert tol is not None
+                code = _going(rows, self.nstep, tol, self.diverge_factor, self.stall_window)
+            return code
+        if code is not None:
+            self.status, self.done = status, done
+            return code
+        return self._judge(obs, rows.bounded)
 
     def settle(self) -> None:
         """Record the statuses of the rows a ``lazy`` :meth:`observe` found stopping."""
@@ -319,25 +433,11 @@ class Engine(Generic[StateT]):
 
     def _judge(self, obs: Observation, bounded: Tensor | None) -> Tensor:
         """The status codes by priority (see the module docstring); stop the rows."""
-        live, res = self.live, obs.residual
-        code: Tensor | int = GO  # (a scalar until the first test: one op less)
-        if self.stall_window is not None:
-            code = torch.where(self.ref_step <= self.nstep - self.stall_window, int(Status.STAGNATED), GO)
-        if self.diverge_factor is not None:
-            code = torch.where(obs.abs_residual > self.diverge_factor * self.min_abs, int(Status.DIVERGED), code)
-        if type(self.rule) is Tolerance:  # its codes() folded in: one op instead of five
-            code = torch.where(res <= self.rule.tol, int(Status.CONVERGED), code)  # False for NaN
-        else:
-            ruled = self.rule.codes(obs)
-            code = torch.where(ruled >= 0, ruled, code)
-        if bounded is not None:
-            code = torch.where(bounded, code, int(Status.DIVERGED))
-        code = torch.where(torch.isfinite(res), code, int(Status.NONFINITE))
-        if live is not None:
-            code = torch.where(live, code, GO)
-        stops = code >= 0
-        self.status = torch.where(stops, code, self.status)
-        self.done = self.done | stops
+        tol = self.rule.tol if type(self.rule) is Tolerance else None
+        ruled = None if tol is not None else self.rule.codes(obs)
+        code, self.status, self.done = _codes(
+            obs.residual, obs.abs_residual, bounded, self.live, self.min_abs, self.ref_step, self.nstep, self.status,
+            self.done, tol, ruled, self.diverge_factor, self.stall_window)
         return code
 
     def drop(self, keep: Tensor, move: bool = True) -> Tensor:

@@ -222,6 +222,38 @@ def test_the_compiled_m_x_m_update_gives_the_eager_results(make):
     torch.testing.assert_close(traced.z, eager.z, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+@pytest.mark.parametrize("solver", ["fixed_point", "anderson"])
+def test_the_compiled_bookkeeping_gives_the_eager_results(backend, solver):
+    # solve(compile_bookkeeping=...) runs an observation's per-row work through torch.compile.
+    # dynamo's "eager" backend traces it without generating code, "aot_eager" also
+    # functionalises it (the in-place masks): cheap stand-ins for inductor. Rows stop at
+    # different steps (compaction, a batch that shrinks to one row), on the CPU path and the
+    # frozen path, and with divergence: every result must be the eager one.
+    pytest.importorskip("torch._dynamo")
+    import torch._dynamo
+
+    torch._dynamo.reset()  # (a fresh count of recompilations for this test)
+    q = torch.tensor([0.05, 0.95, 0.5, 0.9, 0.0])[:, None].double()
+    shift = torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0])[:, None].double()  # the last row, z + 1, has no fixed point
+    w = torch.randn(8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    w = w / torch.linalg.matrix_norm(w, ord=2)
+    f = lambda z, q, s: q * (z @ w.T) + 1.0 + s * z  # noqa: E731
+    z0 = torch.zeros(5, 8, dtype=torch.float64)
+    for kw in (dict(check_every=1), dict(check_every=4), dict(check_every=1, compact=False)):
+        eager = solve(f, z0, q, shift, solver=solver, tol=1e-10, max_iter=80, trace=True, **kw)
+        traced = solve(f, z0, q, shift, solver=solver, tol=1e-10, max_iter=80, trace=True,
+                       compile_bookkeeping=backend, **kw)
+        assert eager.status.tolist()[:4] == [0] * 4 and eager.status[4] != 0, kw  # four converge, one does not
+        assert len(set(eager.nstep.tolist())) > 2, kw  # rows leave at different steps
+        for name in ("z", "abs_residual", "rel_residual", "nfe", "nstep", "status", "trace"):
+            torch.testing.assert_close(getattr(traced, name), getattr(eager, name), rtol=0, atol=0, equal_nan=True,
+                                       msg=f"{name} {kw}")
+    with pytest.raises(ValueError, match="compile_bookkeeping"):
+        solve(f, z0, q, compile_bookkeeping=3)
+    torch._dynamo.reset()
+
+
 def _wrapped_around(algo, grad: bool, steps: int = 11):
     """The state of ``algo`` after ``steps`` steps on a small problem (a 3-pair history wraps
     around several times), with a graph recorded when ``grad`` (the steps then write out of place)."""
