@@ -219,11 +219,12 @@ def _done(p: Problem) -> None:
         torch.cuda.synchronize(p.device)
 
 
-def run_eqsolve(p: Problem, name: str, max_iter: int, compact: bool = True):
+def run_eqsolve(p: Problem, name: str, max_iter: int, compact: bool = True, **solve_options):
     fm = CountingMap(p.f)
     z0 = torch.zeros(p.z_star.shape, dtype=p.dtype, device=p.device)
     with torch.no_grad():
-        sol = solve(fm, z0, *p.args, solver=name, tol=p.tol, stop="rel", max_iter=max_iter, compact=compact)
+        sol = solve(fm, z0, *p.args, solver=name, tol=p.tol, stop="rel", max_iter=max_iter, compact=compact,
+                    **solve_options)
     _done(p)
     return sol.z, fm.rows
 
@@ -472,66 +473,91 @@ def results_stem(device: str, dtype: str, threads: int, batch: int, d: int) -> s
 
 
 def compile_check(a) -> dict:
-    """Anderson and Broyden eager vs through ``torch.compile`` (inductor): does compiling pay here?
+    """eqsolve eager vs through ``torch.compile`` (``--compile-backend``): does compiling pay here?
 
-    Six variants on three problems: the library's eager Anderson step; ``Anderson(compile="inductor")``
+    Nine variants on three problems: the library's eager Anderson step; ``Anderson(compile=...)``
     (the small m x m update compiled, the library's option); the experiment of
-    ``_anderson_compiled_step.py`` (the step's whole own work compiled), eager and compiled; and
-    Broyden eager and with ``Broyden(compile="inductor")`` (its m x m update compiled).
+    ``_anderson_compiled_step.py`` (the step's whole own work compiled), eager and compiled;
+    Broyden eager and with ``Broyden(compile=...)`` (its m x m update compiled); and the loop's
+    per-row bookkeeping compiled (``solve(compile_bookkeeping=...)``) under plain iteration and
+    under Anderson, against eager plain iteration and eager Anderson. On the device, dtype and
+    sizes of ``--device``/``--dtype``/``--batch``/``--d``.
     """
     from _anderson_compiled_step import CompiledStepAnderson
 
-    from eqsolve.solvers import Anderson, Broyden
+    from eqsolve.solvers import Anderson, Broyden, FixedPointIteration
 
+    backend = a.compile_backend
     torch.set_num_threads(a.threads)
-    problems = {p.name: p for p in make_problems(a.d, a.batch, small_d=32, small_batch=4)}
-    out = {"meta": {"command": "python benchmarks/solvers.py --compile-check", "torch": torch.__version__,
+    device, dtype = torch.device(a.device), DTYPES[a.dtype]
+    problems = {p.name: p for p in make_problems(a.d, a.batch, small_d=32, small_batch=4, dtype=dtype, device=device,
+                                                 tol=a.tol)}
+    stem = results_stem(device.type, a.dtype, a.threads, a.batch, a.d).replace("solvers", "solvers_compile", 1)
+    command = "python benchmarks/solvers.py " + " ".join(a.argv)
+    out = {"meta": {"command": command, "torch": torch.__version__, "backend": backend,
                     "threads": torch.get_num_threads(), "commit": _git_commit(), "runs": a.runs, "note": a.note,
-                    "loadavg_before": [round(x, 2) for x in os.getloadavg()],
+                    "device": device.type, "device_name": device_name(device), "dtype": a.dtype, "batch": a.batch,
+                    "d": a.d, "loadavg_before": [round(x, 2) for x in os.getloadavg()],
                     "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}, "problems": {}}
-    variants = {"eager": Anderson(), "m x m update compiled": Anderson(compile="inductor"),
-                "step, eager": CompiledStepAnderson(), "step compiled": CompiledStepAnderson(step_backend="inductor"),
-                "broyden eager": Broyden(), "broyden m x m update compiled": Broyden(compile="inductor")}
+    variants = {"eager": (Anderson(), {}), "m x m update compiled": (Anderson(compile=backend), {}),
+                "step, eager": (CompiledStepAnderson(), {}),
+                "step compiled": (CompiledStepAnderson(step_backend=backend), {}),
+                "broyden eager": (Broyden(), {}), "broyden m x m update compiled": (Broyden(compile=backend), {}),
+                "plain eager": (FixedPointIteration(), {}),
+                "plain, bookkeeping compiled": (FixedPointIteration(), {"compile_bookkeeping": backend}),
+                "bookkeeping compiled": (Anderson(), {"compile_bookkeeping": backend})}
+    compiled_labels = [label for label in variants if "compiled" in label]
     for name in ("tanh_rho0.99", "mixer_block", "small_tanh_rho0.99"):
         p = problems[name]
-        fns = {label: (lambda p=p, s=s: run_eqsolve(p, s, a.max_iter)) for label, s in variants.items()}
+        fns = {label: (lambda p=p, s=s, kw=kw: run_eqsolve(p, s, a.max_iter, **kw)) for label, (s, kw) in variants.items()}
         first = {}
-        for label in ("m x m update compiled", "step compiled", "broyden m x m update compiled"):
+        for label in compiled_labels:
             t = time.perf_counter()
             fns[label]()
             first[label] = time.perf_counter() - t
         r = measure(fns, p, a.runs)
         out["problems"][name] = {"first_call_with_compile_s": first, "results": r}
         print(name, {k: round(v, 1) for k, v in first.items()},
-              {k: round(v["wall_s_median"], 4) for k, v in r.items()}, flush=True)
+              {k: round(v["wall_s_median"], 4) for k, v in r.items() if v["wall_s_median"] is not None}, flush=True)
     out["meta"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
-    lines = ["# Anderson and Broyden through torch.compile (inductor) vs eager, CPU", "",
-             f"Command: `{out['meta']['command']}`; torch {out['meta']['torch']}, threads {out['meta']['threads']}, "
-             f"commit {out['meta']['commit']}, {out['meta']['date']}; median of {a.runs} runs after a warm-up; "
-             f"load average {out['meta']['loadavg_before']} before, {out['meta']['loadavg_after']} after"
+    m = out["meta"]
+    lines = [f"# eqsolve through torch.compile ({backend}) vs eager, {m['device_name']}", "",
+             f"Command: `{command}`; torch {m['torch']}, {a.dtype}, batch {a.batch}, d {a.d}, threads {m['threads']}, "
+             f"commit {m['commit']}, {m['date']}; median of {a.runs} runs after a warm-up; "
+             f"load average {m['loadavg_before']} before, {m['loadavg_after']} after"
              + (f"; {a.note}" if a.note else "") + ".", "",
-             "Variants: the library's eager step; `Anderson(compile=\"inductor\")`, the library's option (the small "
+             f"Variants: the library's eager step; `Anderson(compile=\"{backend}\")`, the library's option (the small "
              "m x m update of the inverse Gram matrix compiled); and the experiment of `benchmarks/_anderson_compiled_step.py`: all of the step's "
              "own work (coefficients, update, history push, inverse Gram update) compiled, `f` eager, timed also eagerly in the "
              "same formulation (slot as a tensor, all m slots) to isolate the compiler; Broyden eager and "
-             "`Broyden(compile=\"inductor\")` (its m x m update of the inverse compact-form matrix compiled).", "",
-             "| problem | NFE/row | eager (s) | m x m update compiled / eager | step (same formulation) eager (s) "
+             f"`Broyden(compile=\"{backend}\")` (its m x m update of the inverse compact-form matrix compiled); and the solve "
+             f"loop's per-row bookkeeping (residual norms, best iterates, health records, stop tests) compiled, "
+             f"`solve(compile_bookkeeping=\"{backend}\")`, under plain iteration and under Anderson.", "",
+             "| problem | NFE/row | Anderson eager (s) | m x m update compiled / eager | step (same formulation) eager (s) "
              "| step compiled / step eager | Broyden eager (s) | Broyden m x m update compiled / eager "
-             "| first calls incl. compile (s) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "| plain eager (s) | plain, bookkeeping compiled / eager | Anderson, bookkeeping compiled / eager |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def wall(r: dict, label: str) -> float:
+        return r[label]["wall_s_median"] or math.nan
+
     for name, pr in out["problems"].items():
         r = pr["results"]
-        e, s_c = r["eager"]["wall_s_median"], r["m x m update compiled"]["wall_s_median"]
-        st_e, st_c = r["step, eager"]["wall_s_median"], r["step compiled"]["wall_s_median"]
-        b_e, b_c = r["broyden eager"]["wall_s_median"], r["broyden m x m update compiled"]["wall_s_median"]
-        firsts = ", ".join(f"{k}: {v:.1f}" for k, v in pr["first_call_with_compile_s"].items())
-        lines.append(f"| {name} | {r['eager']['nfe_per_row']:.1f} | {e:.4f} | {s_c / e:.3f} | {st_e:.4f} | "
-                     f"{st_c / st_e:.3f} | {b_e:.4f} | {b_c / b_e:.3f} | {firsts} |")
-    lines += ["", "Default: eager (`Anderson(compile=None)`, `Broyden(compile=None)`); compiling is worth it only where a ratio above is "
-              "below 1. The first compiled call of a process pays the compilation (later problems reuse part of it).",
-              ""]
-    atomic_write_text(a.out / "solvers_compile.json", json.dumps(out, indent=1))
-    atomic_write_text(a.out / "solvers_compile.md", "\n".join(lines))
+        e, st_e, b_e, p_e = wall(r, "eager"), wall(r, "step, eager"), wall(r, "broyden eager"), wall(r, "plain eager")
+        lines.append(f"| {name} | {r['eager']['nfe_per_row'] or math.nan:.1f} | {e:.4f} | "
+                     f"{wall(r, 'm x m update compiled') / e:.3f} | {st_e:.4f} | {wall(r, 'step compiled') / st_e:.3f} | "
+                     f"{b_e:.4f} | {wall(r, 'broyden m x m update compiled') / b_e:.3f} | {p_e:.4f} | "
+                     f"{wall(r, 'plain, bookkeeping compiled') / p_e:.3f} | {wall(r, 'bookkeeping compiled') / e:.3f} |")
+    lines += ["", "First calls, compilation included (s): " + "; ".join(
+        f"{name}: " + ", ".join(f"{k} {v:.1f}" for k, v in pr["first_call_with_compile_s"].items())
+        for name, pr in out["problems"].items()) + ".", "",
+        "Errors: " + ("; ".join(f"{name} / {label}: {v['error']}" for name, pr in out["problems"].items()
+                                for label, v in pr["results"].items() if v.get("error")) or "none") + ".", "",
+        "Defaults: eager (`Anderson(compile=None)`, `Broyden(compile=None)`, `solve(compile_bookkeeping=None)`); "
+        "compiling is worth it only where a ratio above is below 1. The first compiled call of a process pays the "
+        "compilation (later problems reuse part of it).", ""]
+    atomic_write_text(a.out / f"{stem}.json", json.dumps(out, indent=1))
+    atomic_write_text(a.out / f"{stem}.md", "\n".join(lines))
     return out
 
 
@@ -548,7 +574,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--from-json", type=Path, default=None,
                     help="recompute targets and markdown from an existing results JSON (no solving)")
     ap.add_argument("--compile-check", action="store_true",
-                    help="only time Anderson eager vs compiled (-> results/solvers_compile.{json,md})")
+                    help="only time eqsolve eager vs compiled (-> results/solvers_compile[_<device>...].{json,md})")
+    ap.add_argument("--compile-backend", default="inductor", help="torch.compile backend of --compile-check")
     ap.add_argument("--device", default="cpu", help="where the maps and solvers run (cpu, cuda, cuda:1, ...)")
     ap.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="dtype of the iterates and maps")
     ap.add_argument("--tol", type=float, default=None,
@@ -558,6 +585,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--no-gmres", action="store_true",
                     help="skip the GMRES limits (CPU scipy work, slow at large d; the NFE targets fall back to <= 1)")
     a = ap.parse_args(argv)
+    a.argv = sys.argv[1:] if argv is None else list(argv)
     if a.compile_check:
         return compile_check(a)
     if a.from_json is not None:

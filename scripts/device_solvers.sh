@@ -7,7 +7,11 @@
 #      configuration: they do not depend on the sizes);
 #   3. after the first configuration, when the official EqR code is at $OFFICIAL:
 #      benchmarks/eqr_throughput.py on the GPU (eqsolve's EqR map against the official one at
-#      batch 256 and 1024, and `eqsolve bench` time against breadth and depth).
+#      batch 256 and 1024, and `eqsolve bench` time against breadth and depth);
+#   4. then, with COMPILE_CHECK=1 (default) and two minutes of budget left: does torch.compile pay
+#      on the GPU (benchmarks/solvers.py --compile-check at the first configuration's sizes:
+#      Anderson's and Broyden's compiled updates, the whole compiled Anderson step, and the solve
+#      loop's compiled bookkeeping, each against eager).
 #
 #   bash scripts/prepare_device.sh                        # here, once: .whl/ and .eqr_official/
 #   OUT=runs/device-solvers bash scripts/device_solvers.sh # there, carrying .whl and .eqr_official
@@ -37,6 +41,8 @@ EQR_LIMIT=${EQR_LIMIT:-64}
 # more options of eqr_throughput.py; the bench grid (breadth x depth, one process per cell) is
 # off by default on the GPU (measured on the CPU), e.g. EQR_ARGS="--breadths 1,32,128 --depths 8,64,256"
 EQR_ARGS=${EQR_ARGS:---no-grid}
+COMPILE_CHECK=${COMPILE_CHECK:-1}
+COMPILE_BACKEND=${COMPILE_BACKEND:-inductor}
 # batch x d : dtype, most telling first
 CONFIGS=${CONFIGS:-"64x512:float32 1024x2048:float32 64x512:bfloat16 1024x2048:bfloat16 1024x512:float32 64x2048:float32"}
 LARGE="tanh_rho0.99 linear_[-0.95,0.95] linear_[-1.5,0.9] mixed_easy_hard tanh_slow_rho0.999 mixer_block"
@@ -86,6 +92,14 @@ for cfg in $CONFIGS; do
       (cd /tmp && timeout "$(left)" $PY "$REPO/benchmarks/eqr_throughput.py" --official "$OFFICIAL" \
           --device "$DEVICE" --batches "$EQR_BATCHES" --limit "$EQR_LIMIT" --runs "$RUNS" --out "$RES" \
           --note "scripts/device_solvers.sh" $EQR_ARGS) >> "$LOG" 2>&1 || { echo "failed or timed out: eqr_throughput" | tee -a "$LOG"; status=1; }
+    fi
+  fi
+  if [ $first = 1 ] && [ "$COMPILE_CHECK" = 1 ]; then
+    if [ "$(left)" -lt 120 ]; then echo "skipped compile check: budget spent" | tee -a "$LOG"; else
+      echo "== compile check ($COMPILE_BACKEND)" | tee -a "$LOG"
+      (cd /tmp && timeout "$(left)" $PY "$REPO/benchmarks/solvers.py" --compile-check --compile-backend "$COMPILE_BACKEND" \
+          --device "$DEVICE" --dtype "$dtype" --batch "$batch" --d "$d" --runs "$RUNS" --threads "$THREADS" --out "$RES" \
+          --note "scripts/device_solvers.sh") >> "$LOG" 2>&1 || { echo "failed or timed out: compile check" | tee -a "$LOG"; status=1; }
     fi
   fi
   first=0
