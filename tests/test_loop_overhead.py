@@ -68,12 +68,29 @@ def test_the_loop_reads_the_device_only_when_it_looks(lo, problems, solver):
             assert r["syncs_per_call"] * r["f_calls"] <= looks, (every, r)
 
 
-def test_plain_iterations_loop_dispatches_fewer_kernels_than_torchdeqs(lo, problems):
-    # Per evaluation of f, on the CPU path (compaction at every look): the op count is what a
-    # step costs the host. Measured against the peer in the same process; setup included.
-    # (The frozen path of check_every > 1 pays a few more: it masks the stopped rows.)
-    p = problems["tanh_rho0.99"]
-    peer = lo.count(p, "torchdeq", "fixed_point_iter", 300)
-    ours = lo.count(p, "eqsolve", "fixed_point", 300, 1)
-    assert ours["kernels_per_call"] < peer["kernels_per_call"], (ours, peer)
-    assert ours["syncs_per_call"] <= peer["syncs_per_call"], (ours, peer)
+def test_a_step_of_plain_iteration_dispatches_fewer_kernels_than_torchdeqs(lo):
+    # Per evaluation of f while no row stops (a slow contraction, tolerance out of reach: no
+    # compaction), on the CPU path: the cost of a step besides f, on the host of a CPU and in
+    # launches on a GPU, with eqsolve's best iterate, health tests and per-row stopping.
+    # Measured against the peer in the same process.
+    from torchdeq.solver import get_solver
+
+    w = torch.randn(32, 32, generator=torch.Generator().manual_seed(0))
+    w = 0.99 * w / torch.linalg.matrix_norm(w, ord=2)
+    x = torch.randn(16, 32, generator=torch.Generator().manual_seed(1))
+    f = lambda z: z @ w.T + x  # noqa: E731
+    z0 = torch.zeros(16, 32)
+    counts = {}
+    for name in ("eqsolve", "torchdeq"):
+        counter = lo.OpCounter()
+        g = counter.wrap(f)
+        with torch.no_grad(), counter:
+            if name == "eqsolve":
+                sol = lo.solve(g, z0, solver="fixed_point", tol=1e-12, max_iter=40)
+            else:
+                get_solver("fixed_point_iter")(g, z0, max_iter=40, tol=1e-12, stop_mode="rel")
+        if name == "eqsolve":
+            assert (sol.nstep == 40).all()  # no row stopped early
+        counts[name] = (counter.kernels / counter.calls, counter.syncs / counter.calls)
+    assert counts["eqsolve"][0] < counts["torchdeq"][0], counts
+    assert counts["eqsolve"][1] <= counts["torchdeq"][1], counts
