@@ -141,7 +141,8 @@ class Never:
 
 
 class _Rows(NamedTuple):
-    """What :func:`_track` computes for every row of an observation."""
+    """What :func:`_track` computes for every row of an observation: what it saw, and the
+    engine's updated records (the fields of :class:`Engine` of the same names)."""
 
     abs_r: Tensor
     rel_r: Tensor
@@ -149,8 +150,18 @@ class _Rows(NamedTuple):
     live: Tensor | None
     improved: Tensor
     bounded: Tensor | None
-    #: the updated records: best_z, best_fz, best_abs, best_rel, best_step, ref_res, ref_step, min_abs
-    records: tuple
+    best_z: Tensor
+    best_fz: Tensor | None
+    best_abs: Tensor
+    best_rel: Tensor
+    best_step: Tensor
+    ref_res: Tensor
+    ref_step: Tensor
+    min_abs: Tensor
+
+
+#: The records an observation updates (the last fields of :class:`_Rows`).
+_RECORDS = _Rows._fields[6:]
 
 
 def _track(z: Tensor, fz: Tensor, g: Tensor | None, done: Tensor, observed: Tensor | None, best_z: Tensor,
@@ -196,14 +207,14 @@ def _track(z: Tensor, fz: Tensor, g: Tensor | None, done: Tensor, observed: Tens
     if diverge is not None:
         lowest = torch.fmin(min_abs, abs_r)
         min_abs = lowest if masked is None else torch.where(masked, lowest, min_abs)
-    return _Rows(abs_r, rel_r, res, live, improved, bounded,
-                 (best_z, best_fz, best_abs, best_rel, best_step, ref_res, ref_step, min_abs))
+    return _Rows(abs_r, rel_r, res, live, improved, bounded, best_z, best_fz, best_abs, best_rel, best_step, ref_res,
+                 ref_step, min_abs)
 
 
 def _going(rows: _Rows, nstep: Tensor, tol: float, diverge: float | None, window: int | None) -> Tensor:
     """``(B,)`` bool: the rows a :class:`Tolerance` rule and the health tests let go on (the lazy
     observation: fewer ops than the status codes, which are worked out only when a row stops)."""
-    res, abs_r, min_abs, ref_step = rows.res, rows.abs_r, rows.records[7], rows.records[6]
+    res, abs_r, min_abs, ref_step = rows.res, rows.abs_r, rows.min_abs, rows.ref_step
     going = (res > const(tol, res)) & (res < const(math.inf, res))  # False for converged rows, NaN and inf
     if diverge is not None:
         going &= abs_r <= const(diverge, abs_r) * min_abs
@@ -252,8 +263,8 @@ def _observe_tolerance(z: Tensor, fz: Tensor, g: Tensor | None, done: Tensor, ob
                   detach=detach)
     if lazy:
         return rows, _going(rows, nstep, tol, diverge, window), None, None
-    code, status, done = _codes(rows.res, rows.abs_r, rows.bounded, rows.live, rows.records[7], rows.records[6],
-                                nstep, status, done, tol, None, diverge, window)
+    code, status, done = _codes(rows.res, rows.abs_r, rows.bounded, rows.live, rows.min_abs, rows.ref_step, nstep,
+                                status, done, tol, None, diverge, window)
     return rows, code, status, done
 
 
@@ -284,9 +295,10 @@ class Engine(Generic[StateT]):
         compile: run an observation's per-row work (residual norms, best iterates, health
             records, stop tests) through ``torch.compile`` with this backend (``"inductor"``),
             with dynamic shapes, when the rule is a :class:`Tolerance` and autograd is off: one
-            region of a few fused kernels instead of about 30 small ops. Meant for GPUs, where each op is a kernel
-            launch; on the CPU it does not pay (``benchmarks/results/solvers_compile.md``). The
-            same results up to the rounding of the fused norms.
+            region of a few fused kernels instead of about 30 small ops. Meant for GPUs, where
+            each op is a kernel launch; on the CPU it does not pay
+            (``benchmarks/results/solvers_compile.md``). The same results up to the rounding of
+            the fused norms.
     """
 
     # Per-row records (see the module docstring), set by admit().
@@ -408,8 +420,8 @@ class Engine(Generic[StateT]):
                 z, fz, g, self.done, observed, *records, self.status, tol=tol, lazy=lazy, **flags)
         else:
             rows = _track(z, fz, g, self.done, observed, *records, **flags)
-        (self.best_z, self.best_fz, self.best_abs, self.best_rel, self.best_step, self.ref_res, self.ref_step,
-         self.min_abs) = rows.records
+        for name in _RECORDS:
+            setattr(self, name, getattr(rows, name))
         self.live, self.improved = rows.live, rows.improved
         self.abs_residual, self.rel_residual, self.residual = rows.abs_r, rows.rel_r, rows.res
         obs = Observation(state=state, abs_residual=rows.abs_r, rel_residual=rows.rel_r, residual=rows.res,
