@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -12,6 +13,20 @@ torch.set_num_threads(1)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("EQSOLVE_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(autouse=True)
+def _no_console_handler_outlives_its_test():
+    """``eqsolve``'s CLI calls ``logging.basicConfig``, which binds a console handler to the
+    ``sys.stderr`` of the moment. Under pytest's logging plugin the root logger already has
+    handlers and nothing is added; without it (``-p no:logging``) the handler would hold one
+    test's closed capture stream, and the next test's log line would print a "Logging error"
+    traceback. Remove such handlers after each test."""
+    root = logging.getLogger()
+    before = set(root.handlers)
+    yield
+    for handler in [h for h in root.handlers if type(h) is logging.StreamHandler and h not in before]:
+        root.removeHandler(handler)
 
 
 @pytest.fixture
