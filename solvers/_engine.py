@@ -294,9 +294,9 @@ class Engine(Generic[StateT]):
         track_fz: also keep ``best_fz`` (``f`` at the best iterate, with its graph if any).
         compile: run an observation's per-row work (residual norms, best iterates, health
             records, stop tests) through ``torch.compile`` with this backend (``"inductor"``),
-            with dynamic shapes, when the rule is a :class:`Tolerance` and autograd is off: one
-            region of a few fused kernels instead of about 30 small ops. Meant for GPUs, where
-            each op is a kernel launch; on the CPU it does not pay
+            with dynamic shapes, when the rule is a :class:`Tolerance` and the iterates carry no
+            graph: one region of a few fused kernels instead of about 30 small ops. Meant for
+            GPUs, where each op is a kernel launch; on the CPU it does not pay
             (``benchmarks/results/solvers_compile.md``). The same results up to the rounding of
             the fused norms.
     """
@@ -413,9 +413,11 @@ class Engine(Generic[StateT]):
         records = (self.best_z, self.best_fz, self.best_abs, self.best_rel, self.best_step, self.max_fz, self.ref_res,
                    self.ref_step, self.min_abs, self.nstep)
         code = None
-        if self.compile is not None and tol is not None and not flags["detach"]:
-            # the same functions as below, in one compiled region (a few fused kernels; without
-            # autograd: a graph through the best iterates would need the compiler's backward)
+        graph = flags["detach"] and (z.requires_grad or fz.requires_grad or (g is not None and g.requires_grad))
+        if self.compile is not None and tol is not None and not graph:
+            # the same functions as below, in one compiled region (a few fused kernels; not with
+            # a graph through the iterates, which would need the compiler's backward)
+            flags["detach"] = False  # (nothing to detach)
             rows, code, status, done = compiled(_observe_tolerance, self.compile)(
                 z, fz, g, self.done, observed, *records, self.status, tol=tol, lazy=lazy, **flags)
         else:

@@ -130,11 +130,11 @@ def solve(
             and torchdeq adapter solve with False.
         compile_bookkeeping: run each step's per-row bookkeeping (residual norms, best iterates,
             health records, stop tests) through ``torch.compile`` with this backend
-            (``"inductor"``), when autograd is off: a few fused kernels instead of about 30 small
-            ops. Meant for GPUs, where every op is a kernel launch; on the CPU it costs 1.1-1.25x
-            the eager time (``benchmarks/results/solvers_compile.md``), and the first call compiles
-            (seconds). The same results up to the rounding of the fused norms. None (default):
-            eager. (A solver's own ``compile`` option compiles its update.)
+            (``"inductor"``), unless the iterates carry a graph: a few fused kernels instead of
+            about 30 small ops. Meant for GPUs, where every op is a kernel launch; on the CPU it
+            costs 1.04-1.75x the eager time (``benchmarks/results/solvers_compile.md``), and the
+            first call compiles (seconds). The same results up to the rounding of the fused norms.
+            None (default): eager. (A solver's own ``compile`` option compiles its update.)
         **solver_options: options of the named solver (an error if ``solver`` is an object).
 
     Returns:

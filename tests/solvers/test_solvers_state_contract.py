@@ -222,9 +222,29 @@ def test_the_compiled_m_x_m_update_gives_the_eager_results(make):
     torch.testing.assert_close(traced.z, eager.z, rtol=0, atol=0)
 
 
+def _count_compiled_calls(monkeypatch):
+    """From now on, count the calls of the engine's compiled observation (returns a counter)."""
+    import eqsolve.solvers._engine as engine
+
+    count = [0]
+    original = engine.compiled
+
+    def counting(fn, backend):
+        inner = original(fn, backend)
+
+        def call(*args, **kwargs):
+            count[0] += 1
+            return inner(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(engine, "compiled", counting)
+    return lambda: count[0]
+
+
 @pytest.mark.parametrize("backend", ["eager", "aot_eager"])
 @pytest.mark.parametrize("solver", ["fixed_point", "anderson"])
-def test_the_compiled_bookkeeping_gives_the_eager_results(backend, solver):
+def test_the_compiled_bookkeeping_gives_the_eager_results(backend, solver, monkeypatch):
     # solve(compile_bookkeeping=...) runs an observation's per-row work through torch.compile.
     # dynamo's "eager" backend traces it without generating code, "aot_eager" also
     # functionalises it (the in-place masks): cheap stand-ins for inductor. Rows stop at
@@ -242,8 +262,10 @@ def test_the_compiled_bookkeeping_gives_the_eager_results(backend, solver):
     z0 = torch.zeros(5, 8, dtype=torch.float64)
     for kw in (dict(check_every=1), dict(check_every=4), dict(check_every=1, compact=False)):
         eager = solve(f, z0, q, shift, solver=solver, tol=1e-10, max_iter=80, trace=True, **kw)
+        calls = _count_compiled_calls(monkeypatch)
         traced = solve(f, z0, q, shift, solver=solver, tol=1e-10, max_iter=80, trace=True,
                        compile_bookkeeping=backend, **kw)
+        assert calls() >= traced.nstep.max() + 1, kw  # every observation took the compiled path
         assert eager.status.tolist()[:4] == [0] * 4 and eager.status[4] != 0, kw  # four converge, one does not
         assert len(set(eager.nstep.tolist())) > 2, kw  # rows leave at different steps
         for name in ("z", "abs_residual", "rel_residual", "nfe", "nstep", "status", "trace"):
@@ -251,6 +273,34 @@ def test_the_compiled_bookkeeping_gives_the_eager_results(backend, solver):
                                        msg=f"{name} {kw}")
     with pytest.raises(ValueError, match="compile_bookkeeping"):
         solve(f, z0, q, compile_bookkeeping=3)
+    torch._dynamo.reset()
+
+
+def test_the_bookkeeping_compiled_by_inductor_gives_the_eager_results(monkeypatch):
+    # The real compiler once (C++ code for the CPU; ~15 s on a cold cache): what the dynamo-only
+    # backends above cannot check, its generated kernels. The fused norms may round differently,
+    # so a row may stop a step apart; statuses match and iterates agree to the tolerance.
+    pytest.importorskip("torch._inductor")
+    import shutil
+
+    import torch._dynamo
+
+    if shutil.which("g++") is None and shutil.which("c++") is None:
+        pytest.skip("inductor needs a C++ compiler on the CPU")
+    torch._dynamo.reset()
+    w = torch.randn(16, 16, generator=torch.Generator().manual_seed(0))
+    w = 0.9 * w / torch.linalg.matrix_norm(w, ord=2)
+    x = torch.randn(6, 16, generator=torch.Generator().manual_seed(1))
+    f = lambda z, x: torch.tanh(z @ w.T + x)  # noqa: E731
+    z0 = torch.zeros(6, 16)
+    for kw in (dict(check_every=1), dict(check_every=4)):
+        eager = solve(f, z0, x, solver="anderson", tol=1e-5, max_iter=100, **kw)
+        calls = _count_compiled_calls(monkeypatch)
+        compiled = solve(f, z0, x, solver="anderson", tol=1e-5, max_iter=100, compile_bookkeeping="inductor", **kw)
+        assert calls() >= compiled.nstep.max() + 1, kw  # every observation took the compiled path
+        assert eager.converged.all() and compiled.status.tolist() == eager.status.tolist(), kw
+        assert (compiled.nfe - eager.nfe).abs().max() <= 1, kw
+        torch.testing.assert_close(compiled.z, eager.z, rtol=0, atol=1e-4)
     torch._dynamo.reset()
 
 
