@@ -103,7 +103,7 @@ def bare_plain_iteration(p: bench.Problem, max_iter: int) -> tuple[torch.Tensor,
         args, out = p.args, z.clone()
         idx = torch.arange(z.shape[0], device=z.device)
         fz = f(z, *args)
-        for _ in range(max_iter + 1):
+        for k in range(max_iter + 1):  # (as eqsolve's solve: max_iter steps after f(z0))
             rel = torch.linalg.vector_norm(fz - z, dim=1) / (torch.linalg.vector_norm(fz, dim=1) + 1e-8)
             going = rel > p.tol
             keep = going.nonzero().flatten()  # the one host sync of a step
@@ -113,9 +113,10 @@ def bare_plain_iteration(p: bench.Problem, max_iter: int) -> tuple[torch.Tensor,
                     break
                 idx, fz = idx[keep], fz[keep]
                 args = tuple(a[keep] if isinstance(a, torch.Tensor) else a for a in args)
+            if k == max_iter:
+                out[idx] = fz
+                break
             z, fz = fz, f(fz, *args)
-        else:
-            out[idx] = fz
     bench._done(p)
     return out.clone(), f.rows
 
