@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
     problems = {p.name: p for p in bench.make_problems(d, batch, small_d=32, small_batch=4)}
     results = {"meta": {
-        "command": "python benchmarks/loop_overhead.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": " ".join(["python benchmarks/loop_overhead.py", *(sys.argv[1:] if argv is None else argv)]),
         "torch": torch.__version__, "torchdeq": getattr(bench.torchdeq, "__version__", "0.1.0"),
         "python": platform.python_version(), "torch_threads": torch.get_num_threads(),
         "device_name": device_name(torch.device("cpu")), "commit": bench._git_commit(), "batch": batch, "d": d,

@@ -493,7 +493,7 @@ def compile_check(a) -> dict:
     problems = {p.name: p for p in make_problems(a.d, a.batch, small_d=32, small_batch=4, dtype=dtype, device=device,
                                                  tol=a.tol)}
     stem = results_stem(device.type, a.dtype, a.threads, a.batch, a.d).replace("solvers", "solvers_compile", 1)
-    command = "python benchmarks/solvers.py " + " ".join(a.argv)
+    command = " ".join(["python benchmarks/solvers.py", *a.argv])
     out = {"meta": {"command": command, "torch": torch.__version__, "backend": backend,
                     "threads": torch.get_num_threads(), "commit": _git_commit(), "runs": a.runs, "note": a.note,
                     "device": device.type, "device_name": device_name(device), "dtype": a.dtype, "batch": a.batch,
