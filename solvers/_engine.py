@@ -160,13 +160,9 @@ class _Rows(NamedTuple):
     min_abs: Tensor
 
 
-#: The records an observation updates (the last fields of :class:`_Rows`).
-_RECORDS = _Rows._fields[6:]
-
-
 def _track(z: Tensor, fz: Tensor, g: Tensor | None, done: Tensor, observed: Tensor | None, best_z: Tensor,
            best_fz: Tensor | None, best_abs: Tensor, best_rel: Tensor, best_step: Tensor, max_fz: Tensor,
-           ref_res: Tensor, ref_step: Tensor, min_abs: Tensor, nstep: Tensor, *, rel: bool, freeze: bool,
+           ref_res: Tensor, ref_step: Tensor, min_abs: Tensor, nstep: Tensor, rel: bool, freeze: bool,
            diverge: float | None, window: int | None, track: bool, detach: bool) -> _Rows:
     """The residuals of the current iterates and the updated per-row records (a pure function of
     tensors: :meth:`Engine.observe` runs it eagerly or through ``torch.compile``). With
@@ -253,14 +249,13 @@ def _codes(res: Tensor, abs_r: Tensor, bounded: Tensor | None, live: Tensor | No
 def _observe_tolerance(z: Tensor, fz: Tensor, g: Tensor | None, done: Tensor, observed: Tensor | None,
                        best_z: Tensor, best_fz: Tensor | None, best_abs: Tensor, best_rel: Tensor, best_step: Tensor,
                        max_fz: Tensor, ref_res: Tensor, ref_step: Tensor, min_abs: Tensor, nstep: Tensor,
-                       status: Tensor, *, tol: float, lazy: bool, rel: bool, freeze: bool, diverge: float | None,
+                       status: Tensor, tol: float, lazy: bool, rel: bool, freeze: bool, diverge: float | None,
                        window: int | None, track: bool, detach: bool) -> tuple[_Rows, Tensor, Tensor | None, Tensor | None]:
     """An observation under a :class:`Tolerance` rule in one function (the region
     ``Engine(compile=...)`` compiles): the records, and the mask of the rows that go on
     (``lazy``) or the status codes with the updated ``status`` and ``done``."""
     rows = _track(z, fz, g, done, observed, best_z, best_fz, best_abs, best_rel, best_step, max_fz, ref_res,
-                  ref_step, min_abs, nstep, rel=rel, freeze=freeze, diverge=diverge, window=window, track=track,
-                  detach=detach)
+                  ref_step, min_abs, nstep, rel, freeze, diverge, window, track, detach)
     if lazy:
         return rows, _going(rows, nstep, tol, diverge, window), None, None
     code, status, done = _codes(rows.res, rows.abs_r, rows.bounded, rows.live, rows.min_abs, rows.ref_step, nstep,
@@ -406,38 +401,40 @@ class Engine(Generic[StateT]):
         """
         state = self._state()
         z, fz, g = state.z, state.fz, getattr(state, "g", None)
-        tol = self.rule.tol if type(self.rule) is Tolerance else None
-        lazy = lazy and not self.freeze and observed is None and tol is not None
-        flags: dict[str, Any] = dict(rel=self.stop == "rel", freeze=self.freeze, diverge=self.diverge_factor,
-                                     window=self.stall_window, track=self.track_fz, detach=torch.is_grad_enabled())
-        records = (self.best_z, self.best_fz, self.best_abs, self.best_rel, self.best_step, self.max_fz, self.ref_res,
-                   self.ref_step, self.min_abs, self.nstep)
-        code = None
-        graph = flags["detach"] and (z.requires_grad or fz.requires_grad or (g is not None and g.requires_grad))
-        if self.compile is not None and tol is not None and not graph:
-            # the same functions as below, in one compiled region (a few fused kernels; not with
-            # a graph through the iterates, which would need the compiler's backward)
-            flags["detach"] = False  # (nothing to detach)
-            rows, code, status, done = compiled(_observe_tolerance, self.compile)(
-                z, fz, g, self.done, observed, *records, self.status, tol=tol, lazy=lazy, **flags)
+        detach = torch.is_grad_enabled()
+        if type(self.rule) is not Tolerance:
+            rows = _track(z, fz, g, self.done, observed, self.best_z, self.best_fz, self.best_abs, self.best_rel,
+                          self.best_step, self.max_fz, self.ref_res, self.ref_step, self.min_abs, self.nstep,
+                          self.stop == "rel", self.freeze, self.diverge_factor, self.stall_window, self.track_fz, detach)
+            return self._judge(self._record(state, rows), rows.bounded)
+        # The track, then the stop mask (lazy) or the status codes, in one function: eager, or
+        # compiled into a few fused kernels (not with a graph through the iterates, which would
+        # need the compiler's backward).
+        lazy = lazy and not self.freeze and observed is None
+        observe = _observe_tolerance
+        if self.compile is not None and not (detach and (z.requires_grad or fz.requires_grad
+                                                         or (g is not None and g.requires_grad))):
+            observe, detach = compiled(_observe_tolerance, self.compile), False  # (nothing to detach)
+        rows, code, status, done = observe(
+            z, fz, g, self.done, observed, self.best_z, self.best_fz, self.best_abs, self.best_rel, self.best_step,
+            self.max_fz, self.ref_res, self.ref_step, self.min_abs, self.nstep, self.status, self.rule.tol, lazy,
+            self.stop == "rel", self.freeze, self.diverge_factor, self.stall_window, self.track_fz, detach)
+        obs = self._record(state, rows)
+        if lazy:  # the mask of the rows that go on; their statuses wait for settle()
+            self._pending = (obs, rows.bounded)
         else:
-            rows = _track(z, fz, g, self.done, observed, *records, **flags)
-        for name in _RECORDS:
-            setattr(self, name, getattr(rows, name))
+            assert status is not None and done is not None
+            self.status, self.done = status, done
+        return code
+
+    def _record(self, state: StateT, rows: _Rows) -> Observation:
+        """Keep what an observation computed; return it for the stop rule."""
+        self.best_z, self.best_fz, self.best_abs, self.best_rel = rows.best_z, rows.best_fz, rows.best_abs, rows.best_rel
+        self.best_step, self.ref_res, self.ref_step, self.min_abs = rows.best_step, rows.ref_res, rows.ref_step, rows.min_abs
         self.live, self.improved = rows.live, rows.improved
         self.abs_residual, self.rel_residual, self.residual = rows.abs_r, rows.rel_r, rows.res
-        obs = Observation(state=state, abs_residual=rows.abs_r, rel_residual=rows.rel_r, residual=rows.res,
-                          nstep=self.nstep)
-        if lazy:
-            self._pending = (obs, rows.bounded)
-            if code is None:
-                assert tol is not None
-                code = _going(rows, self.nstep, tol, self.diverge_factor, self.stall_window)
-            return code
-        if code is not None:
-            self.status, self.done = status, done
-            return code
-        return self._judge(obs, rows.bounded)
+        return Observation(state=state, abs_residual=rows.abs_r, rel_residual=rows.rel_r, residual=rows.res,
+                           nstep=self.nstep)
 
     def settle(self) -> None:
         """Record the statuses of the rows a ``lazy`` :meth:`observe` found stopping."""
